@@ -1,0 +1,273 @@
+//! The control API (contract §5): enqueue and inspect tasks, list and replay
+//! deliveries, health. JSON in, JSON out; every error is
+//! `{"error": {"code", "message"}}`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{Notify, watch};
+
+use crate::config::Config;
+use crate::ingest::{IngestError, parse_enqueue};
+use crate::store::{DeliveryState, Store, StoreError, now_ms};
+use crate::upstream::UpstreamClient;
+
+/// What every handler needs.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Arc<dyn Store>,
+    pub config: watch::Receiver<Arc<Config>>,
+    pub upstream: Arc<UpstreamClient>,
+    /// Wakes the poller after an enqueue.
+    pub poller_wake: Arc<Notify>,
+    /// Wakes the dispatcher after a replay.
+    pub dispatcher_wake: Arc<Notify>,
+}
+
+/// An API error: status, machine code and message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store error in the control API");
+        ApiError::new(503, "store_unavailable", e.to_string())
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
+        ApiError::new(e.status, e.code, e.message)
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The router. Health and metrics are open; everything under `/v1` needs
+/// the bearer token when `api.token` is set.
+pub fn router(state: ApiState) -> Router {
+    let limit = state.config.borrow().api.max_body_bytes;
+    let v1 = Router::new()
+        .route("/v1/tasks", post(enqueue))
+        .route("/v1/tasks/{id}", get(get_task).delete(delete_task))
+        .route("/v1/stats", get(stats))
+        .route("/v1/deliveries", get(list_deliveries))
+        .route("/v1/deliveries/{id}/replay", post(replay))
+        .route("/v1/deliveries/replay-failed", post(replay_all))
+        .layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .merge(v1)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::new(404, "not_found", "no such endpoint") })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(s): State<ApiState>, headers: HeaderMap, req: Request, next: Next) -> Response {
+    let token = s.config.borrow().api.token.clone();
+    if let Some(token) = token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(g) if constant_time_eq(g.trim().as_bytes(), token.expose().as_bytes()) => {}
+            Some(_) => {
+                return ApiError::new(401, "unauthorized", "wrong API token").into_response();
+            }
+            None => {
+                return ApiError::new(
+                    401,
+                    "unauthorized",
+                    "missing API token: send authorization: Bearer TOKEN",
+                )
+                .into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+fn body_or_error(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                413,
+                "body_too_large",
+                "request body is over api.max_body_bytes",
+            )
+        } else {
+            ApiError::new(400, "bad_body", e.body_text())
+        }
+    })
+}
+
+async fn enqueue(
+    State(s): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let body = body_or_error(body)?;
+    let cfg = s.config.borrow().clone();
+    let tasks = parse_enqueue(&body, &cfg.upstream.default_service)?;
+    let n = tasks.len();
+    let first = cfg.poll.first_poll_after.as_millis() as i64;
+    let out = s.store.enqueue(now_ms(), first, tasks).await?;
+    tracing::info!(
+        tasks = n,
+        accepted = out.accepted,
+        duplicates = out.duplicates,
+        "enqueued"
+    );
+    s.poller_wake.notify_one();
+    Ok((StatusCode::ACCEPTED, Json(out)))
+}
+
+async fn get_task(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
+    match s.store.get_task(id.clone()).await? {
+        Some(t) => Ok(Json(t).into_response()),
+        None => Err(ApiError::new(
+            404,
+            "not_found",
+            format!("task {id:?} is not watched"),
+        )),
+    }
+}
+
+async fn delete_task(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    if s.store.delete_task(id.clone()).await? {
+        tracing::info!(task_id = %id, "stopped watching on request");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(
+            404,
+            "not_found",
+            format!("task {id:?} is not watched"),
+        ))
+    }
+}
+
+async fn stats(State(s): State<ApiState>) -> ApiResult<Response> {
+    let st = s.store.stats().await?;
+    let up = s.upstream.health();
+    Ok(Json(json!({
+        "tasks": {"watching": st.watching, "delivering": st.delivering, "done": st.done},
+        "deliveries": {"pending": st.deliveries_pending, "dead_letters": st.dead_letters},
+        "dead_letters": st.dead_letters,
+        "oldest_watching_enqueued_at": st.oldest_watching_enqueued_at.map(crate::store::rfc3339),
+        "upstream": up,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_deliveries(
+    State(s): State<ApiState>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Response> {
+    let state = match q.state.as_deref() {
+        None => None,
+        Some(w) => Some(DeliveryState::parse(w).ok_or_else(|| {
+            ApiError::new(
+                400,
+                "invalid_field",
+                format!("state: {w:?} is not one of pending, delivered, failed, gone"),
+            )
+        })?),
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let list = s.store.list_deliveries(state, limit).await?;
+    Ok(Json(json!({"deliveries": list})).into_response())
+}
+
+async fn replay(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let n: i64 = id.parse().map_err(|_| {
+        ApiError::new(
+            400,
+            "invalid_field",
+            format!("id: {id:?} is not a delivery id"),
+        )
+    })?;
+    if s.store.replay_delivery(now_ms(), n).await? {
+        s.dispatcher_wake.notify_one();
+        Ok((StatusCode::ACCEPTED, Json(json!({"replayed": 1}))).into_response())
+    } else {
+        Err(ApiError::new(
+            404,
+            "not_found",
+            format!("delivery {n} is not a failed (dead-lettered) delivery"),
+        ))
+    }
+}
+
+async fn replay_all(State(s): State<ApiState>) -> ApiResult<Response> {
+    let n = s.store.replay_all_failed(now_ms()).await?;
+    s.dispatcher_wake.notify_one();
+    Ok((StatusCode::ACCEPTED, Json(json!({"replayed": n}))).into_response())
+}
+
+async fn healthz() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+async fn readyz(State(s): State<ApiState>) -> Response {
+    let mut problems = Vec::new();
+    if let Err(e) = s.store.check_writable(now_ms()).await {
+        problems.push(format!("store: {e}"));
+    }
+    let up = s.upstream.health();
+    if !up.token_accepted {
+        problems.push("upstream: the token is refused (401); fix upstream.token".to_string());
+    }
+    if problems.is_empty() {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "problems": problems})),
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,269 @@
+//! `taskhook demo`: the simulator, the daemon on a temporary store and a
+//! webhook receiver that checks signatures, all on loopback; a few tasks are
+//! enqueued through the control API and their events printed as they land.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, SigningKey};
+use crate::daemon::Daemon;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Exit once every event has arrived instead of waiting for Ctrl-C.
+    #[arg(long)]
+    pub exit_when_done: bool,
+}
+
+/// The demo's tasks: (id, simulator spec, what it shows).
+fn demo_tasks() -> Vec<(&'static str, Value, &'static str)> {
+    vec![
+        (
+            "demo-song-1",
+            json!({"outcome": "succeeded", "duration_ms": 1500, "items": 2}),
+            "succeeds; its two items finish at different times",
+        ),
+        (
+            "demo-song-2",
+            json!({"outcome": "succeeded", "duration_ms": 2500, "running_shape": "null"}),
+            "succeeds",
+        ),
+        (
+            "demo-song-3",
+            json!({"outcome": "failed", "duration_ms": 2000}),
+            "fails upstream",
+        ),
+        (
+            "demo-song-4",
+            json!({"outcome": "hiccup", "duration_ms": 4000}),
+            "reports one transient failure, then succeeds",
+        ),
+        (
+            "demo-song-5",
+            json!({"outcome": "item_error", "duration_ms": 3000, "items": 2}),
+            "one of its items errors",
+        ),
+        ("missing-demo-6", Value::Null, "is unknown to the upstream"),
+    ]
+}
+
+/// What the receiver saw: event type, task, webhook-id, signature verdict.
+struct Received {
+    kind: String,
+    task: String,
+    id: String,
+    signature_ok: bool,
+}
+
+async fn receive(
+    State((key, tx)): State<(SigningKey, mpsc::UnboundedSender<Received>)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ts: i64 = h("webhook-timestamp").parse().unwrap_or(0);
+    let signature_ok =
+        crate::webhook::verify(&key, h("webhook-id"), ts, &body, h("webhook-signature"));
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let _ = tx.send(Received {
+        kind: v["type"].as_str().unwrap_or("?").to_string(),
+        task: v["data"]["task_id"].as_str().unwrap_or("?").to_string(),
+        id: h("webhook-id").to_string(),
+        signature_ok,
+    });
+    if signature_ok {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::UNAUTHORIZED
+    }
+}
+
+async fn serve_on_loopback(app: axum::Router, stop: CancellationToken) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+    });
+    Ok(format!("http://{addr}"))
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    let dir = tempfile::tempdir().context("creating a temporary store directory")?;
+
+    let sim_url = serve_on_loopback(
+        crate::sim::router(crate::sim::SimArgs::default()),
+        stop.clone(),
+    )
+    .await?;
+
+    let secret = format!("whsec_{}", {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 24]>())
+    });
+    let key = SigningKey::parse(&secret).expect("generated secret parses");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let receiver = axum::Router::new()
+        .route("/hooks", post(receive))
+        .with_state((key, tx));
+    let receiver_url = format!("{}/hooks", serve_on_loopback(receiver, stop.clone()).await?);
+
+    let config = Config::from_toml(&format!(
+        r#"
+[upstream]
+base_url = "{sim_url}"
+token = "demo-token"
+max_requests_per_second = 20
+[poll]
+first_poll_after = "500ms"
+interval = "1s"
+max_interval = "2s"
+missing_grace = 3
+[store]
+path = "{store}"
+sync = "normal"
+[api]
+listen = "127.0.0.1:0"
+[delivery]
+retry_schedule = ["1s", "2s", "5s"]
+[daemon]
+shutdown_grace = "3s"
+[[webhooks]]
+name = "demo-receiver"
+url = "{receiver_url}"
+secret = "{secret}"
+"#,
+        store = dir.path().join("taskhook.db").display()
+    ))
+    .map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
+    let daemon = Daemon::start(config).await?;
+    let api = format!("http://{}", daemon.api_addr);
+    let daemon_stop = daemon.shutdown_token();
+    let daemon_done = tokio::spawn(daemon.run_until_stopped());
+
+    let mut out = std::io::stdout();
+    writeln!(
+        out,
+        "taskhook demo: the upstream simulator, the daemon and a webhook receiver, on loopback"
+    )?;
+    writeln!(out, "  upstream simulator  {sim_url}")?;
+    writeln!(
+        out,
+        "  control API         {api}   (try: taskhook status --api {api})"
+    )?;
+    writeln!(
+        out,
+        "  webhook receiver    {receiver_url}  (checks every signature)"
+    )?;
+    writeln!(
+        out,
+        "  store               {}",
+        dir.path().join("taskhook.db").display()
+    )?;
+
+    let http = reqwest::Client::new();
+    let tasks = demo_tasks();
+    for (id, spec, _) in &tasks {
+        if spec.is_null() {
+            continue;
+        }
+        let mut spec = spec.clone();
+        spec["id"] = json!(id);
+        http.post(format!("{sim_url}/_sim/tasks"))
+            .json(&spec)
+            .send()
+            .await?
+            .error_for_status()
+            .context("creating simulator tasks")?;
+    }
+    let body = json!({"tasks": tasks.iter().map(|(id, _, _)| json!({"id": id, "metadata": {"pipeline_job": id}})).collect::<Vec<_>>()});
+    let started = Instant::now();
+    let resp: Value = http
+        .post(format!("{api}/v1/tasks"))
+        .json(&body)
+        .send()
+        .await?
+        .error_for_status()
+        .context("enqueueing through the control API")?
+        .json()
+        .await?;
+    writeln!(
+        out,
+        "\nenqueued {} tasks through POST /v1/tasks:",
+        resp["accepted"]
+    )?;
+    for (id, _, what) in &tasks {
+        writeln!(out, "  {id:<16} {what}")?;
+    }
+    writeln!(out, "\nevents as the receiver gets them:")?;
+    out.flush()?;
+
+    let mut seen = 0;
+    let mut all_ok = true;
+    let ctrl_c = crate::daemon::signal();
+    tokio::pin!(ctrl_c);
+    let mut interrupted = false;
+    while seen < tasks.len() {
+        tokio::select! {
+            Some(r) = rx.recv() => {
+                seen += 1;
+                all_ok &= r.signature_ok;
+                writeln!(
+                    out,
+                    "  +{:>5.1}s  {:<15} {:<16} webhook-id {}  signature {}",
+                    started.elapsed().as_secs_f64(),
+                    r.kind,
+                    r.task,
+                    r.id,
+                    if r.signature_ok { "ok" } else { "INVALID" }
+                )?;
+                out.flush()?;
+            }
+            _ = &mut ctrl_c => { interrupted = true; break; }
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {
+                anyhow::bail!("no event for 60 s; something is wrong");
+            }
+        }
+    }
+    if !interrupted {
+        let stats: Value = http
+            .get(format!("{sim_url}/_sim/stats"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        writeln!(
+            out,
+            "\nall {seen} events delivered{}; the upstream saw {} requests for {} task IDs ({:.1} IDs per request)",
+            if all_ok {
+                ", every signature valid"
+            } else {
+                " (SOME SIGNATURES INVALID)"
+            },
+            stats["requests"],
+            stats["ids_requested"],
+            stats["mean_ids_per_request"].as_f64().unwrap_or(0.0),
+        )?;
+        if !args.exit_when_done {
+            writeln!(out, "the daemon keeps running; press Ctrl-C to stop")?;
+            out.flush()?;
+            ctrl_c.await;
+        }
+    }
+    daemon_stop.cancel();
+    let _ = daemon_done.await;
+    stop.cancel();
+    writeln!(out, "stopped")?;
+    Ok(())
+}

@@ -1,0 +1,244 @@
+//! The dispatcher: leases due deliveries, sends each to its webhook within
+//! that webhook's concurrency cap, and records results in batches. A slow
+//! receiver only ever holds its own slots: the claim skips webhooks that are
+//! at their cap.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, SigningKey};
+use crate::schedule::{Retry, retry_after_attempt};
+use crate::store::{ClaimedDelivery, DeliveryReport, DeliveryVerdict, Millis, Store, now_ms};
+use crate::webhook::{self, Attempt, AttemptResult};
+
+/// Deliveries leased per claim.
+const CLAIM_BATCH: usize = 256;
+/// Attempts in flight (or queued for a webhook slot) at most.
+const MAX_IN_FLIGHT: usize = 4096;
+
+pub struct Dispatcher {
+    pub store: Arc<dyn Store>,
+    pub config: watch::Receiver<Arc<Config>>,
+    /// Woken by the poller when it stored events, and by result writes.
+    pub wake: Arc<Notify>,
+}
+
+/// Builds the HTTP client for webhooks: no redirects, bounded timeouts.
+pub fn http_client(cfg: &Config) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(cfg.delivery.request_timeout)
+        .connect_timeout(cfg.delivery.connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(webhook::user_agent())
+        .pool_max_idle_per_host(cfg.delivery.max_concurrent_per_webhook)
+        .build()
+}
+
+impl Dispatcher {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let client = match http_client(&self.config.borrow()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the webhook client");
+                return;
+            }
+        };
+        let (tx, rx) = mpsc::channel::<DeliveryReport>(MAX_IN_FLIGHT);
+        let writer = tokio::spawn(write_reports(self.store.clone(), rx, self.wake.clone()));
+        let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let mut per_webhook: HashMap<String, Arc<Semaphore>> = HashMap::new();
+        let mut attempts = JoinSet::new();
+        loop {
+            while attempts.try_join_next().is_some() {}
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let cfg = self.config.borrow().clone();
+            let free = in_flight.available_permits().min(CLAIM_BATCH);
+            if free == 0 {
+                tokio::select! {
+                    _ = attempts.join_next() => continue,
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+            per_webhook
+                .retain(|_, s| s.available_permits() < cfg.delivery.max_concurrent_per_webhook);
+            let exclude: Vec<String> = per_webhook
+                .iter()
+                .filter(|(_, s)| s.available_permits() == 0)
+                .map(|(k, _)| k.clone())
+                .collect();
+            let now = now_ms();
+            let lease = now
+                + (cfg.delivery.request_timeout * 40)
+                    .max(Duration::from_secs(600))
+                    .as_millis() as Millis;
+            let claim = match self.store.claim_deliveries(now, free, lease, exclude).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim deliveries; retrying in 1s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            };
+            if claim.deliveries.is_empty() {
+                let sleep = match claim.next_due {
+                    Some(due) => Duration::from_millis((due - now).clamp(1, 60_000) as u64),
+                    None => Duration::from_secs(60),
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(sleep) => {}
+                    _ = self.wake.notified() => {}
+                    _ = attempts.join_next(), if !attempts.is_empty() => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            for d in claim.deliveries {
+                let slot = in_flight
+                    .clone()
+                    .try_acquire_owned()
+                    .expect("claimed within the free slots");
+                let limit = per_webhook
+                    .entry(d.webhook.clone())
+                    .or_insert_with(|| {
+                        Arc::new(Semaphore::new(cfg.delivery.max_concurrent_per_webhook))
+                    })
+                    .clone();
+                let job = Job {
+                    client: client.clone(),
+                    cfg: cfg.clone(),
+                    report: tx.clone(),
+                };
+                attempts.spawn(async move {
+                    let _slot = slot;
+                    let _turn = limit.acquire_owned().await.expect("never closed");
+                    job.attempt(d).await;
+                });
+            }
+        }
+        // Let attempts in flight finish (the daemon bounds this by its grace
+        // period); unfinished ones keep their lease and are retried later.
+        while attempts.join_next().await.is_some() {}
+        drop(tx);
+        let _ = writer.await;
+    }
+}
+
+/// One delivery attempt and its report.
+struct Job {
+    client: reqwest::Client,
+    cfg: Arc<Config>,
+    report: mpsc::Sender<DeliveryReport>,
+}
+
+impl Job {
+    async fn attempt(self, d: ClaimedDelivery) {
+        let configured = self.cfg.webhooks.iter().find(|w| w.name == d.webhook);
+        let (key, headers): (Option<&SigningKey>, Vec<(String, String)>) = match configured {
+            Some(w) => (
+                w.secret.as_ref(),
+                w.headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+            None => (self.cfg.delivery.secret.as_ref(), Vec::new()),
+        };
+        let attempt_no = d.attempts + 1;
+        let result = webhook::send(
+            &self.client,
+            &Attempt {
+                url: &d.url,
+                event_id: &d.event_id,
+                body: d.body.as_bytes(),
+                key,
+                headers: &headers,
+            },
+        )
+        .await;
+        let now = now_ms();
+        let (verdict, status, error) = match result {
+            AttemptResult::Delivered { status } => {
+                tracing::info!(task_id = %d.task_id, webhook = %d.webhook, attempt = attempt_no, status, "delivered");
+                (DeliveryVerdict::Delivered, Some(status), None)
+            }
+            AttemptResult::Gone => {
+                tracing::info!(task_id = %d.task_id, webhook = %d.webhook, attempt = attempt_no, "receiver answered 410 Gone; not retrying");
+                (
+                    DeliveryVerdict::Gone,
+                    Some(410),
+                    Some("410 Gone".to_string()),
+                )
+            }
+            AttemptResult::Failed {
+                status,
+                error,
+                retry_after,
+            } => {
+                let verdict = match retry_after_attempt(
+                    &self.cfg.delivery.retry_schedule,
+                    attempt_no,
+                    retry_after,
+                    rand::random(),
+                ) {
+                    Retry::After(delay) => {
+                        tracing::debug!(task_id = %d.task_id, webhook = %d.webhook, attempt = attempt_no, error = %error, retry_in = ?delay, "delivery attempt failed");
+                        DeliveryVerdict::Retry {
+                            at: now + delay.as_millis() as Millis,
+                        }
+                    }
+                    Retry::DeadLetter => {
+                        tracing::warn!(task_id = %d.task_id, webhook = %d.webhook, attempt = attempt_no, error = %error, "delivery dead-lettered after the last retry");
+                        DeliveryVerdict::DeadLetter
+                    }
+                };
+                (verdict, status, Some(error))
+            }
+        };
+        let _ = self
+            .report
+            .send(DeliveryReport {
+                id: d.id,
+                claim: d.claim,
+                event_id: d.event_id,
+                verdict,
+                status,
+                error,
+            })
+            .await;
+    }
+}
+
+/// Collects attempt reports and writes them in batches, one transaction
+/// each. A failed write is retried (the reports stay in memory) so a store
+/// hiccup does not turn into re-deliveries.
+async fn write_reports(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<DeliveryReport>,
+    wake: Arc<Notify>,
+) {
+    let mut buf = Vec::with_capacity(1024);
+    while rx.recv_many(&mut buf, 1024).await > 0 {
+        let batch = std::mem::take(&mut buf);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match store.record_deliveries(now_ms(), batch.clone()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, reports = batch.len(), "cannot record delivery results; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        wake.notify_one();
+    }
+}

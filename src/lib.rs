@@ -1,0 +1,22 @@
+//! taskhook: watches AceData Cloud task IDs with batched polling and
+//! delivers each finished task as a signed, retried webhook.
+//!
+//! The data path, one module per stage:
+//! [`ingest`] → [`store`] → [`poller`] → [`upstream`] → [`terminal`] →
+//! [`dispatcher`] → [`webhook`]; beside it the control [`api`], the
+//! upstream simulator [`sim`] and the [`demo`].
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod dispatcher;
+pub mod ingest;
+pub mod poller;
+pub mod schedule;
+pub mod sim;
+pub mod store;
+pub mod terminal;
+pub mod upstream;
+pub mod webhook;

@@ -1,0 +1,462 @@
+//! The poller: leases due tasks in batches of one service, asks the upstream
+//! about them with one `retrieve_batch`, applies the terminal rule, and
+//! records the whole round (reschedules, finished tasks' events and their
+//! deliveries) in one transaction.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::store::{ClaimedTask, Millis, NewDelivery, NewEvent, PollUpdate, Store, now_ms};
+use crate::terminal::{Outcome, Verdict, assess};
+use crate::upstream::{Record, UpstreamClient};
+use crate::webhook;
+
+/// Runs the poll loop until cancelled.
+pub struct Poller {
+    pub store: Arc<dyn Store>,
+    pub upstream: Arc<UpstreamClient>,
+    pub config: watch::Receiver<Arc<Config>>,
+    /// Woken by enqueue, so a new task's first poll is planned at once.
+    pub wake: Arc<Notify>,
+    /// Woken when a round produced events, so delivery starts at once.
+    pub deliveries_ready: Arc<Notify>,
+}
+
+fn ms(d: Duration) -> Millis {
+    d.as_millis().min(i64::MAX as u128) as Millis
+}
+
+/// How far ahead of its due time a task may be polled to fill a batch.
+pub fn coalesce_window(cfg: &Config) -> Duration {
+    (cfg.poll.interval / 4).min(Duration::from_secs(2))
+}
+
+impl Poller {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(
+            self.upstream.config().max_concurrent_requests,
+        ));
+        let mut batches = JoinSet::new();
+        loop {
+            while batches.try_join_next().is_some() {}
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => p.expect("never closed"),
+                _ = shutdown.cancelled() => break,
+            };
+            tokio::select! {
+                _ = self.upstream.pace() => {}
+                _ = shutdown.cancelled() => break,
+            }
+            let cfg = self.config.borrow().clone();
+            let now = now_ms();
+            let lease = now + ms(cfg.upstream.request_timeout * 2) + 30_000;
+            let window_end = now + ms(coalesce_window(&cfg));
+            let claim = match self
+                .store
+                .claim_poll_batch(now, window_end, cfg.upstream.batch_size, lease)
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim tasks to poll; retrying in 1s");
+                    self.upstream.unpace();
+                    drop(permit);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            };
+            if claim.tasks.is_empty() {
+                self.upstream.unpace();
+                drop(permit);
+                let sleep = match claim.next_due {
+                    Some(due) => Duration::from_millis((due - now).clamp(1, 60_000) as u64),
+                    None => Duration::from_secs(60),
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(sleep) => {}
+                    _ = self.wake.notified() => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            let round = Round {
+                store: self.store.clone(),
+                upstream: self.upstream.clone(),
+                cfg,
+                deliveries_ready: self.deliveries_ready.clone(),
+            };
+            batches.spawn(async move {
+                round.poll(claim.service, claim.tasks).await;
+                drop(permit);
+            });
+        }
+        // Requests in flight may finish; their leases protect them if not.
+        while batches.join_next().await.is_some() {}
+    }
+}
+
+/// One batch: request, decide, record.
+struct Round {
+    store: Arc<dyn Store>,
+    upstream: Arc<UpstreamClient>,
+    cfg: Arc<Config>,
+    deliveries_ready: Arc<Notify>,
+}
+
+impl Round {
+    async fn poll(self, service: String, tasks: Vec<ClaimedTask>) {
+        let ids: Vec<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+        let result = self.upstream.retrieve_batch(&service, &ids).await;
+        let now = now_ms();
+        let updates: Vec<PollUpdate> = match &result {
+            Ok(answer) => {
+                tracing::debug!(
+                    service,
+                    ids = ids.len(),
+                    answered = answer.records.len(),
+                    "polled a batch"
+                );
+                if answer.unattributed > 0 {
+                    tracing::warn!(
+                        service,
+                        items = answer.unattributed,
+                        "upstream items without a readable id were skipped"
+                    );
+                }
+                tasks
+                    .iter()
+                    .map(|t| decide(&self.cfg, t, answer.records.get(&t.id), now, rand::random()))
+                    .collect()
+            }
+            Err(e) => {
+                let wait = self.upstream.pause_remaining().max(Duration::from_secs(1));
+                tracing::warn!(service, ids = ids.len(), error = %e, retry_in = ?wait, "batch poll failed; its tasks stay queued");
+                tasks
+                    .iter()
+                    .map(|t| PollUpdate::Reschedule {
+                        id: t.id.clone(),
+                        claim: t.claim,
+                        next_poll_at: now + ms(wait),
+                        polled: false,
+                        misses: t.misses,
+                        fail_seen: t.fail_seen,
+                        upstream_state: None,
+                    })
+                    .collect()
+            }
+        };
+        let finished = updates
+            .iter()
+            .filter(|u| matches!(u, PollUpdate::Finish { .. }))
+            .count();
+        for u in &updates {
+            if let PollUpdate::Finish { id, outcome, .. } = u {
+                tracing::info!(task_id = %id, outcome = outcome.as_str(), "task finished");
+            }
+        }
+        if let Err(e) = self.store.record_polls(now, updates).await {
+            // The leases run out and these tasks are polled again: nothing lost.
+            tracing::error!(error = %e, "cannot record a poll round; its tasks will be polled again");
+            return;
+        }
+        if finished > 0 {
+            self.deliveries_ready.notify_one();
+        }
+    }
+}
+
+static UNKNOWN_STATES: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+fn log_unknown_states(task_id: &str, words: &[String]) {
+    let mut seen = UNKNOWN_STATES.lock().expect("unknown-state lock");
+    let seen = seen.get_or_insert_with(HashSet::new);
+    for w in words {
+        if seen.insert(w.clone()) {
+            tracing::warn!(task_id, state = %w, "unknown item state; treating it as running");
+        }
+    }
+}
+
+/// Decides what one poll means for one task. `r` is a uniform draw in [0, 1)
+/// for jitter. Pure apart from logging unknown state words.
+pub fn decide(
+    cfg: &Config,
+    task: &ClaimedTask,
+    record: Option<&Record>,
+    now: Millis,
+    r: f64,
+) -> PollUpdate {
+    let poll = &cfg.poll;
+    let schedule = poll.schedule();
+    let polls = task.polls + 1;
+    let next = now + ms(schedule.jittered_delay_after(polls, r));
+    let expired = now - task.enqueued_at > ms(poll.task_ttl);
+    let finish = |outcome: Outcome, state: String, record: Option<&Record>| {
+        finish_update(cfg, task, outcome, state, record, now)
+    };
+    let Some(record) = record else {
+        let misses = task.misses + 1;
+        if misses >= poll.missing_grace {
+            return finish(Outcome::NotFound, "not found".into(), None);
+        }
+        if expired {
+            return finish(Outcome::Expired, "expired".into(), None);
+        }
+        return PollUpdate::Reschedule {
+            id: task.id.clone(),
+            claim: task.claim,
+            next_poll_at: next,
+            polled: true,
+            misses,
+            fail_seen: 0,
+            upstream_state: Some("not found yet".into()),
+        };
+    };
+    let a = assess(&record.value);
+    if !a.unknown_states.is_empty() {
+        log_unknown_states(&task.id, &a.unknown_states);
+    }
+    match a.verdict {
+        Verdict::Finished(outcome) => finish(outcome, a.state, Some(record)),
+        Verdict::FailureSighted => {
+            let seen = task.fail_seen + 1;
+            if seen >= poll.failure_confirmations {
+                finish(Outcome::Failed, "failed".into(), Some(record))
+            } else if expired {
+                finish(Outcome::Expired, "expired".into(), Some(record))
+            } else {
+                // Confirm soon rather than after a backed-off interval.
+                PollUpdate::Reschedule {
+                    id: task.id.clone(),
+                    claim: task.claim,
+                    next_poll_at: now + ms(schedule.interval),
+                    polled: true,
+                    misses: 0,
+                    fail_seen: seen,
+                    upstream_state: Some(a.state),
+                }
+            }
+        }
+        Verdict::Running if expired => finish(Outcome::Expired, "expired".into(), Some(record)),
+        Verdict::Running => PollUpdate::Reschedule {
+            id: task.id.clone(),
+            claim: task.claim,
+            next_poll_at: next,
+            polled: true,
+            misses: 0,
+            fail_seen: 0,
+            upstream_state: Some(a.state),
+        },
+    }
+}
+
+/// The event for a finished task, routed to every webhook that wants it.
+fn finish_update(
+    cfg: &Config,
+    task: &ClaimedTask,
+    outcome: Outcome,
+    state: String,
+    record: Option<&Record>,
+    now: Millis,
+) -> PollUpdate {
+    let metadata = task
+        .metadata
+        .as_deref()
+        .and_then(|m| serde_json::value::RawValue::from_string(m.to_string()).ok());
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(now.max(0) as u64);
+    let body = webhook::envelope(
+        outcome,
+        at,
+        &task.id,
+        &task.service,
+        metadata.as_deref(),
+        record.map(|r| r.raw.as_ref()),
+    );
+    let mut deliveries: Vec<NewDelivery> = cfg
+        .webhooks
+        .iter()
+        .filter(|w| w.wants(outcome))
+        .map(|w| NewDelivery {
+            webhook: w.name.clone(),
+            url: w.url.to_string(),
+        })
+        .collect();
+    for url in &task.webhooks {
+        if !deliveries.iter().any(|d| &d.url == url) {
+            deliveries.push(NewDelivery {
+                webhook: url.clone(),
+                url: url.clone(),
+            });
+        }
+    }
+    PollUpdate::Finish {
+        id: task.id.clone(),
+        claim: task.claim,
+        polled: record.is_some(),
+        outcome,
+        upstream_state: state,
+        event: NewEvent {
+            id: webhook::new_event_id(),
+            body,
+            deliveries,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cfg() -> Config {
+        Config::from_toml(
+            "[poll]\nmissing_grace = 3\nfailure_confirmations = 2\ntask_ttl = \"1h\"\n\
+             [[webhooks]]\nname = \"all\"\nurl = \"http://a.example/\"\n\
+             [[webhooks]]\nname = \"failures\"\nurl = \"http://b.example/\"\nevents = [\"task.failed\"]",
+        )
+        .unwrap()
+    }
+
+    fn task() -> ClaimedTask {
+        ClaimedTask {
+            id: "t1".into(),
+            service: "producer".into(),
+            claim: 7,
+            enqueued_at: 0,
+            polls: 0,
+            misses: 0,
+            fail_seen: 0,
+            metadata: Some(r#"{"job":1}"#.into()),
+            webhooks: vec!["http://own.example/hook".into()],
+        }
+    }
+
+    fn rec(v: serde_json::Value) -> Record {
+        let text = v.to_string();
+        Record {
+            value: v,
+            raw: serde_json::value::RawValue::from_string(text).unwrap(),
+        }
+    }
+
+    fn outcome(u: &PollUpdate) -> Option<Outcome> {
+        match u {
+            PollUpdate::Finish { outcome, .. } => Some(*outcome),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_single_failure_hiccup_then_success_is_succeeded() {
+        let c = cfg();
+        let mut t = task();
+        let hiccup = rec(json!({"id": "t1", "response": {"success": false, "error": "blip"}}));
+        let u = decide(&c, &t, Some(&hiccup), 1000, 0.5);
+        let PollUpdate::Reschedule { fail_seen, .. } = u else {
+            panic!("{u:?}")
+        };
+        assert_eq!(fail_seen, 1);
+        t.fail_seen = fail_seen;
+        let running = rec(json!({"id": "t1", "response": {"data": [{"state": "running"}]}}));
+        let PollUpdate::Reschedule { fail_seen, .. } = decide(&c, &t, Some(&running), 2000, 0.5)
+        else {
+            panic!()
+        };
+        assert_eq!(fail_seen, 0);
+        t.fail_seen = 0;
+        let done = rec(
+            json!({"id": "t1", "finished_at": 3.0, "response": {"data": [{"state": "succeeded"}]}}),
+        );
+        assert_eq!(
+            outcome(&decide(&c, &t, Some(&done), 3000, 0.5)),
+            Some(Outcome::Succeeded)
+        );
+    }
+
+    #[test]
+    fn repeated_failure_sightings_confirm_failure() {
+        let c = cfg();
+        let mut t = task();
+        t.fail_seen = 1;
+        let fail = rec(
+            json!({"id": "t1", "response": {"success": false, "error": {"code": "x", "message": "y"}}}),
+        );
+        assert_eq!(
+            outcome(&decide(&c, &t, Some(&fail), 1000, 0.5)),
+            Some(Outcome::Failed)
+        );
+    }
+
+    #[test]
+    fn absence_becomes_not_found_after_the_grace() {
+        let c = cfg();
+        let mut t = task();
+        t.misses = 1;
+        assert!(outcome(&decide(&c, &t, None, 1000, 0.5)).is_none());
+        t.misses = 2;
+        assert_eq!(
+            outcome(&decide(&c, &t, None, 1000, 0.5)),
+            Some(Outcome::NotFound)
+        );
+    }
+
+    #[test]
+    fn old_tasks_expire() {
+        let c = cfg();
+        let t = task();
+        let running = rec(json!({"id": "t1", "response": null}));
+        let hour = 3_600_000;
+        assert!(outcome(&decide(&c, &t, Some(&running), hour, 0.5)).is_none());
+        assert_eq!(
+            outcome(&decide(&c, &t, Some(&running), hour + 1, 0.5)),
+            Some(Outcome::Expired)
+        );
+    }
+
+    #[test]
+    fn events_go_to_matching_webhooks_and_the_tasks_own() {
+        let c = cfg();
+        let t = task();
+        let done = rec(
+            json!({"id": "t1", "finished_at": 3.0, "response": {"data": [{"state": "succeeded"}]}}),
+        );
+        let PollUpdate::Finish { event, .. } = decide(&c, &t, Some(&done), 3000, 0.5) else {
+            panic!()
+        };
+        let names: Vec<_> = event
+            .deliveries
+            .iter()
+            .map(|d| d.webhook.as_str())
+            .collect();
+        assert_eq!(names, vec!["all", "http://own.example/hook"]);
+        assert!(event.body.contains(r#""metadata":{"job":1}"#));
+        let failed = rec(
+            json!({"id": "t1", "finished_at": 3.0, "response": {"success": false, "error": "x"}}),
+        );
+        let PollUpdate::Finish { event, .. } = decide(&c, &t, Some(&failed), 3000, 0.5) else {
+            panic!()
+        };
+        assert_eq!(event.deliveries.len(), 3);
+    }
+
+    #[test]
+    fn running_tasks_back_off() {
+        let c = cfg();
+        let mut t = task();
+        t.polls = 30;
+        let running = rec(json!({"id": "t1", "response": {}}));
+        let PollUpdate::Reschedule { next_poll_at, .. } = decide(&c, &t, Some(&running), 0, 0.0)
+        else {
+            panic!()
+        };
+        assert_eq!(next_poll_at, 60_000);
+    }
+}

@@ -1,0 +1,179 @@
+//! Pure timing rules: when to poll a task next, when to retry a delivery, how
+//! long to back off from the upstream. Each takes its random draw as an
+//! argument so tests can pin it; callers pass `rand::random::<f64>()`.
+
+use std::time::Duration;
+
+/// Jitter applied to poll delays: the delay shrinks by up to this fraction,
+/// so jitter spreads load without ever pushing a poll past `max_interval`.
+pub const POLL_JITTER: f64 = 0.1;
+/// Jitter applied to delivery retries and upstream back-off: ± this fraction.
+pub const RETRY_JITTER: f64 = 0.1;
+
+/// The un-jittered poll schedule of one task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PollSchedule {
+    pub first_poll_after: Duration,
+    pub interval: Duration,
+    pub max_interval: Duration,
+    pub backoff_factor: f64,
+}
+
+impl PollSchedule {
+    /// Delay between poll number `polls` (1-based, just done) and the next:
+    /// `interval × backoff_factor^(polls-1)`, capped at `max_interval`.
+    pub fn delay_after(&self, polls: u32) -> Duration {
+        let exp = polls.saturating_sub(1).min(1000) as i32;
+        let secs = self.interval.as_secs_f64() * self.backoff_factor.powi(exp);
+        let max = self.max_interval.as_secs_f64();
+        Duration::from_secs_f64(if secs.is_finite() { secs.min(max) } else { max })
+    }
+
+    /// [`Self::delay_after`] with downward jitter; `r` is uniform in [0, 1).
+    pub fn jittered_delay_after(&self, polls: u32, r: f64) -> Duration {
+        shrink(self.delay_after(polls), POLL_JITTER, r)
+    }
+}
+
+/// `d` reduced by up to `frac` of itself.
+pub fn shrink(d: Duration, frac: f64, r: f64) -> Duration {
+    d.mul_f64(1.0 - frac * r.clamp(0.0, 1.0))
+}
+
+/// `d` scaled into [1 - frac, 1 + frac].
+pub fn spread(d: Duration, frac: f64, r: f64) -> Duration {
+    d.mul_f64(1.0 - frac + 2.0 * frac * r.clamp(0.0, 1.0))
+}
+
+/// What to do after delivery attempt number `attempt` (1-based) failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    After(Duration),
+    DeadLetter,
+}
+
+/// The retry decision for a failed delivery attempt. `retry_after` is the
+/// receiver's `Retry-After`, honoured but clamped between this step's delay
+/// and the schedule's last step.
+pub fn retry_after_attempt(
+    schedule: &[Duration],
+    attempt: u32,
+    retry_after: Option<Duration>,
+    r: f64,
+) -> Retry {
+    let Some(step) = schedule.get(attempt.saturating_sub(1) as usize) else {
+        return Retry::DeadLetter;
+    };
+    let base = spread(*step, RETRY_JITTER, r);
+    let last = *schedule.last().expect("schedule is not empty");
+    match retry_after {
+        Some(ra) => Retry::After(ra.clamp(base.min(last), last.max(base))),
+        None => Retry::After(base),
+    }
+}
+
+/// Upstream back-off after `failures` consecutive failed requests (1-based):
+/// 1, 2, 4, 8, 16 s, then 16 s, each ± jitter. A `Retry-After` longer than
+/// that wins, up to `MAX_UPSTREAM_PAUSE`.
+pub fn upstream_backoff(failures: u32, retry_after: Option<Duration>, r: f64) -> Duration {
+    let exp = failures.saturating_sub(1).min(4);
+    let base = spread(Duration::from_secs(1 << exp), RETRY_JITTER, r);
+    match retry_after {
+        Some(ra) if ra > base => ra.min(MAX_UPSTREAM_PAUSE),
+        _ => base,
+    }
+}
+
+/// The longest pause a `Retry-After` from the upstream can impose.
+pub const MAX_UPSTREAM_PAUSE: Duration = Duration::from_secs(300);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(secs: u64) -> Duration {
+        Duration::from_secs(secs)
+    }
+
+    fn sched() -> PollSchedule {
+        PollSchedule {
+            first_poll_after: s(10),
+            interval: s(5),
+            max_interval: s(60),
+            backoff_factor: 1.5,
+        }
+    }
+
+    #[test]
+    fn poll_delays_grow_by_the_factor_and_stop_at_the_cap() {
+        let p = sched();
+        assert_eq!(p.delay_after(1), s(5));
+        assert_eq!(p.delay_after(2), Duration::from_millis(7500));
+        assert_eq!(p.delay_after(3), Duration::from_millis(11250));
+        assert_eq!(p.delay_after(50), s(60));
+        assert_eq!(p.delay_after(u32::MAX), s(60));
+        let mut last = Duration::ZERO;
+        for n in 1..40 {
+            let d = p.delay_after(n);
+            assert!(d >= last && d <= s(60));
+            last = d;
+        }
+    }
+
+    #[test]
+    fn poll_jitter_only_shortens() {
+        let p = sched();
+        for r in [0.0, 0.3, 0.999] {
+            let d = p.jittered_delay_after(50, r);
+            assert!(d <= s(60) && d >= s(54), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn retries_follow_the_schedule_then_dead_letter() {
+        let sch = [s(5), s(30), s(120)];
+        assert_eq!(retry_after_attempt(&sch, 1, None, 0.5), Retry::After(s(5)));
+        assert_eq!(
+            retry_after_attempt(&sch, 3, None, 0.5),
+            Retry::After(s(120))
+        );
+        assert_eq!(retry_after_attempt(&sch, 4, None, 0.5), Retry::DeadLetter);
+        match retry_after_attempt(&sch, 2, None, 0.0) {
+            Retry::After(d) => assert_eq!(d, s(27)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn receiver_retry_after_is_clamped_to_the_schedule() {
+        let sch = [s(5), s(30), s(120)];
+        assert_eq!(
+            retry_after_attempt(&sch, 1, Some(s(60)), 0.5),
+            Retry::After(s(60))
+        );
+        assert_eq!(
+            retry_after_attempt(&sch, 1, Some(s(9999)), 0.5),
+            Retry::After(s(120))
+        );
+        assert_eq!(
+            retry_after_attempt(&sch, 2, Some(s(1)), 0.5),
+            Retry::After(s(30))
+        );
+    }
+
+    #[test]
+    fn upstream_backoff_doubles_to_sixteen_seconds() {
+        let want = [1, 2, 4, 8, 16, 16, 16];
+        for (i, w) in want.iter().enumerate() {
+            assert_eq!(upstream_backoff(i as u32 + 1, None, 0.5), s(*w));
+        }
+        assert_eq!(upstream_backoff(1, Some(s(7)), 0.5), s(7));
+        assert_eq!(upstream_backoff(5, Some(s(7)), 0.5), s(16));
+        assert_eq!(
+            upstream_backoff(1, Some(s(100_000)), 0.5),
+            MAX_UPSTREAM_PAUSE
+        );
+        let d = upstream_backoff(3, None, 0.0);
+        assert!(d >= Duration::from_millis(3600) && d <= Duration::from_millis(4400));
+    }
+}

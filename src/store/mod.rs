@@ -1,0 +1,328 @@
+//! The durable queue. Every piece of state that must survive a crash lives
+//! behind [`Store`]: watched tasks with their poll schedule, finished tasks'
+//! events, and one delivery row per (event, webhook).
+//!
+//! Every method takes `now` (unix milliseconds) from the caller, so tests
+//! control time. Claims hand out a fencing token (`claim`): a write that
+//! carries a stale token is ignored, so a worker whose lease ran out can
+//! never overwrite the work of the one that took over.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::terminal::Outcome;
+
+/// Unix time in milliseconds.
+pub type Millis = i64;
+
+/// The wall clock in unix milliseconds.
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+/// Serializes unix milliseconds as an RFC 3339 timestamp.
+pub fn ser_time<S: serde::Serializer>(t: &Millis, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*t))
+}
+
+/// [`ser_time`] for optional times (`null` when absent).
+pub fn ser_opt_time<S: serde::Serializer>(t: &Option<Millis>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&rfc3339(*t)),
+        None => s.serialize_none(),
+    }
+}
+
+/// Unix milliseconds as RFC 3339 with milliseconds, e.g. `2026-01-01T00:00:00.000Z`.
+pub fn rfc3339(t: Millis) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(t.max(0) as u64);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot take writes right now (disk full, read-only, locked).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store cannot be opened at all; the daemon must not start.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A task handed in by the pipeline, already validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTask {
+    pub id: String,
+    pub service: String,
+    /// Per-task webhook URLs, in addition to the configured webhooks.
+    pub webhooks: Vec<String>,
+    /// The enqueue `metadata` object as JSON text, echoed in the event.
+    pub metadata: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub struct EnqueueOutcome {
+    pub accepted: usize,
+    pub duplicates: usize,
+}
+
+/// A task leased to the poller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedTask {
+    pub id: String,
+    pub service: String,
+    pub claim: i64,
+    pub enqueued_at: Millis,
+    pub polls: u32,
+    pub misses: u32,
+    pub fail_seen: u32,
+    pub metadata: Option<String>,
+    pub webhooks: Vec<String>,
+}
+
+/// One batch for the poller: tasks of a single service.
+#[derive(Debug, Clone, Default)]
+pub struct PollClaim {
+    pub service: String,
+    pub tasks: Vec<ClaimedTask>,
+    /// When the earliest watched task is due, if nothing is due now.
+    pub next_due: Option<Millis>,
+}
+
+/// What one poll did to one task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PollUpdate {
+    /// Still running (or the request failed): poll again at `next_poll_at`.
+    Reschedule {
+        id: String,
+        claim: i64,
+        next_poll_at: Millis,
+        /// Whether the upstream answered for this task (counts as a poll).
+        polled: bool,
+        misses: u32,
+        fail_seen: u32,
+        upstream_state: Option<String>,
+    },
+    /// Finished: record the event and its deliveries atomically.
+    Finish {
+        id: String,
+        claim: i64,
+        polled: bool,
+        outcome: Outcome,
+        upstream_state: String,
+        event: NewEvent,
+    },
+}
+
+/// A finished task's event and where it must go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub id: String,
+    pub body: String,
+    pub deliveries: Vec<NewDelivery>,
+}
+
+/// One receiver of an event: a configured webhook by name, or a per-task
+/// URL (whose `webhook` is the URL itself).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDelivery {
+    pub webhook: String,
+    pub url: String,
+}
+
+/// A delivery leased to the dispatcher, with the event body to send.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    pub id: i64,
+    pub claim: i64,
+    pub event_id: String,
+    pub task_id: String,
+    pub webhook: String,
+    pub url: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    pub body: Arc<str>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryClaim {
+    pub deliveries: Vec<ClaimedDelivery>,
+    /// When the earliest pending delivery is due.
+    pub next_due: Option<Millis>,
+}
+
+/// How an attempt ended, as the store records it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeliveryVerdict {
+    Delivered,
+    Retry { at: Millis },
+    DeadLetter,
+    Gone,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryReport {
+    pub id: i64,
+    pub claim: i64,
+    pub event_id: String,
+    pub verdict: DeliveryVerdict,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+}
+
+/// The lifecycle of a watched task, as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    Watching,
+    Delivering,
+    Done,
+}
+
+/// The lifecycle of one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+    /// Dead-lettered after the retry schedule ran out.
+    Failed,
+    /// The receiver answered 410: it wants no more of this event.
+    Gone,
+}
+
+impl DeliveryState {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "delivered" => Self::Delivered,
+            "failed" => Self::Failed,
+            "gone" => Self::Gone,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DeliveryView {
+    pub id: i64,
+    pub event_id: String,
+    pub task_id: String,
+    pub event_type: String,
+    pub webhook: String,
+    pub url: String,
+    pub state: DeliveryState,
+    pub attempts: u32,
+    #[serde(serialize_with = "ser_opt_time")]
+    pub next_attempt_at: Option<Millis>,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    #[serde(serialize_with = "ser_time")]
+    pub created_at: Millis,
+    #[serde(serialize_with = "ser_time")]
+    pub updated_at: Millis,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TaskView {
+    pub id: String,
+    pub service: String,
+    pub status: TaskStatus,
+    pub upstream_state: Option<String>,
+    pub outcome: Option<String>,
+    pub polls: u32,
+    #[serde(serialize_with = "ser_time")]
+    pub enqueued_at: Millis,
+    #[serde(serialize_with = "ser_opt_time")]
+    pub next_poll_at: Option<Millis>,
+    #[serde(serialize_with = "ser_opt_time")]
+    pub finished_at: Option<Millis>,
+    pub event_id: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+    pub webhooks: Vec<String>,
+    pub deliveries: Vec<DeliveryView>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct StoreStats {
+    pub watching: u64,
+    pub delivering: u64,
+    pub done: u64,
+    pub deliveries_pending: u64,
+    pub dead_letters: u64,
+    #[serde(serialize_with = "ser_opt_time")]
+    pub oldest_watching_enqueued_at: Option<Millis>,
+}
+
+/// The durable queue. See the module docs for the rules every backend keeps.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores new tasks, first poll at `now + first_poll_after_ms`. Returns
+    /// only after the commit. IDs already watched or delivering count as
+    /// duplicates; a done ID is watched afresh.
+    async fn enqueue(
+        &self,
+        now: Millis,
+        first_poll_after_ms: Millis,
+        tasks: Vec<NewTask>,
+    ) -> StoreResult<EnqueueOutcome>;
+
+    /// Leases up to `limit` tasks of one service: the service of the earliest
+    /// due task, taking its tasks due by `window_end` (≥ now) so batches fill.
+    /// Leased tasks are not handed out again before `lease_until`.
+    async fn claim_poll_batch(
+        &self,
+        now: Millis,
+        window_end: Millis,
+        limit: usize,
+        lease_until: Millis,
+    ) -> StoreResult<PollClaim>;
+
+    /// Applies one poll round in one transaction; stale claims are ignored.
+    async fn record_polls(&self, now: Millis, updates: Vec<PollUpdate>) -> StoreResult<()>;
+
+    /// Leases up to `limit` due deliveries, skipping the webhooks in
+    /// `exclude` (those already at their concurrency limit).
+    async fn claim_deliveries(
+        &self,
+        now: Millis,
+        limit: usize,
+        lease_until: Millis,
+        exclude: Vec<String>,
+    ) -> StoreResult<DeliveryClaim>;
+
+    /// Records attempt results in one transaction; a task whose deliveries
+    /// are all settled becomes done. Stale claims are ignored.
+    async fn record_deliveries(&self, now: Millis, reports: Vec<DeliveryReport>)
+    -> StoreResult<()>;
+
+    async fn get_task(&self, id: String) -> StoreResult<Option<TaskView>>;
+    /// Stops watching: removes the task and its pending deliveries.
+    async fn delete_task(&self, id: String) -> StoreResult<bool>;
+    async fn stats(&self) -> StoreResult<StoreStats>;
+    async fn list_deliveries(
+        &self,
+        state: Option<DeliveryState>,
+        limit: usize,
+    ) -> StoreResult<Vec<DeliveryView>>;
+    /// Makes a failed (dead-lettered) delivery pending again, due `now`.
+    async fn replay_delivery(&self, now: Millis, id: i64) -> StoreResult<bool>;
+    async fn replay_all_failed(&self, now: Millis) -> StoreResult<u64>;
+    /// Drops done tasks settled before `done_before` with their delivered
+    /// deliveries, and dead letters older than `dead_before`.
+    async fn purge(&self, done_before: Millis, dead_before: Millis) -> StoreResult<u64>;
+    /// Proves the store takes writes (for readiness).
+    async fn check_writable(&self, now: Millis) -> StoreResult<()>;
+}

@@ -1,0 +1,731 @@
+//! The embedded backend: one SQLite file in WAL mode, one writer connection
+//! and one reader connection, each used from a blocking thread. A lock file
+//! beside the database keeps a second taskhook off the same store, which is
+//! what lets this backend take back every lease at start-up.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use super::*;
+use crate::config::SyncMode;
+
+/// Schema migrations, in order; `PRAGMA user_version` counts those applied.
+const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
+
+/// The SQLite store. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Connection>>,
+    _lock: Arc<File>,
+    path: PathBuf,
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+const WATCHING: i64 = 0;
+const DELIVERING: i64 = 1;
+const DONE: i64 = 2;
+
+const PENDING: i64 = 0;
+const DELIVERED: i64 = 1;
+const FAILED: i64 = 2;
+const GONE: i64 = 3;
+
+fn state_code(s: DeliveryState) -> i64 {
+    match s {
+        DeliveryState::Pending => PENDING,
+        DeliveryState::Delivered => DELIVERED,
+        DeliveryState::Failed => FAILED,
+        DeliveryState::Gone => GONE,
+    }
+}
+
+fn state_of(code: i64) -> DeliveryState {
+    match code {
+        PENDING => DeliveryState::Pending,
+        DELIVERED => DeliveryState::Delivered,
+        FAILED => DeliveryState::Failed,
+        _ => DeliveryState::Gone,
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path`, applies migrations and
+    /// takes back the leases a previous process left behind.
+    pub fn open(path: &Path, sync: SyncMode, now: Millis) -> StoreResult<SqliteStore> {
+        let fatal = |m: String| StoreError::Fatal(format!("store {}: {m}", path.display()));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            return Err(fatal(format!(
+                "directory {} does not exist (create it, or set store.path)",
+                dir.display()
+            )));
+        }
+        let lock_path = path.with_extension("lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| {
+                fatal(format!(
+                    "cannot open lock file {}: {e}",
+                    lock_path.display()
+                ))
+            })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(fatal(
+                    "another taskhook is using this store (its lock file is held)".into(),
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(fatal(format!("cannot lock {}: {e}", lock_path.display())));
+            }
+        }
+        let writer = Self::connect(path, sync).map_err(|e| fatal(describe_open_error(&e)))?;
+        Self::migrate(&writer).map_err(fatal)?;
+        let reader = Self::connect(path, sync).map_err(|e| fatal(describe_open_error(&e)))?;
+        // Single owner: whatever was leased belonged to a process now gone.
+        writer
+            .execute(
+                "UPDATE tasks SET leased = 0, next_poll_at = ?1 WHERE leased = 1",
+                [now],
+            )
+            .and_then(|_| {
+                writer.execute(
+                    "UPDATE deliveries SET leased = 0, next_attempt_at = ?1 WHERE leased = 1",
+                    [now],
+                )
+            })
+            .map_err(|e| fatal(describe_open_error(&e)))?;
+        Ok(SqliteStore {
+            writer: Arc::new(Mutex::new(writer)),
+            reader: Arc::new(Mutex::new(reader)),
+            _lock: Arc::new(lock),
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn connect(path: &Path, sync: SyncMode) -> rusqlite::Result<Connection> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match sync {
+                SyncMode::Full => "FULL",
+                SyncMode::Normal => "NORMAL",
+            },
+        )?;
+        conn.pragma_update(None, "cache_size", -16000)?;
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(conn)
+    }
+
+    fn migrate(conn: &Connection) -> Result<(), String> {
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| describe_open_error(&e))?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(format!(
+                "written by a newer taskhook (schema version {version}, this one knows up to {known}); \
+                 upgrade taskhook or point store.path elsewhere"
+            ));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let v = i as i64 + 1;
+            conn.execute_batch(&format!(
+                "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {v}; COMMIT;"
+            ))
+            .map_err(|e| format!("migrating to schema version {v}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The schema version of an open store.
+    pub fn schema_version(&self) -> i64 {
+        let c = self.reader.lock().expect("reader lock");
+        c.query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap_or(-1)
+    }
+
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let conn = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
+            let out = f(&tx).map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store worker: {e}")))?
+    }
+
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let conn = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let c = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&c).map_err(unavailable)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store worker: {e}")))?
+    }
+}
+
+fn describe_open_error(e: &rusqlite::Error) -> String {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) => {
+            "the file is not a taskhook database (corrupt, or something else)".into()
+        }
+        Some(rusqlite::ErrorCode::CannotOpen) => format!("cannot open: {e}"),
+        Some(rusqlite::ErrorCode::ReadOnly) => format!("read-only: {e}"),
+        _ => e.to_string(),
+    }
+}
+
+fn claimed_task(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClaimedTask> {
+    let webhooks: Option<String> = r.get(8)?;
+    Ok(ClaimedTask {
+        id: r.get(0)?,
+        service: r.get(1)?,
+        claim: r.get(2)?,
+        enqueued_at: r.get(3)?,
+        polls: r.get(4)?,
+        misses: r.get(5)?,
+        fail_seen: r.get(6)?,
+        metadata: r.get(7)?,
+        webhooks: webhooks
+            .and_then(|w| serde_json::from_str(&w).ok())
+            .unwrap_or_default(),
+    })
+}
+
+const DELIVERY_COLUMNS: &str = "d.id, d.event_id, d.task_id, e.type, d.webhook, d.url, d.state, \
+     d.attempts, d.next_attempt_at, d.last_status, d.last_error, d.created_at, d.updated_at";
+
+fn delivery_view(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryView> {
+    let state = state_of(r.get(6)?);
+    Ok(DeliveryView {
+        id: r.get(0)?,
+        event_id: r.get(1)?,
+        task_id: r.get(2)?,
+        event_type: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+        webhook: r.get(4)?,
+        url: r.get(5)?,
+        state,
+        attempts: r.get(7)?,
+        next_attempt_at: if state == DeliveryState::Pending {
+            r.get(8)?
+        } else {
+            None
+        },
+        last_status: r.get(9)?,
+        last_error: r.get(10)?,
+        created_at: r.get(11)?,
+        updated_at: r.get(12)?,
+    })
+}
+
+/// Marks done every delivering task of `event_id` with nothing pending.
+fn settle_task(tx: &Transaction<'_>, now: Millis, event_id: &str) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE tasks SET status = 2, done_at = ?1 \
+         WHERE event_id = ?2 AND status = 1 AND NOT EXISTS \
+         (SELECT 1 FROM deliveries WHERE event_id = ?2 AND state = 0)",
+    )?
+    .execute(params![now, event_id])?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn enqueue(
+        &self,
+        now: Millis,
+        first_poll_after_ms: Millis,
+        tasks: Vec<NewTask>,
+    ) -> StoreResult<EnqueueOutcome> {
+        self.write(move |tx| {
+            let mut out = EnqueueOutcome::default();
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO tasks (id, service, status, enqueued_at, next_poll_at, metadata, webhooks) \
+                 VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (id) DO UPDATE SET service = excluded.service, status = 0, \
+                   enqueued_at = excluded.enqueued_at, next_poll_at = excluded.next_poll_at, \
+                   leased = 0, claim = claim + 1, polls = 0, misses = 0, fail_seen = 0, \
+                   upstream_state = NULL, outcome = NULL, event_id = NULL, finished_at = NULL, \
+                   done_at = NULL, metadata = excluded.metadata, webhooks = excluded.webhooks \
+                 WHERE tasks.status = 2",
+            )?;
+            for t in &tasks {
+                let hooks = (!t.webhooks.is_empty())
+                    .then(|| serde_json::to_string(&t.webhooks).expect("strings serialize"));
+                let n = stmt.execute(params![
+                    t.id,
+                    t.service,
+                    now,
+                    now + first_poll_after_ms,
+                    t.metadata,
+                    hooks
+                ])?;
+                if n == 1 {
+                    out.accepted += 1;
+                } else {
+                    out.duplicates += 1;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn claim_poll_batch(
+        &self,
+        now: Millis,
+        window_end: Millis,
+        limit: usize,
+        lease_until: Millis,
+    ) -> StoreResult<PollClaim> {
+        self.write(move |tx| {
+            let first: Option<(String, Millis)> = tx
+                .prepare_cached(
+                    "SELECT service, next_poll_at FROM tasks WHERE status = 0 \
+                     ORDER BY next_poll_at LIMIT 1",
+                )?
+                .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let Some((service, due)) = first else {
+                return Ok(PollClaim::default());
+            };
+            if due > now {
+                return Ok(PollClaim {
+                    next_due: Some(due),
+                    ..Default::default()
+                });
+            }
+            let mut stmt = tx.prepare_cached(
+                "UPDATE tasks SET leased = 1, claim = claim + 1, next_poll_at = ?1 \
+                 WHERE id IN (SELECT id FROM tasks WHERE status = 0 AND service = ?2 \
+                              AND next_poll_at <= ?3 ORDER BY next_poll_at LIMIT ?4) \
+                 RETURNING id, service, claim, enqueued_at, polls, misses, fail_seen, metadata, webhooks",
+            )?;
+            let tasks = stmt
+                .query_map(params![lease_until, service, window_end.max(now), limit as i64], claimed_task)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(PollClaim {
+                service,
+                tasks,
+                next_due: None,
+            })
+        })
+        .await
+    }
+
+    async fn record_polls(&self, now: Millis, updates: Vec<PollUpdate>) -> StoreResult<()> {
+        self.write(move |tx| {
+            let mut resched = tx.prepare_cached(
+                "UPDATE tasks SET leased = 0, next_poll_at = ?1, polls = polls + ?2, misses = ?3, \
+                   fail_seen = ?4, upstream_state = COALESCE(?5, upstream_state) \
+                 WHERE id = ?6 AND claim = ?7 AND status = 0",
+            )?;
+            let mut finish = tx.prepare_cached(
+                "UPDATE tasks SET leased = 0, status = ?1, polls = polls + ?2, upstream_state = ?3, \
+                   outcome = ?4, event_id = ?5, finished_at = ?6, done_at = ?7 \
+                 WHERE id = ?8 AND claim = ?9 AND status = 0",
+            )?;
+            let mut event = tx.prepare_cached(
+                "INSERT INTO events (id, task_id, type, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let mut delivery = tx.prepare_cached(
+                "INSERT INTO deliveries (event_id, task_id, webhook, url, state, next_attempt_at, \
+                   created_at, updated_at) VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?5)",
+            )?;
+            for u in &updates {
+                match u {
+                    PollUpdate::Reschedule {
+                        id,
+                        claim,
+                        next_poll_at,
+                        polled,
+                        misses,
+                        fail_seen,
+                        upstream_state,
+                    } => {
+                        resched.execute(params![
+                            next_poll_at,
+                            *polled as i64,
+                            misses,
+                            fail_seen,
+                            upstream_state,
+                            id,
+                            claim
+                        ])?;
+                    }
+                    PollUpdate::Finish {
+                        id,
+                        claim,
+                        polled,
+                        outcome,
+                        upstream_state,
+                        event: ev,
+                    } => {
+                        let settled = ev.deliveries.is_empty();
+                        let n = finish.execute(params![
+                            if settled { DONE } else { DELIVERING },
+                            *polled as i64,
+                            upstream_state,
+                            outcome.as_str(),
+                            ev.id,
+                            now,
+                            settled.then_some(now),
+                            id,
+                            claim
+                        ])?;
+                        if n == 0 {
+                            continue; // stale claim: someone else owns the task now
+                        }
+                        event.execute(params![ev.id, id, outcome.event_type(), ev.body, now])?;
+                        for d in &ev.deliveries {
+                            delivery.execute(params![ev.id, id, d.webhook, d.url, now])?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: Millis,
+        limit: usize,
+        lease_until: Millis,
+        exclude: Vec<String>,
+    ) -> StoreResult<DeliveryClaim> {
+        self.write(move |tx| {
+            let mut sql = String::from(
+                "UPDATE deliveries SET leased = 1, claim = claim + 1, next_attempt_at = ?1 \
+                 WHERE id IN (SELECT id FROM deliveries WHERE state = 0 AND next_attempt_at <= ?2",
+            );
+            if !exclude.is_empty() {
+                sql.push_str(" AND webhook NOT IN (");
+                for i in 0..exclude.len() {
+                    if i > 0 {
+                        sql.push(',');
+                    }
+                    sql.push_str(&format!("?{}", i + 4));
+                }
+                sql.push(')');
+            }
+            sql.push_str(
+                " ORDER BY next_attempt_at LIMIT ?3) \
+                 RETURNING id, claim, event_id, task_id, webhook, url, attempts",
+            );
+            let mut args: Vec<rusqlite::types::Value> =
+                vec![lease_until.into(), now.into(), (limit as i64).into()];
+            args.extend(exclude.into_iter().map(rusqlite::types::Value::from));
+            let mut stmt = tx.prepare_cached(&sql)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args), |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, String>(5)?,
+                        r.get::<_, u32>(6)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut bodies: HashMap<String, Arc<str>> = HashMap::new();
+            let mut body_stmt = tx.prepare_cached("SELECT body FROM events WHERE id = ?1")?;
+            let mut deliveries = Vec::with_capacity(rows.len());
+            for (id, claim, event_id, task_id, webhook, url, attempts) in rows {
+                let body = match bodies.get(&event_id) {
+                    Some(b) => b.clone(),
+                    None => {
+                        let b: String = body_stmt.query_row([&event_id], |r| r.get(0))?;
+                        let b: Arc<str> = b.into();
+                        bodies.insert(event_id.clone(), b.clone());
+                        b
+                    }
+                };
+                deliveries.push(ClaimedDelivery {
+                    id,
+                    claim,
+                    event_id,
+                    task_id,
+                    webhook,
+                    url,
+                    attempts,
+                    body,
+                });
+            }
+            let next_due = if deliveries.is_empty() {
+                tx.prepare_cached("SELECT min(next_attempt_at) FROM deliveries WHERE state = 0")?
+                    .query_row([], |r| r.get::<_, Option<Millis>>(0))?
+            } else {
+                None
+            };
+            Ok(DeliveryClaim {
+                deliveries,
+                next_due,
+            })
+        })
+        .await
+    }
+
+    async fn record_deliveries(
+        &self,
+        now: Millis,
+        reports: Vec<DeliveryReport>,
+    ) -> StoreResult<()> {
+        self.write(move |tx| {
+            let mut settle = tx.prepare_cached(
+                "UPDATE deliveries SET leased = 0, state = ?1, attempts = attempts + 1, \
+                   last_status = ?2, last_error = ?3, updated_at = ?4 \
+                 WHERE id = ?5 AND claim = ?6 AND state = 0",
+            )?;
+            let mut retry = tx.prepare_cached(
+                "UPDATE deliveries SET leased = 0, next_attempt_at = ?1, attempts = attempts + 1, \
+                   last_status = ?2, last_error = ?3, updated_at = ?4 \
+                 WHERE id = ?5 AND claim = ?6 AND state = 0",
+            )?;
+            let mut touched: Vec<&str> = Vec::new();
+            for r in &reports {
+                let state = match r.verdict {
+                    DeliveryVerdict::Retry { at } => {
+                        retry.execute(params![at, r.status, r.error, now, r.id, r.claim])?;
+                        continue;
+                    }
+                    DeliveryVerdict::Delivered => DELIVERED,
+                    DeliveryVerdict::DeadLetter => FAILED,
+                    DeliveryVerdict::Gone => GONE,
+                };
+                if settle.execute(params![state, r.status, r.error, now, r.id, r.claim])? == 1
+                    && !touched.contains(&r.event_id.as_str())
+                {
+                    touched.push(&r.event_id);
+                }
+            }
+            for event_id in touched {
+                settle_task(tx, now, event_id)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_task(&self, id: String) -> StoreResult<Option<TaskView>> {
+        self.read(move |c| {
+            let task = c
+                .prepare_cached(
+                    "SELECT id, service, status, upstream_state, outcome, polls, enqueued_at, \
+                       next_poll_at, finished_at, event_id, metadata, webhooks \
+                     FROM tasks WHERE id = ?1",
+                )?
+                .query_row([&id], |r| {
+                    let status = match r.get::<_, i64>(2)? {
+                        WATCHING => TaskStatus::Watching,
+                        DELIVERING => TaskStatus::Delivering,
+                        _ => TaskStatus::Done,
+                    };
+                    let metadata: Option<String> = r.get(10)?;
+                    let webhooks: Option<String> = r.get(11)?;
+                    Ok(TaskView {
+                        id: r.get(0)?,
+                        service: r.get(1)?,
+                        status,
+                        upstream_state: r.get(3)?,
+                        outcome: r.get(4)?,
+                        polls: r.get(5)?,
+                        enqueued_at: r.get(6)?,
+                        next_poll_at: if status == TaskStatus::Watching {
+                            r.get(7)?
+                        } else {
+                            None
+                        },
+                        finished_at: r.get(8)?,
+                        event_id: r.get(9)?,
+                        metadata: metadata.and_then(|m| serde_json::from_str(&m).ok()),
+                        webhooks: webhooks
+                            .and_then(|w| serde_json::from_str(&w).ok())
+                            .unwrap_or_default(),
+                        deliveries: Vec::new(),
+                    })
+                })
+                .optional()?;
+            let Some(mut task) = task else {
+                return Ok(None);
+            };
+            if let Some(event_id) = &task.event_id {
+                task.deliveries = c
+                    .prepare_cached(&format!(
+                        "SELECT {DELIVERY_COLUMNS} FROM deliveries d \
+                         LEFT JOIN events e ON e.id = d.event_id WHERE d.event_id = ?1 ORDER BY d.id"
+                    ))?
+                    .query_map([event_id], delivery_view)?
+                    .collect::<rusqlite::Result<_>>()?;
+            }
+            Ok(Some(task))
+        })
+        .await
+    }
+
+    async fn delete_task(&self, id: String) -> StoreResult<bool> {
+        self.write(move |tx| {
+            tx.execute(
+                "DELETE FROM deliveries WHERE task_id = ?1 AND state = 0",
+                [&id],
+            )?;
+            Ok(tx.execute("DELETE FROM tasks WHERE id = ?1", [&id])? == 1)
+        })
+        .await
+    }
+
+    async fn stats(&self) -> StoreResult<StoreStats> {
+        self.read(|c| {
+            let count = |sql: &str| -> rusqlite::Result<u64> {
+                c.prepare_cached(sql)?.query_row([], |r| r.get(0))
+            };
+            Ok(StoreStats {
+                watching: count("SELECT count(*) FROM tasks WHERE status = 0")?,
+                delivering: count("SELECT count(*) FROM tasks WHERE status = 1")?,
+                done: count("SELECT count(*) FROM tasks WHERE status = 2")?,
+                deliveries_pending: count("SELECT count(*) FROM deliveries WHERE state = 0")?,
+                dead_letters: count("SELECT count(*) FROM deliveries WHERE state = 2")?,
+                oldest_watching_enqueued_at: c
+                    .prepare_cached("SELECT min(enqueued_at) FROM tasks WHERE status = 0")?
+                    .query_row([], |r| r.get(0))?,
+            })
+        })
+        .await
+    }
+
+    async fn list_deliveries(
+        &self,
+        state: Option<DeliveryState>,
+        limit: usize,
+    ) -> StoreResult<Vec<DeliveryView>> {
+        self.read(move |c| {
+            let filter = if state.is_some() {
+                "WHERE d.state = ?1"
+            } else {
+                "WHERE ?1 IS NULL"
+            };
+            c.prepare_cached(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries d LEFT JOIN events e ON e.id = d.event_id \
+                 {filter} ORDER BY d.id DESC LIMIT ?2"
+            ))?
+            .query_map(params![state.map(state_code), limit as i64], delivery_view)?
+            .collect()
+        })
+        .await
+    }
+
+    async fn replay_delivery(&self, now: Millis, id: i64) -> StoreResult<bool> {
+        self.write(move |tx| {
+            let event: Option<String> = tx
+                .query_row(
+                    "UPDATE deliveries SET state = 0, attempts = 0, next_attempt_at = ?1, \
+                       updated_at = ?1 WHERE id = ?2 AND state = 2 RETURNING event_id",
+                    params![now, id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(e) = &event {
+                tx.execute(
+                    "UPDATE tasks SET status = 1, done_at = NULL WHERE event_id = ?1 AND status = 2",
+                    [e],
+                )?;
+            }
+            Ok(event.is_some())
+        })
+        .await
+    }
+
+    async fn replay_all_failed(&self, now: Millis) -> StoreResult<u64> {
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE tasks SET status = 1, done_at = NULL WHERE status = 2 AND event_id IN \
+                 (SELECT event_id FROM deliveries WHERE state = 2)",
+                [],
+            )?;
+            let n = tx.execute(
+                "UPDATE deliveries SET state = 0, attempts = 0, next_attempt_at = ?1, \
+                   updated_at = ?1 WHERE state = 2",
+                [now],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn purge(&self, done_before: Millis, dead_before: Millis) -> StoreResult<u64> {
+        self.write(move |tx| {
+            let mut n = tx.execute(
+                "DELETE FROM tasks WHERE status = 2 AND done_at < ?1",
+                [done_before],
+            )?;
+            n += tx.execute(
+                "DELETE FROM deliveries WHERE state IN (1, 3) AND updated_at < ?1 \
+                 AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.event_id = deliveries.event_id)",
+                [done_before],
+            )?;
+            n += tx.execute(
+                "DELETE FROM deliveries WHERE state = 2 AND updated_at < ?1",
+                [dead_before],
+            )?;
+            n += tx.execute(
+                "DELETE FROM events WHERE created_at < ?1 \
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id) \
+                 AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.event_id = events.id)",
+                [done_before.max(dead_before)],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn check_writable(&self, now: Millis) -> StoreResult<()> {
+        self.write(move |tx| {
+            tx.execute("DELETE FROM probe", [])?;
+            tx.execute("INSERT INTO probe (at) VALUES (?1)", [now])?;
+            Ok(())
+        })
+        .await
+    }
+}

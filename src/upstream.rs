@@ -1,0 +1,331 @@
+//! The upstream client: `retrieve_batch` against `/{service}/tasks`, paced
+//! by a rate limiter, capped in concurrency, backing off on 429 and 5xx.
+//! Every failure is an error value for that batch; none loses an ID.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::sync::Semaphore;
+
+use crate::config::{Secret, UpstreamConfig};
+use crate::schedule::upstream_backoff;
+use crate::webhook::parse_retry_after;
+
+/// Why a batch request produced no records.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("429 too many requests")]
+    RateLimited { retry_after: Option<Duration> },
+    #[error("401 the upstream refuses the token ({code})")]
+    Unauthorized { code: String },
+    #[error("400 bad request ({code}: {message})")]
+    BadRequest { code: String, message: String },
+    #[error("HTTP {status} from the upstream")]
+    Server {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    #[error("request failed: {0}")]
+    Transport(String),
+    #[error("unreadable answer: {0}")]
+    Malformed(String),
+}
+
+/// One record of a batch answer: its ID, the parsed JSON for the terminal
+/// rule, and the exact bytes to forward.
+#[derive(Debug)]
+pub struct Record {
+    pub value: serde_json::Value,
+    pub raw: Box<RawValue>,
+}
+
+/// A parsed batch answer, keyed by task ID. Records without an ID are
+/// dropped (logged); of two records for one ID the later wins unless only
+/// the earlier is settled.
+#[derive(Debug, Default)]
+pub struct BatchAnswer {
+    pub records: HashMap<String, Record>,
+    /// Items that could not be attributed to a task (no `id`).
+    pub unattributed: usize,
+}
+
+#[derive(Deserialize)]
+struct BatchBody {
+    items: Vec<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: Option<serde_json::Value>,
+}
+
+/// Parses a `retrieve_batch` answer. Items are parsed one by one so a bad
+/// item never spoils the rest.
+pub fn parse_batch(body: &[u8]) -> Result<BatchAnswer, UpstreamError> {
+    let parsed: BatchBody = serde_json::from_slice(body)
+        .map_err(|e| UpstreamError::Malformed(format!("batch answer: {e}")))?;
+    let mut answer = BatchAnswer::default();
+    for raw in parsed.items {
+        let value: serde_json::Value = match serde_json::from_str(raw.get()) {
+            Ok(v) => v,
+            Err(_) => {
+                answer.unattributed += 1;
+                continue;
+            }
+        };
+        let Some(id) = value.get("id").and_then(|v| v.as_str()).map(str::to_owned) else {
+            answer.unattributed += 1;
+            continue;
+        };
+        let settled = |v: &serde_json::Value| v.get("finished_at").is_some_and(|f| !f.is_null());
+        if let Some(prev) = answer.records.get(&id)
+            && settled(&prev.value)
+            && !settled(&value)
+        {
+            continue;
+        }
+        answer.records.insert(id, Record { value, raw });
+    }
+    Ok(answer)
+}
+
+fn error_code(body: &[u8]) -> (String, String) {
+    let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
+    match parsed.and_then(|b| b.error) {
+        Some(serde_json::Value::Object(o)) => (
+            o.get("code")
+                .and_then(|c| c.as_str())
+                .unwrap_or("unknown")
+                .to_string(),
+            o.get("message")
+                .and_then(|c| c.as_str())
+                .unwrap_or("")
+                .to_string(),
+        ),
+        Some(serde_json::Value::String(s)) => ("unknown".into(), s),
+        _ => ("unknown".into(), String::new()),
+    }
+}
+
+/// Paces requests to at most `rate` per second and holds them back while
+/// the upstream asked us to back off.
+#[derive(Debug)]
+struct Pacer {
+    next_slot: Instant,
+    paused_until: Instant,
+    rate: f64,
+}
+
+/// What the daemon knows about the upstream's health, for `/readyz` and
+/// `/v1/stats`.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct UpstreamHealth {
+    /// False after a 401: polling cannot work until the token is fixed.
+    pub token_accepted: bool,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+    pub last_success_at: Option<i64>,
+    pub requests: u64,
+    pub failures: u64,
+}
+
+/// The client. One per daemon; shared by the poller's batch tasks.
+pub struct UpstreamClient {
+    http: reqwest::Client,
+    cfg: UpstreamConfig,
+    pacer: Mutex<Pacer>,
+    in_flight: Semaphore,
+    health: Mutex<UpstreamHealth>,
+}
+
+impl UpstreamClient {
+    pub fn new(cfg: UpstreamConfig) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(cfg.request_timeout)
+            .connect_timeout(cfg.request_timeout.min(Duration::from_secs(10)))
+            .user_agent(crate::webhook::user_agent())
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(cfg.max_concurrent_requests)
+            .build()?;
+        let now = Instant::now();
+        Ok(UpstreamClient {
+            http,
+            pacer: Mutex::new(Pacer {
+                next_slot: now,
+                paused_until: now,
+                rate: cfg.max_requests_per_second,
+            }),
+            in_flight: Semaphore::new(cfg.max_concurrent_requests),
+            health: Mutex::new(UpstreamHealth {
+                token_accepted: true,
+                ..Default::default()
+            }),
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.cfg
+    }
+
+    pub fn health(&self) -> UpstreamHealth {
+        self.health.lock().expect("health lock").clone()
+    }
+
+    /// Reserves the next request slot and waits for it. Returns how long
+    /// it waited (time spent in the rate limiter or a back-off pause).
+    pub async fn pace(&self) -> Duration {
+        let start = Instant::now();
+        let at = {
+            let mut p = self.pacer.lock().expect("pacer lock");
+            let at = start.max(p.next_slot).max(p.paused_until);
+            p.next_slot = at + Duration::from_secs_f64(1.0 / p.rate);
+            at
+        };
+        tokio::time::sleep_until(at.into()).await;
+        start.elapsed()
+    }
+
+    /// Gives back a slot reserved by [`Self::pace`] that was not used.
+    pub fn unpace(&self) {
+        let mut p = self.pacer.lock().expect("pacer lock");
+        let step = Duration::from_secs_f64(1.0 / p.rate);
+        let now = Instant::now();
+        p.next_slot = p.next_slot.checked_sub(step).unwrap_or(now).max(now);
+    }
+
+    /// How long from now until requests may flow again.
+    pub fn pause_remaining(&self) -> Duration {
+        let p = self.pacer.lock().expect("pacer lock");
+        p.paused_until.saturating_duration_since(Instant::now())
+    }
+
+    /// One `retrieve_batch` for `ids` of `service`, within the concurrency cap.
+    pub async fn retrieve_batch(
+        &self,
+        service: &str,
+        ids: &[&str],
+    ) -> Result<BatchAnswer, UpstreamError> {
+        let _permit = self.in_flight.acquire().await.expect("never closed");
+        let result = self.request(service, ids).await;
+        self.observe(&result);
+        result
+    }
+
+    async fn request(&self, service: &str, ids: &[&str]) -> Result<BatchAnswer, UpstreamError> {
+        #[derive(Serialize)]
+        struct Req<'a> {
+            ids: &'a [&'a str],
+            action: &'static str,
+        }
+        let mut req = self
+            .http
+            .post(self.cfg.tasks_url(service))
+            .header("accept", "application/json")
+            .json(&Req {
+                ids,
+                action: "retrieve_batch",
+            });
+        if let Some(token) = &self.cfg.token {
+            req = req.bearer_auth(Secret::expose(token));
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| UpstreamError::Transport(crate::webhook::describe_reqwest_error(&e)))?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| UpstreamError::Transport(crate::webhook::describe_reqwest_error(&e)))?;
+        match status {
+            200..=299 => parse_batch(&body),
+            401 | 403 => Err(UpstreamError::Unauthorized {
+                code: error_code(&body).0,
+            }),
+            429 => Err(UpstreamError::RateLimited { retry_after }),
+            400..=499 => {
+                let (code, message) = error_code(&body);
+                Err(UpstreamError::BadRequest { code, message })
+            }
+            _ => Err(UpstreamError::Server {
+                status,
+                retry_after,
+            }),
+        }
+    }
+
+    /// Updates health and the back-off pause from one request's result.
+    fn observe(&self, result: &Result<BatchAnswer, UpstreamError>) {
+        let mut h = self.health.lock().expect("health lock");
+        h.requests += 1;
+        match result {
+            Ok(_) => {
+                h.consecutive_failures = 0;
+                h.token_accepted = true;
+                h.last_success_at = Some(crate::store::now_ms());
+            }
+            Err(e) => {
+                h.failures += 1;
+                h.consecutive_failures += 1;
+                h.last_error = Some(e.to_string());
+                if matches!(e, UpstreamError::Unauthorized { .. }) {
+                    h.token_accepted = false;
+                }
+                let retry_after = match e {
+                    UpstreamError::RateLimited { retry_after }
+                    | UpstreamError::Server { retry_after, .. } => *retry_after,
+                    _ => None,
+                };
+                let pause = upstream_backoff(h.consecutive_failures, retry_after, rand::random());
+                let mut p = self.pacer.lock().expect("pacer lock");
+                p.paused_until = p.paused_until.max(Instant::now() + pause);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_item_does_not_spoil_the_batch() {
+        let body = br#"{"items": [{"id": "a", "response": {}}, {"no_id": 1}, 5, {"id": "b"}], "count": 4}"#;
+        let a = parse_batch(body).unwrap();
+        assert_eq!(a.records.len(), 2);
+        assert_eq!(a.unattributed, 2);
+        assert_eq!(a.records["a"].raw.get(), r#"{"id": "a", "response": {}}"#);
+    }
+
+    #[test]
+    fn duplicates_keep_the_settled_record() {
+        let body = br#"{"items": [{"id": "a", "finished_at": 1}, {"id": "a"}], "count": 2}"#;
+        let a = parse_batch(body).unwrap();
+        assert!(a.records["a"].value.get("finished_at").is_some());
+    }
+
+    #[test]
+    fn truncated_and_html_bodies_are_errors() {
+        assert!(matches!(
+            parse_batch(br#"{"items": [{"id": "a""#),
+            Err(UpstreamError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_batch(b"<html>502 Bad Gateway</html>"),
+            Err(UpstreamError::Malformed(_))
+        ));
+        assert_eq!(
+            error_code(br#"{"success":false,"error":{"code":"invalid_token","message":"m"}}"#),
+            ("invalid_token".to_string(), "m".to_string())
+        );
+    }
+}
