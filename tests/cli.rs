@@ -1,0 +1,159 @@
+//! The command line: config checking, the client subcommands and the demo.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+fn taskhook(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+#[test]
+fn check_config_names_the_bad_key_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    for (text, key) in [
+        (
+            "[upstream]\nbatch_size = 501\n",
+            "upstream.batch_size must be 1..=500",
+        ),
+        (
+            "[poll]\ninterval = \"soon\"\n",
+            "poll.interval: invalid duration \"soon\"",
+        ),
+        ("[upstream]\nbatchsize = 5\n", "batchsize"),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let out = taskhook(&["check-config", "-c", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&key.replace(" must be", ": must be")),
+            "{text}: {err}"
+        );
+    }
+    let out = taskhook(&["run", "-c", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "run refuses a bad config too");
+}
+
+#[test]
+fn check_config_prints_the_effective_config_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ok.toml");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "file-SECRET-token\n").unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "[upstream]\ntoken_file = \"{}\"\n[api]\ntoken = \"api-SECRET\"\n[[webhooks]]\nname = \"p\"\nurl = \"http://p.example/h\"\nsecret = \"{SECRET_A}\"\n",
+            token_file.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "-c", path.to_str().unwrap()])
+        .env("TASKHOOK__UPSTREAM__BATCH_SIZE", "120")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("batch_size = 120"), "{text}");
+    assert!(text.contains("[redacted]"));
+    for secret in ["SECRET", "C2FVsBQ"] {
+        assert!(!text.contains(secret), "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_and_status_talk_to_the_daemon() {
+    let sim = spawn_sim(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = spawn_daemon(&daemon_config(dir.path(), &sim.url, ""));
+    sim_create(
+        &sim.url,
+        vec![
+            json!({"id": "c1", "outcome": "never"}),
+            json!({"id": "c2", "outcome": "never"}),
+        ],
+    )
+    .await;
+    let api = daemon.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = Command::new(BIN)
+            .args([
+                "enqueue",
+                "--api",
+                &api,
+                "--metadata",
+                r#"{"job": 9}"#,
+                "c1",
+                "-",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"c2\n\nc1\n")
+            .unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "accepted 2, duplicates 1"
+    );
+    let api = daemon.url.clone();
+    let out = tokio::task::spawn_blocking(move || taskhook(&["status", "--api", &api]))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("watching           2"), "{text}");
+    let api = daemon.url.clone();
+    let out =
+        tokio::task::spawn_blocking(move || taskhook(&["status", "--api", &api, "--json", "c1"]))
+            .await
+            .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["metadata"], json!({"job": 9}));
+    let out = taskhook(&["status", "--api", "http://127.0.0.1:9", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the daemon"));
+}
+
+#[test]
+fn the_demo_shows_events_flowing_and_stops_on_ctrl_c() {
+    let mut demo = spawn_until(&["demo"], &[], "control API");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let lines = demo.stdout_lines.lock().unwrap().clone();
+        if lines.iter().any(|l| l.contains("press Ctrl-C")) {
+            let text = lines.join("\n");
+            assert!(
+                text.contains("all 6 events delivered, every signature valid"),
+                "{text}"
+            );
+            for kind in ["task.succeeded", "task.failed", "task.not_found"] {
+                assert!(text.contains(kind), "{kind} in {text}");
+            }
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "demo output: {lines:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    demo.signal("INT");
+    assert_eq!(demo.wait_exit(Duration::from_secs(15)), Some(0));
+}

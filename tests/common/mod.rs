@@ -1,0 +1,328 @@
+//! Shared test harness: the real `taskhook` binary started on loopback
+//! ports, a recording webhook receiver, and poll-until helpers.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_taskhook");
+
+/// A child process killed when dropped, with the URL it printed.
+pub struct Proc {
+    pub child: Child,
+    pub url: String,
+    pub stdout_lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(ok.success());
+    }
+    /// Waits for exit (up to `timeout`) and returns the exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `taskhook ARGS`, waiting for the stdout line that contains
+/// `listening on ` and taking the URL after it.
+pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Proc {
+    spawn_until(args, envs, "listening on ")
+}
+
+/// Starts `taskhook ARGS`, waiting for a stdout line containing `marker`;
+/// the first `http` word after it becomes [`Proc::url`].
+pub fn spawn_until(args: &[&str], envs: &[(&str, &str)], marker: &'static str) -> Proc {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .env(
+            "RUST_LOG",
+            std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("the taskhook binary starts");
+    let stdout = child.stdout.take().expect("stdout piped");
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(i) = line.find(marker) {
+                if let Some(tx) = tx.take() {
+                    let url = line[i + marker.len()..]
+                        .split_whitespace()
+                        .find(|w| w.starts_with("http"))
+                        .unwrap_or("")
+                        .to_string();
+                    let _ = tx.send(url);
+                }
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("taskhook {args:?} did not report its address"));
+    Proc {
+        child,
+        url,
+        stdout_lines: lines,
+    }
+}
+
+pub fn spawn_sim(extra: &[&str]) -> Proc {
+    let mut args = vec!["sim", "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    spawn(&args, &[])
+}
+
+/// A daemon config file for tests: fast intervals, loopback everything.
+pub fn daemon_config(dir: &Path, sim_url: &str, extra: &str) -> PathBuf {
+    let path = dir.join("taskhook.toml");
+    let text = format!(
+        r#"
+[upstream]
+base_url = "{sim_url}"
+token = "test-token"
+batch_size = 50
+max_requests_per_second = 200
+max_concurrent_requests = 4
+request_timeout = "5s"
+[poll]
+first_poll_after = "100ms"
+interval = "200ms"
+max_interval = "400ms"
+backoff_factor = 1.5
+missing_grace = 3
+failure_confirmations = 2
+[store]
+path = "{store}"
+sync = "normal"
+[api]
+listen = "127.0.0.1:0"
+[delivery]
+retry_schedule = ["100ms", "200ms", "300ms"]
+request_timeout = "5s"
+[daemon]
+shutdown_grace = "5s"
+{extra}
+"#,
+        store = dir.join("taskhook.db").display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn spawn_daemon(config: &Path) -> Proc {
+    spawn(&["run", "-c", config.to_str().unwrap()], &[])
+}
+
+/// Polls `f` every 20 ms until it returns Some, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Standard Webhooks verification, written independently of taskhook's.
+pub fn signature_valid(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.trim_start_matches("whsec_"))
+        .unwrap();
+    let h = |k: &str| {
+        headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{}.{}.", h("webhook-id"), h("webhook-timestamp")).as_bytes());
+    mac.update(body);
+    let want = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    );
+    h("webhook-signature").split(' ').any(|s| s == want)
+}
+
+/// One request a receiver got.
+#[derive(Clone, Debug)]
+pub struct Hit {
+    pub webhook_id: String,
+    pub signature_ok: bool,
+    pub body: Value,
+    pub headers: HashMap<String, String>,
+    pub status_sent: u16,
+}
+
+/// A recording webhook receiver on a loopback port.
+#[derive(Clone)]
+pub struct Receiver {
+    pub url: String,
+    pub hits: Arc<Mutex<Vec<Hit>>>,
+    /// Refuse (500) the first N attempts of each webhook-id.
+    pub refuse_first: Arc<Mutex<usize>>,
+}
+
+struct RecvState {
+    secret: Option<String>,
+    hits: Arc<Mutex<Vec<Hit>>>,
+    refuse_first: Arc<Mutex<usize>>,
+}
+
+async fn record(State(s): State<Arc<RecvState>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let webhook_id = headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let signature_ok = s
+        .secret
+        .as_deref()
+        .map(|sec| signature_valid(sec, &headers, &body))
+        .unwrap_or(true);
+    let mut hits = s.hits.lock().unwrap();
+    let earlier = hits.iter().filter(|h| h.webhook_id == webhook_id).count();
+    let status = if earlier < *s.refuse_first.lock().unwrap() {
+        500
+    } else {
+        200
+    };
+    hits.push(Hit {
+        webhook_id,
+        signature_ok,
+        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect(),
+        status_sent: status,
+    });
+    StatusCode::from_u16(status).unwrap()
+}
+
+impl Receiver {
+    pub async fn start(secret: Option<&str>) -> Receiver {
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let refuse_first = Arc::new(Mutex::new(0));
+        let state = Arc::new(RecvState {
+            secret: secret.map(str::to_string),
+            hits: hits.clone(),
+            refuse_first: refuse_first.clone(),
+        });
+        let app = axum::Router::new()
+            .route("/hook", axum::routing::post(record))
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver {
+            url,
+            hits,
+            refuse_first,
+        }
+    }
+
+    pub fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().unwrap().clone()
+    }
+
+    /// Accepted (2xx) hits, by task ID.
+    pub fn accepted_by_task(&self) -> HashMap<String, Vec<Hit>> {
+        let mut m: HashMap<String, Vec<Hit>> = HashMap::new();
+        for h in self.hits().into_iter().filter(|h| h.status_sent < 300) {
+            let id = h.body["data"]["task_id"].as_str().unwrap_or("").to_string();
+            m.entry(id).or_default().push(h);
+        }
+        m
+    }
+}
+
+pub const SECRET_A: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+pub const SECRET_B: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// Creates tasks in the simulator.
+pub async fn sim_create(sim: &str, specs: Vec<Value>) {
+    let resp = reqwest::Client::new()
+        .post(format!("{sim}/_sim/tasks"))
+        .json(&serde_json::json!({"tasks": specs}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "sim create: {}", resp.status());
+}
+
+pub async fn get_json(url: &str) -> (u16, Value) {
+    let r = reqwest::get(url).await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+pub async fn post_json(url: &str, body: &Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}

@@ -1,0 +1,493 @@
+//! The store conformance suite: every backend must pass it. Each check gets
+//! a fresh store from a factory and drives time through `now`.
+
+use std::sync::Arc;
+
+use taskhook::config::SyncMode;
+use taskhook::store::*;
+use taskhook::terminal::Outcome;
+
+type Factory = fn(&tempfile::TempDir) -> Arc<dyn Store>;
+
+fn sqlite(dir: &tempfile::TempDir) -> Arc<dyn Store> {
+    Arc::new(SqliteStore::open(&dir.path().join("t.db"), SyncMode::Normal, 0).unwrap())
+}
+
+const BACKENDS: &[(&str, Factory)] = &[("sqlite", sqlite)];
+
+fn task(id: &str) -> NewTask {
+    NewTask {
+        id: id.into(),
+        service: "producer".into(),
+        webhooks: vec![],
+        metadata: None,
+    }
+}
+
+fn finish(t: &ClaimedTask, hooks: &[&str]) -> PollUpdate {
+    PollUpdate::Finish {
+        id: t.id.clone(),
+        claim: t.claim,
+        polled: true,
+        outcome: Outcome::Succeeded,
+        upstream_state: "succeeded".into(),
+        event: NewEvent {
+            id: format!("msg_{}", t.id),
+            body: format!(r#"{{"task":"{}"}}"#, t.id),
+            deliveries: hooks
+                .iter()
+                .map(|h| NewDelivery {
+                    webhook: h.to_string(),
+                    url: format!("http://{h}.example/"),
+                })
+                .collect(),
+        },
+    }
+}
+
+fn resched(t: &ClaimedTask, at: Millis) -> PollUpdate {
+    PollUpdate::Reschedule {
+        id: t.id.clone(),
+        claim: t.claim,
+        next_poll_at: at,
+        polled: true,
+        misses: 0,
+        fail_seen: 0,
+        upstream_state: Some("running".into()),
+    }
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                for (backend, factory) in BACKENDS {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = factory(&dir);
+                    eprintln!("backend {backend}");
+                    suite::$name(store).await;
+                }
+            }
+        )*
+    };
+}
+
+conformance!(
+    enqueue_counts_duplicates_and_rewatches_done_ids,
+    claims_only_due_tasks_of_one_service_and_fills_batches,
+    leases_fence_stale_writers,
+    finishing_records_the_event_and_its_deliveries_atomically,
+    deliveries_retry_settle_and_finish_the_task,
+    dead_letters_list_replay_and_purge,
+    claims_skip_saturated_webhooks,
+    delete_stops_watching,
+);
+
+mod suite {
+    use super::*;
+
+    pub async fn enqueue_counts_duplicates_and_rewatches_done_ids(s: Arc<dyn Store>) {
+        let out = s
+            .enqueue(1000, 100, vec![task("a"), task("b"), task("a")])
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            EnqueueOutcome {
+                accepted: 2,
+                duplicates: 1
+            }
+        );
+        let out = s.enqueue(1000, 100, vec![task("a")]).await.unwrap();
+        assert_eq!(out.duplicates, 1);
+        let v = s.get_task("a".into()).await.unwrap().unwrap();
+        assert_eq!(v.status, TaskStatus::Watching);
+        assert_eq!(v.next_poll_at, Some(1100));
+        // Finish "a" with no receivers: done at once; a new enqueue rewatches it.
+        let c = s.claim_poll_batch(1100, 1100, 10, 9000).await.unwrap();
+        let a = c.tasks.iter().find(|t| t.id == "a").unwrap();
+        s.record_polls(1200, vec![finish(a, &[])]).await.unwrap();
+        assert_eq!(
+            s.get_task("a".into()).await.unwrap().unwrap().status,
+            TaskStatus::Done
+        );
+        let out = s.enqueue(2000, 100, vec![task("a")]).await.unwrap();
+        assert_eq!(out.accepted, 1);
+        let v = s.get_task("a".into()).await.unwrap().unwrap();
+        assert_eq!((v.status, v.polls), (TaskStatus::Watching, 0));
+    }
+
+    pub async fn claims_only_due_tasks_of_one_service_and_fills_batches(s: Arc<dyn Store>) {
+        s.enqueue(0, 1000, vec![task("p1"), task("p2")])
+            .await
+            .unwrap();
+        let mut mj = task("m1");
+        mj.service = "midjourney".into();
+        s.enqueue(500, 1000, vec![mj]).await.unwrap();
+        s.enqueue(900, 1000, vec![task("p3")]).await.unwrap();
+
+        let c = s.claim_poll_batch(999, 999, 10, 5000).await.unwrap();
+        assert!(c.tasks.is_empty());
+        assert_eq!(c.next_due, Some(1000));
+
+        // Due at 1000: p1, p2. The window pulls p3 (due 1900) but never m1.
+        let c = s.claim_poll_batch(1000, 2000, 10, 5000).await.unwrap();
+        let mut ids: Vec<_> = c.tasks.iter().map(|t| t.id.as_str()).collect();
+        ids.sort();
+        assert_eq!(c.service, "producer");
+        assert_eq!(ids, vec!["p1", "p2", "p3"]);
+
+        let c = s.claim_poll_batch(1500, 1500, 10, 5000).await.unwrap();
+        assert_eq!(c.service, "midjourney");
+        assert_eq!(c.tasks.len(), 1);
+
+        // The limit caps a batch.
+        s.enqueue(0, 0, (0..7).map(|i| task(&format!("x{i}"))).collect())
+            .await
+            .unwrap();
+        let c = s.claim_poll_batch(10, 10, 5, 5000).await.unwrap();
+        assert_eq!(c.tasks.len(), 5);
+    }
+
+    pub async fn leases_fence_stale_writers(s: Arc<dyn Store>) {
+        s.enqueue(0, 0, vec![task("a")]).await.unwrap();
+        let first = s
+            .claim_poll_batch(0, 0, 10, 1000)
+            .await
+            .unwrap()
+            .tasks
+            .remove(0);
+        // Leased: not handed out again before the lease ends.
+        assert!(
+            s.claim_poll_batch(999, 999, 10, 2000)
+                .await
+                .unwrap()
+                .tasks
+                .is_empty()
+        );
+        let second = s
+            .claim_poll_batch(1000, 1000, 10, 5000)
+            .await
+            .unwrap()
+            .tasks
+            .remove(0);
+        assert!(second.claim > first.claim);
+        // The stale worker's write is ignored; the current one's lands.
+        s.record_polls(1100, vec![finish(&first, &["w"])])
+            .await
+            .unwrap();
+        let v = s.get_task("a".into()).await.unwrap().unwrap();
+        assert_eq!(v.status, TaskStatus::Watching);
+        assert!(
+            s.claim_deliveries(1100, 10, 9000, vec![])
+                .await
+                .unwrap()
+                .deliveries
+                .is_empty()
+        );
+        s.record_polls(1200, vec![resched(&second, 3000)])
+            .await
+            .unwrap();
+        let v = s.get_task("a".into()).await.unwrap().unwrap();
+        assert_eq!((v.polls, v.next_poll_at), (1, Some(3000)));
+        assert_eq!(v.upstream_state.as_deref(), Some("running"));
+    }
+
+    pub async fn finishing_records_the_event_and_its_deliveries_atomically(s: Arc<dyn Store>) {
+        s.enqueue(0, 0, vec![task("a")]).await.unwrap();
+        let t = s
+            .claim_poll_batch(0, 0, 10, 1000)
+            .await
+            .unwrap()
+            .tasks
+            .remove(0);
+        s.record_polls(10, vec![finish(&t, &["w1", "w2"])])
+            .await
+            .unwrap();
+        let v = s.get_task("a".into()).await.unwrap().unwrap();
+        assert_eq!(v.status, TaskStatus::Delivering);
+        assert_eq!(v.outcome.as_deref(), Some("succeeded"));
+        assert_eq!(v.event_id.as_deref(), Some("msg_a"));
+        assert_eq!(v.deliveries.len(), 2);
+        assert!(
+            v.deliveries
+                .iter()
+                .all(|d| d.state == DeliveryState::Pending)
+        );
+        let c = s.claim_deliveries(10, 10, 5000, vec![]).await.unwrap();
+        assert_eq!(c.deliveries.len(), 2);
+        assert_eq!(&*c.deliveries[0].body, r#"{"task":"a"}"#);
+        assert_eq!(c.deliveries[0].event_id, "msg_a");
+        assert_eq!(c.deliveries[0].attempts, 0);
+    }
+
+    pub async fn deliveries_retry_settle_and_finish_the_task(s: Arc<dyn Store>) {
+        s.enqueue(0, 0, vec![task("a")]).await.unwrap();
+        let t = s
+            .claim_poll_batch(0, 0, 10, 1000)
+            .await
+            .unwrap()
+            .tasks
+            .remove(0);
+        s.record_polls(10, vec![finish(&t, &["w1", "w2"])])
+            .await
+            .unwrap();
+        let c = s
+            .claim_deliveries(10, 10, 5000, vec![])
+            .await
+            .unwrap()
+            .deliveries;
+        let report = |d: &ClaimedDelivery, verdict| DeliveryReport {
+            id: d.id,
+            claim: d.claim,
+            event_id: d.event_id.clone(),
+            verdict,
+            status: Some(500),
+            error: Some("HTTP 500".into()),
+        };
+        s.record_deliveries(
+            20,
+            vec![
+                report(&c[0], DeliveryVerdict::Delivered),
+                report(&c[1], DeliveryVerdict::Retry { at: 100 }),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            s.get_task("a".into()).await.unwrap().unwrap().status,
+            TaskStatus::Delivering
+        );
+        let none = s.claim_deliveries(99, 10, 5000, vec![]).await.unwrap();
+        assert!(none.deliveries.is_empty());
+        assert_eq!(none.next_due, Some(100));
+        let again = s
+            .claim_deliveries(100, 10, 5000, vec![])
+            .await
+            .unwrap()
+            .deliveries;
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].attempts, 1);
+        // A stale report for the old claim is ignored.
+        s.record_deliveries(110, vec![report(&c[1], DeliveryVerdict::Delivered)])
+            .await
+            .unwrap();
+        assert_eq!(
+            s.get_task("a".into()).await.unwrap().unwrap().status,
+            TaskStatus::Delivering
+        );
+        s.record_deliveries(120, vec![report(&again[0], DeliveryVerdict::Gone)])
+            .await
+            .unwrap();
+        let v = s.get_task("a".into()).await.unwrap().unwrap();
+        assert_eq!(v.status, TaskStatus::Done);
+        let states: Vec<_> = v.deliveries.iter().map(|d| d.state).collect();
+        assert_eq!(states, vec![DeliveryState::Delivered, DeliveryState::Gone]);
+        assert_eq!(v.deliveries[1].attempts, 2);
+    }
+
+    pub async fn dead_letters_list_replay_and_purge(s: Arc<dyn Store>) {
+        s.enqueue(0, 0, vec![task("a"), task("b")]).await.unwrap();
+        let ts = s.claim_poll_batch(0, 0, 10, 1000).await.unwrap().tasks;
+        s.record_polls(10, ts.iter().map(|t| finish(t, &["w"])).collect())
+            .await
+            .unwrap();
+        let ds = s
+            .claim_deliveries(10, 10, 5000, vec![])
+            .await
+            .unwrap()
+            .deliveries;
+        let reports = ds
+            .iter()
+            .map(|d| DeliveryReport {
+                id: d.id,
+                claim: d.claim,
+                event_id: d.event_id.clone(),
+                verdict: if d.task_id == "a" {
+                    DeliveryVerdict::DeadLetter
+                } else {
+                    DeliveryVerdict::Delivered
+                },
+                status: Some(503),
+                error: None,
+            })
+            .collect();
+        s.record_deliveries(20, reports).await.unwrap();
+        let failed = s
+            .list_deliveries(Some(DeliveryState::Failed), 10)
+            .await
+            .unwrap();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].task_id, "a");
+        assert_eq!(failed[0].event_type, "task.succeeded");
+        let st = s.stats().await.unwrap();
+        assert_eq!((st.done, st.dead_letters), (2, 1));
+
+        assert!(s.replay_delivery(30, failed[0].id).await.unwrap());
+        assert!(
+            !s.replay_delivery(30, failed[0].id).await.unwrap(),
+            "only failed ones replay"
+        );
+        assert_eq!(
+            s.get_task("a".into()).await.unwrap().unwrap().status,
+            TaskStatus::Delivering
+        );
+        let d = s
+            .claim_deliveries(30, 10, 5000, vec![])
+            .await
+            .unwrap()
+            .deliveries
+            .remove(0);
+        assert_eq!((d.task_id.as_str(), d.attempts), ("a", 0));
+        s.record_deliveries(
+            40,
+            vec![DeliveryReport {
+                id: d.id,
+                claim: d.claim,
+                event_id: d.event_id.clone(),
+                verdict: DeliveryVerdict::DeadLetter,
+                status: None,
+                error: Some("down".into()),
+            }],
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.replay_all_failed(50).await.unwrap(), 1);
+        let d = s
+            .claim_deliveries(50, 10, 5000, vec![])
+            .await
+            .unwrap()
+            .deliveries
+            .remove(0);
+        s.record_deliveries(
+            60,
+            vec![DeliveryReport {
+                id: d.id,
+                claim: d.claim,
+                event_id: d.event_id.clone(),
+                verdict: DeliveryVerdict::DeadLetter,
+                status: None,
+                error: None,
+            }],
+        )
+        .await
+        .unwrap();
+
+        // Done tasks go after the retention; the dead letter stays until its TTL.
+        s.purge(1000, 0).await.unwrap();
+        assert!(s.get_task("a".into()).await.unwrap().is_none());
+        assert!(s.get_task("b".into()).await.unwrap().is_none());
+        assert_eq!(
+            s.list_deliveries(Some(DeliveryState::Failed), 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            s.list_deliveries(Some(DeliveryState::Delivered), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        s.purge(1000, 1000).await.unwrap();
+        assert!(s.list_deliveries(None, 10).await.unwrap().is_empty());
+    }
+
+    pub async fn claims_skip_saturated_webhooks(s: Arc<dyn Store>) {
+        s.enqueue(0, 0, vec![task("a")]).await.unwrap();
+        let t = s
+            .claim_poll_batch(0, 0, 10, 1000)
+            .await
+            .unwrap()
+            .tasks
+            .remove(0);
+        s.record_polls(10, vec![finish(&t, &["slow", "fast"])])
+            .await
+            .unwrap();
+        let c = s
+            .claim_deliveries(10, 10, 5000, vec!["slow".into()])
+            .await
+            .unwrap();
+        let hooks: Vec<_> = c.deliveries.iter().map(|d| d.webhook.as_str()).collect();
+        assert_eq!(hooks, vec!["fast"]);
+    }
+
+    pub async fn delete_stops_watching(s: Arc<dyn Store>) {
+        s.enqueue(0, 0, vec![task("a"), task("b")]).await.unwrap();
+        let ts = s.claim_poll_batch(0, 0, 10, 1000).await.unwrap().tasks;
+        let b = ts.iter().find(|t| t.id == "b").unwrap();
+        s.record_polls(10, vec![finish(b, &["w"])]).await.unwrap();
+        assert!(s.delete_task("a".into()).await.unwrap());
+        assert!(s.delete_task("b".into()).await.unwrap());
+        assert!(!s.delete_task("a".into()).await.unwrap());
+        assert!(
+            s.claim_deliveries(10, 10, 5000, vec![])
+                .await
+                .unwrap()
+                .deliveries
+                .is_empty()
+        );
+        let st = s.stats().await.unwrap();
+        assert_eq!(
+            (st.watching, st.delivering, st.deliveries_pending),
+            (0, 0, 0)
+        );
+    }
+}
+
+// ---- SQLite-only: opening, restarts and bad files ----------------------
+
+#[tokio::test]
+async fn sqlite_restart_takes_back_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    {
+        let s = SqliteStore::open(&path, SyncMode::Full, 0).unwrap();
+        s.enqueue(0, 0, vec![task("a")]).await.unwrap();
+        let t = s.claim_poll_batch(0, 0, 10, 1_000_000).await.unwrap().tasks;
+        assert_eq!(t.len(), 1);
+    }
+    let s = SqliteStore::open(&path, SyncMode::Full, 50).unwrap();
+    let t = s.claim_poll_batch(50, 50, 10, 1000).await.unwrap().tasks;
+    assert_eq!(t.len(), 1, "the dead process's lease is released at open");
+}
+
+#[test]
+fn sqlite_refuses_a_second_owner_missing_dirs_corrupt_and_newer_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let first = SqliteStore::open(&path, SyncMode::Full, 0).unwrap();
+    assert_eq!(first.schema_version(), 1);
+    let err = SqliteStore::open(&path, SyncMode::Full, 0)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("another taskhook"), "{err}");
+    drop(first);
+
+    let err = SqliteStore::open(&dir.path().join("nope/t.db"), SyncMode::Full, 0)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("does not exist"), "{err}");
+
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, vec![0x42u8; 8192]).unwrap();
+    let err = SqliteStore::open(&junk, SyncMode::Full, 0)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("not a taskhook database"), "{err}");
+
+    let newer = dir.path().join("newer.db");
+    let c = rusqlite::Connection::open(&newer).unwrap();
+    c.pragma_update(None, "user_version", 99).unwrap();
+    drop(c);
+    let err = SqliteStore::open(&newer, SyncMode::Full, 0)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("newer taskhook"), "{err}");
+}
