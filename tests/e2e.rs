@@ -48,7 +48,7 @@ fn mixed_task(i: usize) -> (String, Option<Value>, &'static str) {
         "duration_ms": duration,
         "items": 1 + i % 2,
         "running_shape": shapes[i % 4],
-        "state_words": if i % 3 == 0 { "alt" } else { "standard" },
+        "state_words": if i.is_multiple_of(3) { "alt" } else { "standard" },
     });
     (id, Some(spec), want)
 }
@@ -189,9 +189,9 @@ async fn sigkill_mid_run_and_restart_still_delivers_every_task() {
     );
     let cfg = daemon_config(dir.path(), &sim.url, &extra);
     let mut daemon = spawn_daemon(&cfg);
-    let n = 200;
+    let n: usize = 200;
     let specs: Vec<Value> = (0..n)
-        .map(|i| json!({"id": format!("k{i}"), "duration_ms": 100 + (i * 13 % 1500), "outcome": if i % 4 == 0 {"failed"} else {"succeeded"}}))
+        .map(|i| json!({"id": format!("k{i}"), "duration_ms": 100 + (i * 13 % 1500), "outcome": if i.is_multiple_of(4) {"failed"} else {"succeeded"}}))
         .collect();
     sim_create(&sim.url, specs).await;
     let ids: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();

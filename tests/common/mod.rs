@@ -93,15 +93,15 @@ pub fn spawn_until(args: &[&str], envs: &[(&str, &str)], marker: &'static str) -
         let mut tx = Some(tx);
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if let Some(i) = line.find(marker) {
-                if let Some(tx) = tx.take() {
-                    let url = line[i + marker.len()..]
-                        .split_whitespace()
-                        .find(|w| w.starts_with("http"))
-                        .unwrap_or("")
-                        .to_string();
-                    let _ = tx.send(url);
-                }
+            if let Some(i) = line.find(marker)
+                && let Some(tx) = tx.take()
+            {
+                let url = line[i + marker.len()..]
+                    .split_whitespace()
+                    .find(|w| w.starts_with("http"))
+                    .unwrap_or("")
+                    .to_string();
+                let _ = tx.send(url);
             }
             sink.lock().unwrap().push(line);
         }
