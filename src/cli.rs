@@ -115,7 +115,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => check_config(config),
         Command::Run { config } => {
-            let cfg = match load(config) {
+            let cfg = match load(config.clone()) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -123,7 +123,7 @@ pub fn main() -> ExitCode {
                 log_format.unwrap_or(cfg.daemon.log_format),
                 &cfg.daemon.log_level,
             );
-            runtime(run_daemon(cfg))
+            runtime(run_daemon(cfg, config))
         }
         Command::Sim(args) => {
             init_logging(log_format.unwrap_or(LogFormat::Text), "info");
@@ -225,7 +225,7 @@ pub fn init_logging(format: LogFormat, level: &str) {
     };
 }
 
-async fn run_daemon(cfg: Config) -> anyhow::Result<()> {
+async fn run_daemon(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let daemon = crate::daemon::Daemon::start(cfg).await?;
     println!(
         "taskhook: control API listening on http://{}",
@@ -237,6 +237,29 @@ async fn run_daemon(cfg: Config) -> anyhow::Result<()> {
         crate::daemon::signal().await;
         stop.cancel();
     });
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let reloader = daemon.reloader();
+        let mut hup = signal(SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let file = config::resolve_path(path.as_deref());
+                match Config::load(file.as_deref()) {
+                    Ok(new) => {
+                        let restart = reloader.reload(new);
+                        tracing::info!("configuration reloaded");
+                        if !restart.is_empty() {
+                            tracing::warn!(keys = ?restart, "these settings change only with a restart; keeping the running values");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "configuration reload refused; keeping the running configuration");
+                    }
+                }
+            }
+        });
+    }
     daemon.run_until_stopped().await;
     Ok(())
 }

@@ -115,6 +115,10 @@ pub struct UpstreamConfig {
     pub max_concurrent_requests: usize,
     #[serde(serialize_with = "ser_duration")]
     pub request_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub backoff_initial: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub backoff_max: Duration,
 }
 
 impl UpstreamConfig {
@@ -260,6 +264,8 @@ struct RawUpstream {
     max_requests_per_second: f64,
     max_concurrent_requests: i64,
     request_timeout: String,
+    backoff_initial: String,
+    backoff_max: String,
 }
 
 #[derive(Deserialize)]
@@ -423,7 +429,15 @@ impl Config {
                 64,
             )? as usize,
             request_timeout: positive("upstream.request_timeout", &u.request_timeout)?,
+            backoff_initial: positive("upstream.backoff_initial", &u.backoff_initial)?,
+            backoff_max: positive("upstream.backoff_max", &u.backoff_max)?,
         };
+        if upstream.backoff_max < upstream.backoff_initial {
+            return err(
+                "upstream.backoff_max",
+                "must not be shorter than upstream.backoff_initial",
+            );
+        }
 
         let p = raw.poll;
         let poll = PollConfig {

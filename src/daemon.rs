@@ -25,6 +25,57 @@ pub struct Daemon {
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
     grace: Duration,
+    reloader: Reloader,
+}
+
+/// Applies a new configuration to a running daemon (SIGHUP).
+#[derive(Clone)]
+pub struct Reloader {
+    config: Arc<watch::Sender<Arc<Config>>>,
+    upstream: Arc<UpstreamClient>,
+}
+
+impl Reloader {
+    /// Installs `new`: webhooks, retry settings, poll settings, batch size,
+    /// the upstream token and the API token take effect at once. Settings
+    /// fixed at start keep their running value; each one that changed is
+    /// returned so the caller can log that it needs a restart.
+    pub fn reload(&self, mut new: Config) -> Vec<&'static str> {
+        let old = self.config.borrow().clone();
+        let mut restart = Vec::new();
+        macro_rules! keep {
+            ($($field:ident).+, $name:literal) => {
+                if new.$($field).+ != old.$($field).+ {
+                    restart.push($name);
+                    new.$($field).+ = old.$($field).+.clone();
+                }
+            };
+        }
+        keep!(store.path, "store.path");
+        keep!(store.sync, "store.sync");
+        keep!(api.listen, "api.listen");
+        keep!(api.max_body_bytes, "api.max_body_bytes");
+        keep!(upstream.base_url, "upstream.base_url");
+        keep!(upstream.services, "upstream.services");
+        keep!(
+            upstream.max_requests_per_second,
+            "upstream.max_requests_per_second"
+        );
+        keep!(
+            upstream.max_concurrent_requests,
+            "upstream.max_concurrent_requests"
+        );
+        keep!(upstream.request_timeout, "upstream.request_timeout");
+        keep!(delivery.request_timeout, "delivery.request_timeout");
+        keep!(delivery.connect_timeout, "delivery.connect_timeout");
+        keep!(daemon.log_format, "daemon.log_format");
+        keep!(daemon.log_level, "daemon.log_level");
+        if new.upstream.token != old.upstream.token || self.upstream.token_refused() {
+            self.upstream.set_token(new.upstream.token.clone());
+        }
+        self.config.send_replace(Arc::new(new));
+        restart
+    }
 }
 
 /// How often finished tasks and old dead letters are purged.
@@ -48,13 +99,18 @@ impl Daemon {
         let api_addr = listener.local_addr()?;
         let grace = config.daemon.shutdown_grace;
         let upstream = Arc::new(UpstreamClient::new(config.upstream.clone())?);
-        let (_config_tx, config_rx) = watch::channel(Arc::new(config));
+        let (config_tx, config_rx) = watch::channel(Arc::new(config));
+        let reloader = Reloader {
+            config: Arc::new(config_tx),
+            upstream: upstream.clone(),
+        };
         let shutdown = CancellationToken::new();
         let poller_wake = Arc::new(Notify::new());
         let dispatcher_wake = Arc::new(Notify::new());
         let mut tasks = JoinSet::new();
 
         let poller = Poller {
+            batch: Arc::new(crate::poller::BatchSize::new()),
             store: store.clone(),
             upstream: upstream.clone(),
             config: config_rx.clone(),
@@ -97,7 +153,13 @@ impl Daemon {
             shutdown,
             tasks,
             grace,
+            reloader,
         })
+    }
+
+    /// A handle that reloads the configuration of this daemon.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     /// A token that stops the daemon when cancelled.

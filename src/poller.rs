@@ -14,11 +14,15 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::store::{ClaimedTask, Millis, NewDelivery, NewEvent, PollUpdate, Store, now_ms};
 use crate::terminal::{Outcome, Verdict, assess};
-use crate::upstream::{Record, UpstreamClient};
+use crate::upstream::{Record, UpstreamClient, UpstreamError};
 use crate::webhook;
 
 /// Runs the poll loop until cancelled.
 pub struct Poller {
+    /// IDs per request in force: `upstream.batch_size`, halved whenever the
+    /// upstream refuses a batch with 400, growing back by one per success up
+    /// to just below the size that was refused.
+    pub batch: Arc<BatchSize>,
     pub store: Arc<dyn Store>,
     pub upstream: Arc<UpstreamClient>,
     pub config: watch::Receiver<Arc<Config>>,
@@ -26,6 +30,63 @@ pub struct Poller {
     pub wake: Arc<Notify>,
     /// Woken when a round produced events, so delivery starts at once.
     pub deliveries_ready: Arc<Notify>,
+}
+
+/// The adaptive batch size shared by the poll loop and its rounds.
+#[derive(Debug)]
+pub struct BatchSize {
+    state: Mutex<BatchState>,
+}
+
+#[derive(Debug)]
+struct BatchState {
+    current: usize,
+    /// Below the smallest size refused lately; forgotten after [`CEILING_MEMORY`].
+    ceiling: usize,
+    refused_at: Option<std::time::Instant>,
+}
+
+/// How long a refused batch size is remembered. A 400 may come from one
+/// bad ID rather than the size, so the ceiling must not last for ever.
+const CEILING_MEMORY: Duration = Duration::from_secs(600);
+
+impl BatchSize {
+    pub fn new() -> Self {
+        BatchSize {
+            state: Mutex::new(BatchState {
+                current: usize::MAX,
+                ceiling: usize::MAX,
+                refused_at: None,
+            }),
+        }
+    }
+    /// The size to use now, at most `configured`.
+    pub fn get(&self, configured: usize) -> usize {
+        let s = self.state.lock().expect("batch lock");
+        s.current.min(configured).max(1)
+    }
+    /// A batch of `n` was refused: halve, and stay below `n` for a while.
+    pub fn refused(&self, n: usize) -> usize {
+        let mut s = self.state.lock().expect("batch lock");
+        s.ceiling = s.ceiling.min(n.saturating_sub(1)).max(1);
+        s.current = (n / 2).max(1);
+        s.refused_at = Some(std::time::Instant::now());
+        s.current
+    }
+    pub fn succeeded(&self) {
+        let mut s = self.state.lock().expect("batch lock");
+        if s.refused_at.is_some_and(|at| at.elapsed() > CEILING_MEMORY) {
+            s.ceiling = usize::MAX;
+            s.refused_at = None;
+        }
+        s.current = s.current.saturating_add(1).min(s.ceiling);
+    }
+}
+
+impl Default for BatchSize {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 fn ms(d: Duration) -> Millis {
@@ -38,13 +99,30 @@ pub fn coalesce_window(cfg: &Config) -> Duration {
 }
 
 impl Poller {
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let slots = Arc::new(Semaphore::new(
             self.upstream.config().max_concurrent_requests,
         ));
         let mut batches = JoinSet::new();
         loop {
             while batches.try_join_next().is_some() {}
+            if self.upstream.token_refused() {
+                tracing::error!(
+                    "polling paused: the upstream refuses the token (401 invalid_token); \
+                     every task stays queued. Fix upstream.token and send SIGHUP (or restart); \
+                     a probe is sent every minute meanwhile"
+                );
+                tokio::select! {
+                    _ = self.config.changed() => {}
+                    _ = tokio::time::sleep(TOKEN_PROBE_EVERY) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                if self.upstream.token_refused() {
+                    // Probe with one batch; its answer decides whether to resume.
+                    self.upstream
+                        .set_token(self.config.borrow().upstream.token.clone());
+                }
+            }
             let permit = tokio::select! {
                 p = slots.clone().acquire_owned() => p.expect("never closed"),
                 _ = shutdown.cancelled() => break,
@@ -57,9 +135,10 @@ impl Poller {
             let now = now_ms();
             let lease = now + ms(cfg.upstream.request_timeout * 2) + 30_000;
             let window_end = now + ms(coalesce_window(&cfg));
+            let limit = self.batch.get(cfg.upstream.batch_size);
             let claim = match self
                 .store
-                .claim_poll_batch(now, window_end, cfg.upstream.batch_size, lease)
+                .claim_poll_batch(now, window_end, limit, lease)
                 .await
             {
                 Ok(c) => c,
@@ -92,6 +171,7 @@ impl Poller {
                 upstream: self.upstream.clone(),
                 cfg,
                 deliveries_ready: self.deliveries_ready.clone(),
+                batch: self.batch.clone(),
             };
             batches.spawn(async move {
                 round.poll(claim.service, claim.tasks).await;
@@ -103,12 +183,16 @@ impl Poller {
     }
 }
 
+/// How often a paused poller (token refused) tries the token again.
+const TOKEN_PROBE_EVERY: Duration = Duration::from_secs(60);
+
 /// One batch: request, decide, record.
 struct Round {
     store: Arc<dyn Store>,
     upstream: Arc<UpstreamClient>,
     cfg: Arc<Config>,
     deliveries_ready: Arc<Notify>,
+    batch: Arc<BatchSize>,
 }
 
 impl Round {
@@ -116,41 +200,71 @@ impl Round {
         let ids: Vec<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
         let result = self.upstream.retrieve_batch(&service, &ids).await;
         let now = now_ms();
+        let retry_at = |t: &ClaimedTask, at: Millis| PollUpdate::Reschedule {
+            id: t.id.clone(),
+            claim: t.claim,
+            next_poll_at: at,
+            polled: false,
+            misses: t.misses,
+            fail_seen: t.fail_seen,
+            upstream_state: None,
+        };
         let updates: Vec<PollUpdate> = match &result {
             Ok(answer) => {
+                self.batch.succeeded();
                 tracing::debug!(
                     service,
                     ids = ids.len(),
                     answered = answer.records.len(),
                     "polled a batch"
                 );
-                if answer.unattributed > 0 {
+                // An item we could not read may be any of the absent IDs:
+                // this answer then counts no misses.
+                let complete = answer.unattributed == 0;
+                if !complete {
                     tracing::warn!(
                         service,
                         items = answer.unattributed,
-                        "upstream items without a readable id were skipped"
+                        "upstream items without a readable id were skipped; retrying their tasks"
                     );
                 }
                 tasks
                     .iter()
-                    .map(|t| decide(&self.cfg, t, answer.records.get(&t.id), now, rand::random()))
+                    .map(|t| match answer.records.get(&t.id) {
+                        None if !complete => retry_at(
+                            t,
+                            now + ms(self.cfg.poll.schedule().delay_after(t.polls.max(1))),
+                        ),
+                        record => decide(&self.cfg, t, record, now, rand::random()),
+                    })
                     .collect()
+            }
+            Err(UpstreamError::BadRequest { code, message }) if tasks.len() > 1 => {
+                let smaller = self.batch.refused(tasks.len());
+                tracing::warn!(
+                    service,
+                    ids = tasks.len(),
+                    code,
+                    message,
+                    next_batch = smaller,
+                    "the upstream refused a batch (400); halving the batch size"
+                );
+                tasks.iter().map(|t| retry_at(t, now)).collect()
+            }
+            Err(UpstreamError::BadRequest { code, message }) => {
+                let t = &tasks[0];
+                let delay = self.cfg.poll.schedule().delay_after(t.polls.max(1));
+                tracing::warn!(task_id = %t.id, service, code, message, retry_in = ?delay, "the upstream refused this task's poll (400); it stays queued");
+                vec![retry_at(t, now + ms(delay))]
+            }
+            Err(e @ UpstreamError::Unauthorized { .. }) => {
+                tracing::error!(service, ids = ids.len(), error = %e, "the upstream refuses the token; polling pauses, every task stays queued");
+                tasks.iter().map(|t| retry_at(t, now)).collect()
             }
             Err(e) => {
                 let wait = self.upstream.pause_remaining().max(Duration::from_secs(1));
                 tracing::warn!(service, ids = ids.len(), error = %e, retry_in = ?wait, "batch poll failed; its tasks stay queued");
-                tasks
-                    .iter()
-                    .map(|t| PollUpdate::Reschedule {
-                        id: t.id.clone(),
-                        claim: t.claim,
-                        next_poll_at: now + ms(wait),
-                        polled: false,
-                        misses: t.misses,
-                        fail_seen: t.fail_seen,
-                        upstream_state: None,
-                    })
-                    .collect()
+                tasks.iter().map(|t| retry_at(t, now + ms(wait))).collect()
             }
         };
         let finished = updates
@@ -445,6 +559,22 @@ mod tests {
             panic!()
         };
         assert_eq!(event.deliveries.len(), 3);
+    }
+
+    #[test]
+    fn refused_batches_halve_and_never_regrow_to_the_refused_size() {
+        let b = BatchSize::new();
+        assert_eq!(b.get(50), 50);
+        assert_eq!(b.refused(50), 25);
+        for _ in 0..100 {
+            b.succeeded();
+        }
+        assert_eq!(b.get(50), 49);
+        assert_eq!(b.refused(49), 24);
+        assert_eq!(b.refused(2), 1);
+        assert_eq!(b.get(50), 1);
+        b.succeeded();
+        assert_eq!(b.get(50), 1, "the ceiling is now 1");
     }
 
     #[test]

@@ -73,11 +73,19 @@ pub fn retry_after_attempt(
 }
 
 /// Upstream back-off after `failures` consecutive failed requests (1-based):
-/// 1, 2, 4, 8, 16 s, then 16 s, each ± jitter. A `Retry-After` longer than
-/// that wins, up to `MAX_UPSTREAM_PAUSE`.
-pub fn upstream_backoff(failures: u32, retry_after: Option<Duration>, r: f64) -> Duration {
-    let exp = failures.saturating_sub(1).min(4);
-    let base = spread(Duration::from_secs(1 << exp), RETRY_JITTER, r);
+/// `initial` doubling up to `max` (by default 1, 2, 4, 8, 16 s), each
+/// ± jitter. A `Retry-After` longer than that wins, up to
+/// `MAX_UPSTREAM_PAUSE`.
+pub fn upstream_backoff(
+    failures: u32,
+    retry_after: Option<Duration>,
+    r: f64,
+    initial: Duration,
+    max: Duration,
+) -> Duration {
+    let exp = failures.saturating_sub(1).min(30);
+    let step = initial.saturating_mul(1 << exp).min(max);
+    let base = spread(step, RETRY_JITTER, r);
     match retry_after {
         Some(ra) if ra > base => ra.min(MAX_UPSTREAM_PAUSE),
         _ => base,
@@ -165,15 +173,18 @@ mod tests {
     fn upstream_backoff_doubles_to_sixteen_seconds() {
         let want = [1, 2, 4, 8, 16, 16, 16];
         for (i, w) in want.iter().enumerate() {
-            assert_eq!(upstream_backoff(i as u32 + 1, None, 0.5), s(*w));
+            assert_eq!(
+                upstream_backoff(i as u32 + 1, None, 0.5, s(1), s(16)),
+                s(*w)
+            );
         }
-        assert_eq!(upstream_backoff(1, Some(s(7)), 0.5), s(7));
-        assert_eq!(upstream_backoff(5, Some(s(7)), 0.5), s(16));
+        assert_eq!(upstream_backoff(1, Some(s(7)), 0.5, s(1), s(16)), s(7));
+        assert_eq!(upstream_backoff(5, Some(s(7)), 0.5, s(1), s(16)), s(16));
         assert_eq!(
-            upstream_backoff(1, Some(s(100_000)), 0.5),
+            upstream_backoff(1, Some(s(100_000)), 0.5, s(1), s(16)),
             MAX_UPSTREAM_PAUSE
         );
-        let d = upstream_backoff(3, None, 0.0);
+        let d = upstream_backoff(3, None, 0.0, s(1), s(16));
         assert!(d >= Duration::from_millis(3600) && d <= Duration::from_millis(4400));
     }
 }

@@ -985,29 +985,8 @@ fn secs(ms: u64) -> f64 {
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` of `ms`, with `us` extra microseconds (< 1000).
 fn iso8601(ms: u64, us: u64) -> String {
-    let s = ms / 1000;
-    let (y, m, d) = civil_from_days((s / 86_400) as i64);
-    let sod = s % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60,
-        ms % 1000 * 1000 + us % 1000
-    )
-}
-
-/// Gregorian date of a day count since 1970-01-01 (H. Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m as u32, d as u32)
+    let at = UNIX_EPOCH + std::time::Duration::from_micros(ms * 1000 + us % 1000);
+    humantime::format_rfc3339_micros(at).to_string()
 }
 
 fn splitmix(x: u64) -> u64 {

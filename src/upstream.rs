@@ -111,20 +111,30 @@ fn error_code(body: &[u8]) -> (String, String) {
 }
 
 /// Paces requests to at most `rate` per second and holds them back while
-/// the upstream asked us to back off.
+/// the upstream asked us to back off. `rate` follows AIMD: halved on every
+/// 429, raised by [`RATE_STEP`] per success, never above the configured
+/// `max_requests_per_second`.
 #[derive(Debug)]
 struct Pacer {
     next_slot: Instant,
     paused_until: Instant,
     rate: f64,
+    max_rate: f64,
 }
+
+/// Additive increase of the request rate per successful request (req/s).
+pub const RATE_STEP: f64 = 0.25;
+/// The request rate never drops below this (req/s).
+pub const MIN_RATE: f64 = 0.2;
 
 /// What the daemon knows about the upstream's health, for `/readyz` and
 /// `/v1/stats`.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct UpstreamHealth {
-    /// False after a 401: polling cannot work until the token is fixed.
+    /// False after a 401: polling pauses until the token is fixed.
     pub token_accepted: bool,
+    /// The request rate in force now (lowered after 429s).
+    pub requests_per_second: f64,
     pub consecutive_failures: u32,
     pub last_error: Option<String>,
     pub last_success_at: Option<i64>,
@@ -136,6 +146,8 @@ pub struct UpstreamHealth {
 pub struct UpstreamClient {
     http: reqwest::Client,
     cfg: UpstreamConfig,
+    /// The token, replaceable by a config reload.
+    token: std::sync::RwLock<Option<Secret>>,
     pacer: Mutex<Pacer>,
     in_flight: Semaphore,
     health: Mutex<UpstreamHealth>,
@@ -157,12 +169,15 @@ impl UpstreamClient {
                 next_slot: now,
                 paused_until: now,
                 rate: cfg.max_requests_per_second,
+                max_rate: cfg.max_requests_per_second,
             }),
             in_flight: Semaphore::new(cfg.max_concurrent_requests),
             health: Mutex::new(UpstreamHealth {
                 token_accepted: true,
+                requests_per_second: cfg.max_requests_per_second,
                 ..Default::default()
             }),
+            token: std::sync::RwLock::new(cfg.token.clone()),
             cfg,
         })
     }
@@ -172,7 +187,22 @@ impl UpstreamClient {
     }
 
     pub fn health(&self) -> UpstreamHealth {
-        self.health.lock().expect("health lock").clone()
+        let mut h = self.health.lock().expect("health lock").clone();
+        h.requests_per_second = self.pacer.lock().expect("pacer lock").rate;
+        h
+    }
+
+    /// True after the upstream refused the token (401), until a new one is set.
+    pub fn token_refused(&self) -> bool {
+        !self.health.lock().expect("health lock").token_accepted
+    }
+
+    /// Installs a new token (config reload): polling resumes at once.
+    pub fn set_token(&self, token: Option<Secret>) {
+        *self.token.write().expect("token lock") = token;
+        self.health.lock().expect("health lock").token_accepted = true;
+        let mut p = self.pacer.lock().expect("pacer lock");
+        p.paused_until = Instant::now();
     }
 
     /// Reserves the next request slot and waits for it. Returns how long
@@ -229,8 +259,9 @@ impl UpstreamClient {
                 ids,
                 action: "retrieve_batch",
             });
-        if let Some(token) = &self.cfg.token {
-            req = req.bearer_auth(Secret::expose(token));
+        let token = self.token.read().expect("token lock").clone();
+        if let Some(token) = token {
+            req = req.bearer_auth(token.expose());
         }
         let resp = req
             .send()
@@ -272,6 +303,13 @@ impl UpstreamClient {
                 h.consecutive_failures = 0;
                 h.token_accepted = true;
                 h.last_success_at = Some(crate::store::now_ms());
+                let mut p = self.pacer.lock().expect("pacer lock");
+                p.rate = (p.rate + RATE_STEP).min(p.max_rate);
+            }
+            // A refused batch says nothing about the upstream's load.
+            Err(UpstreamError::BadRequest { .. }) => {
+                h.failures += 1;
+                h.last_error = result.as_ref().err().map(ToString::to_string);
             }
             Err(e) => {
                 h.failures += 1;
@@ -285,9 +323,18 @@ impl UpstreamClient {
                     | UpstreamError::Server { retry_after, .. } => *retry_after,
                     _ => None,
                 };
-                let pause = upstream_backoff(h.consecutive_failures, retry_after, rand::random());
+                let pause = upstream_backoff(
+                    h.consecutive_failures,
+                    retry_after,
+                    rand::random(),
+                    self.cfg.backoff_initial,
+                    self.cfg.backoff_max,
+                );
                 let mut p = self.pacer.lock().expect("pacer lock");
                 p.paused_until = p.paused_until.max(Instant::now() + pause);
+                if matches!(e, UpstreamError::RateLimited { .. }) {
+                    p.rate = (p.rate / 2.0).max(MIN_RATE.min(p.max_rate));
+                }
             }
         }
     }

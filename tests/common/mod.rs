@@ -134,6 +134,8 @@ batch_size = 50
 max_requests_per_second = 200
 max_concurrent_requests = 4
 request_timeout = "5s"
+backoff_initial = "50ms"
+backoff_max = "400ms"
 [poll]
 first_poll_after = "100ms"
 interval = "200ms"

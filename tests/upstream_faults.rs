@@ -1,0 +1,162 @@
+//! The upstream misbehaving: faults of every kind, a refused token, refused
+//! batch sizes. Whatever happens, no ID is dropped.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+fn hook(r: &Receiver) -> String {
+    format!(
+        "[[webhooks]]\nname = \"a\"\nurl = \"{}\"\nsecret = \"{SECRET_A}\"\n",
+        r.url
+    )
+}
+
+async fn enqueue_ids(daemon: &Proc, ids: &[String]) {
+    let body = json!({"tasks": ids.iter().map(|id| json!({"id": id})).collect::<Vec<_>>()});
+    let (s, v) = post_json(&format!("{}/v1/tasks", daemon.url), &body).await;
+    assert_eq!(s, 202, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fault_kind_is_survived_without_losing_an_id() {
+    let sim = spawn_sim(&[]);
+    let a = Receiver::start(Some(SECRET_A)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = daemon_config(dir.path(), &sim.url, &hook(&a));
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "request_timeout = \"5s\"\nbackoff",
+        "request_timeout = \"300ms\"\nbackoff",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let (s, _) = post_json(
+        &format!("{}/_sim/faults", sim.url),
+        &json!({"script": ["429", "500", "502-html", "truncated", "reset", "slow", "429-no-retry-after", "503-html"], "slow_ms": 2000}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let ids: Vec<String> = (0..40).map(|i| format!("f{i}")).collect();
+    sim_create(
+        &sim.url,
+        ids.iter()
+            .map(|id| json!({"id": id, "duration_ms": 100}))
+            .collect(),
+    )
+    .await;
+    let daemon = spawn_daemon(&cfg);
+    enqueue_ids(&daemon, &ids).await;
+    eventually(
+        "every task despite the faults",
+        Duration::from_secs(60),
+        || async { (a.accepted_by_task().len() == ids.len()).then_some(()) },
+    )
+    .await;
+    for hits in a.accepted_by_task().values() {
+        assert_eq!(hits.len(), 1);
+    }
+    let (_, stats) = get_json(&format!("{}/_sim/stats", sim.url)).await;
+    let faults: u64 = stats["faults"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(faults, 8, "{stats}");
+    let (_, st) = get_json(&format!("{}/v1/stats", daemon.url)).await;
+    assert!(st["upstream"]["failures"].as_u64().unwrap() >= 8, "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_pauses_polling_until_a_reload_fixes_it() {
+    let sim = spawn_sim(&["--token", "right"]);
+    let a = Receiver::start(Some(SECRET_A)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = daemon_config(dir.path(), &sim.url, &hook(&a));
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("token = \"test-token\"", "token = \"wrong\"");
+    std::fs::write(&cfg, &text).unwrap();
+    let daemon = spawn_daemon(&cfg);
+    sim_create(&sim.url, vec![json!({"id": "t1", "duration_ms": 50})]).await;
+    enqueue_ids(&daemon, &["t1".to_string()]).await;
+
+    let ready = format!("{}/readyz", daemon.url);
+    let body = eventually("readyz to fail", Duration::from_secs(10), || async {
+        let (s, v) = get_json(&ready).await;
+        (s == 503).then_some(v)
+    })
+    .await;
+    assert!(
+        body["problems"][0].as_str().unwrap().contains("token"),
+        "{body}"
+    );
+    let (_, t) = get_json(&format!("{}/v1/tasks/t1", daemon.url)).await;
+    assert_eq!(t["status"], "watching", "the ID is kept");
+    // Paused: no more requests reach the upstream.
+    let (_, before) = get_json(&format!("{}/_sim/stats", sim.url)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, after) = get_json(&format!("{}/_sim/stats", sim.url)).await;
+    assert_eq!(before["requests"], after["requests"], "polling is paused");
+
+    std::fs::write(&cfg, text.replace("token = \"wrong\"", "token = \"right\"")).unwrap();
+    daemon.signal("HUP");
+    eventually(
+        "delivery after the reload",
+        Duration::from_secs(15),
+        || async { a.accepted_by_task().contains_key("t1").then_some(()) },
+    )
+    .await;
+    let (s, _) = get_json(&ready).await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_batch_size_is_halved_until_it_fits() {
+    let sim = spawn_sim(&["--max-batch", "10"]);
+    let a = Receiver::start(Some(SECRET_A)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = spawn_daemon(&daemon_config(dir.path(), &sim.url, &hook(&a)));
+    let ids: Vec<String> = (0..60).map(|i| format!("b{i}")).collect();
+    sim_create(
+        &sim.url,
+        ids.iter()
+            .map(|id| json!({"id": id, "duration_ms": 300}))
+            .collect(),
+    )
+    .await;
+    enqueue_ids(&daemon, &ids).await;
+    eventually("every task", Duration::from_secs(30), || async {
+        (a.accepted_by_task().len() == ids.len()).then_some(())
+    })
+    .await;
+    let (_, stats) = get_json(&format!("{}/_sim/stats", sim.url)).await;
+    assert!(
+        stats["statuses"]["400"].as_u64().unwrap_or(0) >= 1,
+        "{stats}"
+    );
+    assert!(stats["statuses"]["200"].as_u64().unwrap() >= 6, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limiting_lowers_the_request_rate() {
+    let sim = spawn_sim(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = spawn_daemon(&daemon_config(dir.path(), &sim.url, ""));
+    post_json(
+        &format!("{}/_sim/faults", sim.url),
+        &json!({"script": ["429", "429"]}),
+    )
+    .await;
+    sim_create(&sim.url, vec![json!({"id": "r1", "outcome": "never"})]).await;
+    enqueue_ids(&daemon, &["r1".to_string()]).await;
+    let st = eventually("two 429s seen", Duration::from_secs(10), || async {
+        let (_, st) = get_json(&format!("{}/v1/stats", daemon.url)).await;
+        (st["upstream"]["failures"].as_u64() >= Some(2)).then_some(st)
+    })
+    .await;
+    let rate = st["upstream"]["requests_per_second"].as_f64().unwrap();
+    assert!(rate <= 200.0 / 4.0 + 1.0, "halved twice from 200/s: {st}");
+}
