@@ -172,6 +172,7 @@ impl Poller {
                 cfg,
                 deliveries_ready: self.deliveries_ready.clone(),
                 batch: self.batch.clone(),
+                poller_wake: self.wake.clone(),
             };
             batches.spawn(async move {
                 round.poll(claim.service, claim.tasks).await;
@@ -193,6 +194,9 @@ struct Round {
     cfg: Arc<Config>,
     deliveries_ready: Arc<Notify>,
     batch: Arc<BatchSize>,
+    /// The poll loop's wake-up: a round may make tasks due sooner than the
+    /// loop planned to look (a failed batch is retried after the back-off).
+    poller_wake: Arc<Notify>,
 }
 
 impl Round {
@@ -262,7 +266,10 @@ impl Round {
                 tasks.iter().map(|t| retry_at(t, now)).collect()
             }
             Err(e) => {
-                let wait = self.upstream.pause_remaining().max(Duration::from_secs(1));
+                let wait = self
+                    .upstream
+                    .pause_remaining()
+                    .max(self.upstream.config().backoff_initial);
                 tracing::warn!(service, ids = ids.len(), error = %e, retry_in = ?wait, "batch poll failed; its tasks stay queued");
                 tasks.iter().map(|t| retry_at(t, now + ms(wait))).collect()
             }
@@ -281,6 +288,7 @@ impl Round {
             tracing::error!(error = %e, "cannot record a poll round; its tasks will be polled again");
             return;
         }
+        self.poller_wake.notify_one();
         if finished > 0 {
             self.deliveries_ready.notify_one();
         }
