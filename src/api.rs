@@ -31,6 +31,7 @@ pub struct ApiState {
     pub poller_wake: Arc<Notify>,
     /// Wakes the dispatcher after a replay.
     pub dispatcher_wake: Arc<Notify>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// An API error: status, machine code and message.
@@ -92,6 +93,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(v1)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(404, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -156,6 +158,7 @@ async fn enqueue(
         duplicates = out.duplicates,
         "enqueued"
     );
+    s.metrics.enqueued.inc_by(out.accepted as u64);
     s.poller_wake.notify_one();
     Ok((StatusCode::ACCEPTED, Json(out)))
 }
@@ -246,6 +249,21 @@ async fn replay_all(State(s): State<ApiState>) -> ApiResult<Response> {
     let n = s.store.replay_all_failed(now_ms()).await?;
     s.dispatcher_wake.notify_one();
     Ok((StatusCode::ACCEPTED, Json(json!({"replayed": n}))).into_response())
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    match s.store.stats().await {
+        Ok(st) => s.metrics.set_store_stats(&st),
+        Err(e) => tracing::warn!(error = %e, "metrics: store gauges are stale"),
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+        .into_response()
 }
 
 async fn healthz() -> Response {

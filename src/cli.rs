@@ -94,6 +94,14 @@ enum Command {
         #[arg(required_unless_present = "all_failed")]
         delivery_id: Option<i64>,
     },
+    /// Exit 0 when the daemon is ready (`/readyz`), 1 otherwise: for container health checks.
+    Health {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Check liveness (`/healthz`) instead of readiness.
+        #[arg(long)]
+        live: bool,
+    },
     /// Validate a config and print it, secrets redacted (exit 2 when invalid).
     CheckConfig {
         #[arg(short, long)]
@@ -152,6 +160,7 @@ pub fn main() -> ExitCode {
             ids,
         } => runtime(enqueue(api, service, webhooks, metadata, ids)),
         Command::Status { api, json, id } => runtime(status(api, json, id)),
+        Command::Health { api, live } => runtime(health(api, live)),
         Command::Deliveries {
             api,
             failed,
@@ -431,6 +440,26 @@ async fn status(api: ApiArgs, as_json: bool, id: Option<String>) -> anyhow::Resu
         }
     }
     Ok(())
+}
+
+async fn health(api: ApiArgs, live: bool) -> anyhow::Result<()> {
+    let path = if live { "/healthz" } else { "/readyz" };
+    let url = format!("{}{path}", api.api.trim_end_matches('/'));
+    let resp = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    if status.is_success() {
+        println!("{body}");
+        Ok(())
+    } else {
+        bail!("{status}: {body}")
+    }
 }
 
 fn show(v: &Value) -> String {

@@ -78,6 +78,40 @@ impl Reloader {
     }
 }
 
+/// Proof of life from a loop: the last time it went round. The systemd
+/// watchdog is fed only while every loop keeps beating, so a loop never
+/// sleeps longer than [`Heartbeat::max_idle`].
+#[derive(Clone)]
+pub struct Heartbeat {
+    last: Arc<std::sync::atomic::AtomicI64>,
+    max_idle: Duration,
+}
+
+impl Heartbeat {
+    pub fn new(max_idle: Duration) -> Self {
+        let h = Heartbeat {
+            last: Arc::default(),
+            max_idle,
+        };
+        h.beat();
+        h
+    }
+    pub fn beat(&self) {
+        self.last
+            .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+    /// The longest the loop may sleep between beats.
+    pub fn max_idle(&self) -> Duration {
+        self.max_idle
+    }
+    fn age_ms(&self) -> i64 {
+        now_ms() - self.last.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The longest a worker loop sleeps when systemd's watchdog is off.
+const MAX_IDLE: Duration = Duration::from_secs(10);
+
 /// How often finished tasks and old dead letters are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 
@@ -98,7 +132,11 @@ impl Daemon {
             .with_context(|| format!("api.listen: cannot listen on {}", config.api.listen))?;
         let api_addr = listener.local_addr()?;
         let grace = config.daemon.shutdown_grace;
-        let upstream = Arc::new(UpstreamClient::new(config.upstream.clone())?);
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let upstream = Arc::new(UpstreamClient::new(
+            config.upstream.clone(),
+            metrics.clone(),
+        )?);
         let (config_tx, config_rx) = watch::channel(Arc::new(config));
         let reloader = Reloader {
             config: Arc::new(config_tx),
@@ -109,7 +147,15 @@ impl Daemon {
         let dispatcher_wake = Arc::new(Notify::new());
         let mut tasks = JoinSet::new();
 
+        let mut watchdog_usec = 0;
+        let watchdog_timeout = sd_notify::watchdog_enabled(false, &mut watchdog_usec)
+            .then(|| Duration::from_micros(watchdog_usec));
+        let max_idle = watchdog_timeout.map_or(MAX_IDLE, |t| (t / 4).min(MAX_IDLE));
+        let poller_beat = Heartbeat::new(max_idle);
+        let dispatcher_beat = Heartbeat::new(max_idle);
         let poller = Poller {
+            heartbeat: poller_beat.clone(),
+            metrics: metrics.clone(),
             batch: Arc::new(crate::poller::BatchSize::new()),
             store: store.clone(),
             upstream: upstream.clone(),
@@ -119,6 +165,8 @@ impl Daemon {
         };
         tasks.spawn(poller.run(shutdown.child_token()));
         let dispatcher = Dispatcher {
+            heartbeat: dispatcher_beat.clone(),
+            metrics: metrics.clone(),
             store: store.clone(),
             config: config_rx.clone(),
             wake: dispatcher_wake.clone(),
@@ -136,6 +184,7 @@ impl Daemon {
             upstream,
             poller_wake,
             dispatcher_wake,
+            metrics,
         });
         let stop = shutdown.clone();
         tasks.spawn(async move {
@@ -147,6 +196,15 @@ impl Daemon {
             }
         });
         tracing::info!(api = %api_addr, "taskhook is running");
+        // systemd (Type=notify): the store is open and the API listens.
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        if let Some(timeout) = watchdog_timeout {
+            tasks.spawn(watchdog(
+                timeout,
+                vec![poller_beat, dispatcher_beat],
+                shutdown.child_token(),
+            ));
+        }
         Ok(Daemon {
             api_addr,
             store,
@@ -171,6 +229,7 @@ impl Daemon {
     /// the grace period, whatever is unfinished stays in the store.
     pub async fn run_until_stopped(mut self) {
         self.shutdown.cancelled().await;
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         tracing::info!(grace = ?self.grace, "shutting down");
         let drain = async { while self.tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(self.grace, drain).await.is_err() {
@@ -179,6 +238,23 @@ impl Daemon {
             while self.tasks.join_next().await.is_some() {}
         }
         tracing::info!("stopped");
+    }
+}
+
+/// Feeds the systemd watchdog every `timeout / 2` while every loop has
+/// beaten within `timeout`; a stuck loop starves it and systemd restarts us.
+async fn watchdog(timeout: Duration, beats: Vec<Heartbeat>, shutdown: CancellationToken) {
+    let limit = timeout.as_millis() as i64;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(timeout / 2) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if beats.iter().all(|b| b.age_ms() < limit) {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+        } else {
+            tracing::error!("a worker loop is stuck; not feeding the systemd watchdog");
+        }
     }
 }
 

@@ -22,6 +22,8 @@ const CLAIM_BATCH: usize = 256;
 const MAX_IN_FLIGHT: usize = 4096;
 
 pub struct Dispatcher {
+    pub heartbeat: crate::daemon::Heartbeat,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub store: Arc<dyn Store>,
     pub config: watch::Receiver<Arc<Config>>,
     /// Woken by the poller when it stored events, and by result writes.
@@ -54,6 +56,7 @@ impl Dispatcher {
         let mut per_webhook: HashMap<String, Arc<Semaphore>> = HashMap::new();
         let mut attempts = JoinSet::new();
         loop {
+            self.heartbeat.beat();
             while attempts.try_join_next().is_some() {}
             if shutdown.is_cancelled() {
                 break;
@@ -90,9 +93,10 @@ impl Dispatcher {
             };
             if claim.deliveries.is_empty() {
                 let sleep = match claim.next_due {
-                    Some(due) => Duration::from_millis((due - now).clamp(1, 60_000) as u64),
-                    None => Duration::from_secs(60),
-                };
+                    Some(due) => Duration::from_millis((due - now).max(1) as u64),
+                    None => self.heartbeat.max_idle(),
+                }
+                .min(self.heartbeat.max_idle());
                 tokio::select! {
                     _ = tokio::time::sleep(sleep) => {}
                     _ = self.wake.notified() => {}
@@ -113,6 +117,7 @@ impl Dispatcher {
                     })
                     .clone();
                 let job = Job {
+                    metrics: self.metrics.clone(),
                     client: client.clone(),
                     cfg: cfg.clone(),
                     report: tx.clone(),
@@ -134,6 +139,7 @@ impl Dispatcher {
 
 /// One delivery attempt and its report.
 struct Job {
+    metrics: Arc<crate::metrics::Metrics>,
     client: reqwest::Client,
     cfg: Arc<Config>,
     report: mpsc::Sender<DeliveryReport>,
@@ -153,6 +159,7 @@ impl Job {
             None => (self.cfg.delivery.secret.as_ref(), Vec::new()),
         };
         let attempt_no = d.attempts + 1;
+        let started = std::time::Instant::now();
         let result = webhook::send(
             &self.client,
             &Attempt {
@@ -164,10 +171,16 @@ impl Job {
             },
         )
         .await;
+        self.metrics
+            .delivery_duration
+            .observe(started.elapsed().as_secs_f64());
         let now = now_ms();
         let (verdict, status, error) = match result {
             AttemptResult::Delivered { status } => {
                 tracing::info!(task_id = %d.task_id, webhook = %d.webhook, attempt = attempt_no, status, "delivered");
+                self.metrics
+                    .enqueue_to_delivered
+                    .observe((now - d.enqueued_at).max(0) as f64 / 1000.0);
                 (DeliveryVerdict::Delivered, Some(status), None)
             }
             AttemptResult::Gone => {
@@ -203,6 +216,12 @@ impl Job {
                 (verdict, status, Some(error))
             }
         };
+        self.metrics.delivery(match verdict {
+            DeliveryVerdict::Delivered => "delivered",
+            DeliveryVerdict::Retry { .. } => "retry",
+            DeliveryVerdict::DeadLetter => "dead_letter",
+            DeliveryVerdict::Gone => "gone",
+        });
         let _ = self
             .report
             .send(DeliveryReport {

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod demo;
 pub mod dispatcher;
 pub mod ingest;
+pub mod metrics;
 pub mod poller;
 pub mod schedule;
 pub mod sim;

@@ -19,6 +19,8 @@ use crate::webhook;
 
 /// Runs the poll loop until cancelled.
 pub struct Poller {
+    pub heartbeat: crate::daemon::Heartbeat,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// IDs per request in force: `upstream.batch_size`, halved whenever the
     /// upstream refuses a batch with 400, growing back by one per success up
     /// to just below the size that was refused.
@@ -104,19 +106,29 @@ impl Poller {
             self.upstream.config().max_concurrent_requests,
         ));
         let mut batches = JoinSet::new();
+        let mut paused_since: Option<std::time::Instant> = None;
         loop {
+            self.heartbeat.beat();
             while batches.try_join_next().is_some() {}
             if self.upstream.token_refused() {
-                tracing::error!(
-                    "polling paused: the upstream refuses the token (401 invalid_token); \
-                     every task stays queued. Fix upstream.token and send SIGHUP (or restart); \
-                     a probe is sent every minute meanwhile"
-                );
+                if paused_since.is_none() {
+                    tracing::error!(
+                        "polling paused: the upstream refuses the token (401 invalid_token); \
+                         every task stays queued. Fix upstream.token and send SIGHUP (or restart); \
+                         the token is tried again every minute meanwhile"
+                    );
+                }
+                let since = *paused_since.get_or_insert_with(std::time::Instant::now);
                 tokio::select! {
                     _ = self.config.changed() => {}
-                    _ = tokio::time::sleep(TOKEN_PROBE_EVERY) => {}
+                    _ = tokio::time::sleep(self.heartbeat.max_idle()) => {
+                        if since.elapsed() < TOKEN_PROBE_EVERY {
+                            continue;
+                        }
+                    }
                     _ = shutdown.cancelled() => break,
                 }
+                paused_since = None;
                 if self.upstream.token_refused() {
                     // Probe with one batch; its answer decides whether to resume.
                     self.upstream
@@ -156,9 +168,10 @@ impl Poller {
                 self.upstream.unpace();
                 drop(permit);
                 let sleep = match claim.next_due {
-                    Some(due) => Duration::from_millis((due - now).clamp(1, 60_000) as u64),
-                    None => Duration::from_secs(60),
-                };
+                    Some(due) => Duration::from_millis((due - now).max(1) as u64),
+                    None => self.heartbeat.max_idle(),
+                }
+                .min(self.heartbeat.max_idle());
                 tokio::select! {
                     _ = tokio::time::sleep(sleep) => {}
                     _ = self.wake.notified() => {}
@@ -173,6 +186,7 @@ impl Poller {
                 deliveries_ready: self.deliveries_ready.clone(),
                 batch: self.batch.clone(),
                 poller_wake: self.wake.clone(),
+                metrics: self.metrics.clone(),
             };
             batches.spawn(async move {
                 round.poll(claim.service, claim.tasks).await;
@@ -194,6 +208,7 @@ struct Round {
     cfg: Arc<Config>,
     deliveries_ready: Arc<Notify>,
     batch: Arc<BatchSize>,
+    metrics: Arc<crate::metrics::Metrics>,
     /// The poll loop's wake-up: a round may make tasks due sooner than the
     /// loop planned to look (a failed batch is retried after the back-off).
     poller_wake: Arc<Notify>,
@@ -280,7 +295,20 @@ impl Round {
             .count();
         for u in &updates {
             if let PollUpdate::Finish { id, outcome, .. } = u {
-                tracing::info!(task_id = %id, outcome = outcome.as_str(), "task finished");
+                tracing::info!(task_id = %id, service, outcome = outcome.as_str(), "task finished");
+                self.metrics.task_finished(outcome.as_str());
+                let finished_at = result
+                    .as_ref()
+                    .ok()
+                    .and_then(|a| a.records.get(id))
+                    .and_then(|r| r.value.get("finished_at"))
+                    .and_then(serde_json::Value::as_f64);
+                if let Some(at) = finished_at {
+                    let lag = now as f64 / 1000.0 - at;
+                    if lag >= 0.0 {
+                        self.metrics.detection_lag.observe(lag);
+                    }
+                }
             }
         }
         if let Err(e) = self.store.record_polls(now, updates).await {

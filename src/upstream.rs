@@ -151,10 +151,14 @@ pub struct UpstreamClient {
     pacer: Mutex<Pacer>,
     in_flight: Semaphore,
     health: Mutex<UpstreamHealth>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl UpstreamClient {
-    pub fn new(cfg: UpstreamConfig) -> anyhow::Result<Self> {
+    pub fn new(
+        cfg: UpstreamConfig,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(cfg.request_timeout)
             .connect_timeout(cfg.request_timeout.min(Duration::from_secs(10)))
@@ -178,6 +182,7 @@ impl UpstreamClient {
                 ..Default::default()
             }),
             token: std::sync::RwLock::new(cfg.token.clone()),
+            metrics,
             cfg,
         })
     }
@@ -216,7 +221,9 @@ impl UpstreamClient {
             at
         };
         tokio::time::sleep_until(at.into()).await;
-        start.elapsed()
+        let waited = start.elapsed();
+        self.metrics.rate_limiter_wait.inc_by(waited.as_secs_f64());
+        waited
     }
 
     /// Gives back a slot reserved by [`Self::pace`] that was not used.
@@ -240,7 +247,21 @@ impl UpstreamClient {
         ids: &[&str],
     ) -> Result<BatchAnswer, UpstreamError> {
         let _permit = self.in_flight.acquire().await.expect("never closed");
+        let started = Instant::now();
         let result = self.request(service, ids).await;
+        self.metrics
+            .upstream_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.ids_per_request.observe(ids.len() as f64);
+        self.metrics.upstream_request(match &result {
+            Ok(_) => "ok",
+            Err(UpstreamError::RateLimited { .. }) => "rate_limited",
+            Err(UpstreamError::Unauthorized { .. }) => "unauthorized",
+            Err(UpstreamError::BadRequest { .. }) => "bad_request",
+            Err(UpstreamError::Server { .. }) => "server_error",
+            Err(UpstreamError::Transport(_)) => "transport_error",
+            Err(UpstreamError::Malformed(_)) => "malformed",
+        });
         self.observe(&result);
         result
     }

@@ -153,6 +153,8 @@ pub struct ClaimedDelivery {
     pub url: String,
     /// Attempts made before this one.
     pub attempts: u32,
+    /// When the task was enqueued, for the enqueue-to-delivered metric.
+    pub enqueued_at: Millis,
     pub body: Arc<str>,
 }
 

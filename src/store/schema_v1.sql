@@ -43,6 +43,7 @@ CREATE TABLE deliveries (
     claim           INTEGER NOT NULL DEFAULT 0,
     last_status     INTEGER,
     last_error      TEXT,
+    task_enqueued_at INTEGER NOT NULL,         -- for enqueue-to-delivered latency
     created_at      INTEGER NOT NULL,
     updated_at      INTEGER NOT NULL
 );

@@ -369,7 +369,8 @@ impl Store for SqliteStore {
             )?;
             let mut delivery = tx.prepare_cached(
                 "INSERT INTO deliveries (event_id, task_id, webhook, url, state, next_attempt_at, \
-                   created_at, updated_at) VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?5)",
+                   created_at, updated_at, task_enqueued_at) VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?5, \
+                   (SELECT enqueued_at FROM tasks WHERE id = ?2))",
             )?;
             for u in &updates {
                 match u {
@@ -451,7 +452,7 @@ impl Store for SqliteStore {
             }
             sql.push_str(
                 " ORDER BY next_attempt_at LIMIT ?3) \
-                 RETURNING id, claim, event_id, task_id, webhook, url, attempts",
+                 RETURNING id, claim, event_id, task_id, webhook, url, attempts, task_enqueued_at",
             );
             let mut args: Vec<rusqlite::types::Value> =
                 vec![lease_until.into(), now.into(), (limit as i64).into()];
@@ -467,13 +468,14 @@ impl Store for SqliteStore {
                         r.get::<_, String>(4)?,
                         r.get::<_, String>(5)?,
                         r.get::<_, u32>(6)?,
+                        r.get::<_, Millis>(7)?,
                     ))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             let mut bodies: HashMap<String, Arc<str>> = HashMap::new();
             let mut body_stmt = tx.prepare_cached("SELECT body FROM events WHERE id = ?1")?;
             let mut deliveries = Vec::with_capacity(rows.len());
-            for (id, claim, event_id, task_id, webhook, url, attempts) in rows {
+            for (id, claim, event_id, task_id, webhook, url, attempts, enqueued_at) in rows {
                 let body = match bodies.get(&event_id) {
                     Some(b) => b.clone(),
                     None => {
@@ -491,6 +493,7 @@ impl Store for SqliteStore {
                     webhook,
                     url,
                     attempts,
+                    enqueued_at,
                     body,
                 });
             }

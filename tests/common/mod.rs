@@ -73,7 +73,17 @@ pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Proc {
 /// Starts `taskhook ARGS`, waiting for a stdout line containing `marker`;
 /// the first `http` word after it becomes [`Proc::url`].
 pub fn spawn_until(args: &[&str], envs: &[(&str, &str)], marker: &'static str) -> Proc {
-    let mut cmd = Command::new(BIN);
+    spawn_program(BIN, args, envs, marker)
+}
+
+/// [`spawn_until`] for any program (a shell wrapping the binary, say).
+pub fn spawn_program(
+    program: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    marker: &'static str,
+) -> Proc {
+    let mut cmd = Command::new(program);
     cmd.args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

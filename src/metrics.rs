@@ -1,0 +1,174 @@
+//! Prometheus metrics. One [`Metrics`] per daemon, shared by every stage;
+//! labels are fixed, small sets (never a task ID).
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::store::StoreStats;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: &'static str,
+}
+
+fn outcome(o: &'static str) -> OutcomeLabel {
+    OutcomeLabel { outcome: o }
+}
+
+/// Every metric taskhook exports.
+pub struct Metrics {
+    registry: Registry,
+    pub tasks: Family<StatusLabel, Gauge>,
+    pub dead_letters: Gauge,
+    pub deliveries_pending: Gauge,
+    pub enqueued: Counter,
+    pub upstream_requests: Family<OutcomeLabel, Counter>,
+    pub upstream_duration: Histogram,
+    pub ids_per_request: Histogram,
+    pub rate_limiter_wait: Counter<f64, AtomicU64>,
+    pub finished: Family<OutcomeLabel, Counter>,
+    pub deliveries: Family<OutcomeLabel, Counter>,
+    pub delivery_duration: Histogram,
+    pub enqueue_to_delivered: Histogram,
+    pub detection_lag: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("taskhook");
+        let m = Metrics {
+            tasks: Family::default(),
+            dead_letters: Gauge::default(),
+            deliveries_pending: Gauge::default(),
+            enqueued: Counter::default(),
+            upstream_requests: Family::default(),
+            upstream_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            ids_per_request: Histogram::new([1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0]),
+            rate_limiter_wait: Counter::default(),
+            finished: Family::default(),
+            deliveries: Family::default(),
+            delivery_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            enqueue_to_delivered: Histogram::new(exponential_buckets(0.1, 2.0, 18)),
+            detection_lag: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "tasks",
+            "Tasks in the store by status (watching, delivering, done)",
+            m.tasks.clone(),
+        );
+        r.register(
+            "dead_letters",
+            "Deliveries dead-lettered and kept for replay",
+            m.dead_letters.clone(),
+        );
+        r.register(
+            "deliveries_pending",
+            "Deliveries waiting for their next attempt",
+            m.deliveries_pending.clone(),
+        );
+        r.register(
+            "tasks_enqueued",
+            "Task IDs accepted for watching",
+            m.enqueued.clone(),
+        );
+        r.register(
+            "upstream_requests",
+            "retrieve_batch requests by outcome",
+            m.upstream_requests.clone(),
+        );
+        r.register(
+            "upstream_request_duration_seconds",
+            "Time for one retrieve_batch request",
+            m.upstream_duration.clone(),
+        );
+        r.register(
+            "upstream_ids_per_request",
+            "Task IDs carried by one retrieve_batch request",
+            m.ids_per_request.clone(),
+        );
+        r.register(
+            "rate_limiter_wait_seconds",
+            "Time spent waiting for the rate limiter or an upstream back-off",
+            m.rate_limiter_wait.clone(),
+        );
+        r.register(
+            "tasks_finished",
+            "Tasks found finished, by outcome",
+            m.finished.clone(),
+        );
+        r.register(
+            "deliveries",
+            "Delivery attempts by outcome (delivered, retry, dead_letter, gone)",
+            m.deliveries.clone(),
+        );
+        r.register(
+            "delivery_duration_seconds",
+            "Time for one delivery attempt",
+            m.delivery_duration.clone(),
+        );
+        r.register(
+            "enqueue_to_delivered_seconds",
+            "From enqueue to the first successful delivery of the task's event",
+            m.enqueue_to_delivered.clone(),
+        );
+        r.register(
+            "detection_lag_seconds",
+            "From the upstream's finished_at to taskhook noticing",
+            m.detection_lag.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Sets the gauges that come from the store.
+    pub fn set_store_stats(&self, st: &StoreStats) {
+        let set = |status: &'static str, v: u64| {
+            self.tasks
+                .get_or_create(&StatusLabel { status })
+                .set(v as i64);
+        };
+        set("watching", st.watching);
+        set("delivering", st.delivering);
+        set("done", st.done);
+        self.dead_letters.set(st.dead_letters as i64);
+        self.deliveries_pending.set(st.deliveries_pending as i64);
+    }
+
+    pub fn upstream_request(&self, result: &'static str) {
+        self.upstream_requests.get_or_create(&outcome(result)).inc();
+    }
+
+    pub fn task_finished(&self, o: &'static str) {
+        self.finished.get_or_create(&outcome(o)).inc();
+    }
+
+    pub fn delivery(&self, o: &'static str) {
+        self.deliveries.get_or_create(&outcome(o)).inc();
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

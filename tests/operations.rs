@@ -1,0 +1,252 @@
+//! Running it where it lives: metrics, health checks, systemd notification,
+//! reload, and secrets kept out of every output.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_text_and_count_the_work() {
+    let sim = spawn_sim(&[]);
+    let a = Receiver::start(Some(SECRET_A)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[[webhooks]]\nname = \"a\"\nurl = \"{}\"\nsecret = \"{SECRET_A}\"\n",
+        a.url
+    );
+    let daemon = spawn_daemon(&daemon_config(dir.path(), &sim.url, &extra));
+    let ids: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    sim_create(
+        &sim.url,
+        ids.iter()
+            .map(|id| json!({"id": id, "duration_ms": 100}))
+            .collect(),
+    )
+    .await;
+    let body = json!({"tasks": ids.iter().map(|id| json!({"id": id})).collect::<Vec<_>>()});
+    post_json(&format!("{}/v1/tasks", daemon.url), &body).await;
+    eventually("deliveries", Duration::from_secs(20), || async {
+        (a.accepted_by_task().len() == 20).then_some(())
+    })
+    .await;
+
+    let resp = reqwest::get(format!("{}/metrics", daemon.url))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid exposition");
+    let value = |name: &str, label: Option<(&str, &str)>| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => *v,
+                prometheus_parse::Value::Histogram(h) => {
+                    h.iter().map(|b| b.count).fold(0.0, f64::max)
+                }
+                prometheus_parse::Value::Summary(_) => 0.0,
+            })
+            .sum()
+    };
+    assert_eq!(value("taskhook_tasks_enqueued_total", None), 20.0, "{text}");
+    assert_eq!(
+        value(
+            "taskhook_tasks_finished_total",
+            Some(("outcome", "succeeded"))
+        ),
+        20.0
+    );
+    assert_eq!(
+        value("taskhook_deliveries_total", Some(("outcome", "delivered"))),
+        20.0
+    );
+    assert!(value("taskhook_upstream_requests_total", Some(("outcome", "ok"))) >= 1.0);
+    assert_eq!(value("taskhook_tasks", Some(("status", "done"))), 20.0);
+    assert_eq!(value("taskhook_dead_letters", None), 0.0);
+    for histogram in [
+        "taskhook_upstream_request_duration_seconds",
+        "taskhook_upstream_ids_per_request",
+        "taskhook_delivery_duration_seconds",
+        "taskhook_enqueue_to_delivered_seconds",
+        "taskhook_detection_lag_seconds",
+    ] {
+        assert!(
+            text.contains(&format!("{histogram}_count")),
+            "{histogram} in {text}"
+        );
+    }
+    assert!(text.contains("taskhook_rate_limiter_wait_seconds_total"));
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        assert!(!line.contains("m1"), "no task IDs in labels: {line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_subcommand_exits_by_readiness() {
+    let sim = spawn_sim(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = spawn_daemon(&daemon_config(dir.path(), &sim.url, ""));
+    let api = daemon.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["health", "--api", &api])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let out = Command::new(BIN)
+        .args(["health", "--api", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_and_the_watchdog() {
+    let sim = spawn_sim(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let cfg = daemon_config(dir.path(), &sim.url, "");
+    // systemd names the watched process in WATCHDOG_PID: the shell's own
+    // PID, which `exec` hands on to taskhook.
+    let _daemon = spawn_program(
+        "sh",
+        &[
+            "-c",
+            "WATCHDOG_PID=$$ exec \"$0\" run -c \"$1\"",
+            BIN,
+            cfg.to_str().unwrap(),
+        ],
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+        "listening on ",
+    );
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !(seen.iter().any(|m: &String| m.contains("READY=1"))
+        && seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2)
+    {
+        let n = sock.recv(&mut buf).expect("a notification within 20 s");
+        seen.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    assert!(seen[0].contains("READY=1"), "READY comes first: {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_logs_errors_or_metrics() {
+    let sim = spawn_sim(&["--token", "upstream-SECRET-1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "upstream-SECRET-1\n").unwrap();
+    let extra = format!(
+        "[[webhooks]]\nname = \"x\"\nurl = \"http://127.0.0.1:9/hook\"\nsecret = \"{SECRET_B}\"\n"
+    );
+    let cfg = daemon_config(dir.path(), &sim.url, &extra);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(
+            "token = \"test-token\"",
+            &format!("token_file = \"{}\"", token_file.display()),
+        )
+        .replace("[api]\n", "[api]\ntoken = \"api-SECRET-2\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let log = dir.path().join("daemon.log");
+    let mut child = Command::new(BIN)
+        .args(["run", "-c", cfg.to_str().unwrap(), "--log-format", "json"])
+        .env("RUST_LOG", "debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let api = line.split_whitespace().last().unwrap().to_string();
+    sim_create(&sim.url, vec![json!({"id": "s1", "duration_ms": 50})]).await;
+    let r = reqwest::Client::new()
+        .post(format!("{api}/v1/tasks"))
+        .bearer_auth("api-SECRET-2")
+        .json(&json!({"id": "s1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let wrong = reqwest::Client::new()
+        .get(format!("{api}/v1/stats"))
+        .bearer_auth("not-it")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // The delivery to the dead receiver fails and retries: error paths run.
+    eventually(
+        "a failed delivery attempt",
+        Duration::from_secs(20),
+        || async {
+            let r = reqwest::Client::new()
+                .get(format!("{api}/v1/deliveries"))
+                .bearer_auth("api-SECRET-2")
+                .send()
+                .await
+                .unwrap();
+            let v: serde_json::Value = r.json().await.unwrap();
+            (v["deliveries"][0]["attempts"].as_u64() >= Some(2)).then_some(())
+        },
+    )
+    .await;
+    let metrics = reqwest::get(format!("{api}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let check = Command::new(BIN)
+        .args(["check-config", "-c", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logs.contains("\"level\":\"DEBUG\""),
+        "json debug logs were written"
+    );
+    for (what, text) in [
+        ("logs", logs.as_str()),
+        ("metrics", metrics.as_str()),
+        ("check-config", &String::from_utf8_lossy(&check.stdout)),
+        ("401 answer", wrong.as_str()),
+    ] {
+        for secret in [
+            "upstream-SECRET-1",
+            "api-SECRET-2",
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ] {
+            assert!(!text.contains(secret), "{secret} leaked into {what}");
+        }
+    }
+}
