@@ -1,14 +1,14 @@
 //! The command line (contract §3): the daemon, the simulator, the demo, and
 //! thin clients of the control API.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use serde_json::{Value, json};
 
+use crate::client;
 use crate::config::{self, Config, LogFormat};
 
 #[derive(Parser)]
@@ -60,6 +60,9 @@ enum Command {
         /// JSON object echoed in each task's event.
         #[arg(long)]
         metadata: Option<String>,
+        /// Follow the tasks until each one's deliveries are settled.
+        #[arg(long)]
+        wait: bool,
         #[arg(required = true)]
         ids: Vec<String>,
     },
@@ -70,6 +73,9 @@ enum Command {
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
+        /// Refresh every 2 s (or the given interval, e.g. `--watch 5s`).
+        #[arg(long, num_args = 0..=1, default_missing_value = "2s", value_parser = humantime::parse_duration)]
+        watch: Option<std::time::Duration>,
         id: Option<String>,
     },
     /// List deliveries (newest first).
@@ -157,21 +163,29 @@ pub fn main() -> ExitCode {
             service,
             webhooks,
             metadata,
+            wait,
             ids,
-        } => runtime(enqueue(api, service, webhooks, metadata, ids)),
-        Command::Status { api, json, id } => runtime(status(api, json, id)),
-        Command::Health { api, live } => runtime(health(api, live)),
+        } => runtime(client::enqueue(
+            &api.api, service, webhooks, metadata, ids, wait,
+        )),
+        Command::Status {
+            api,
+            json,
+            watch,
+            id,
+        } => runtime(client::status(&api.api, json, id, watch)),
+        Command::Health { api, live } => runtime(client::health(&api.api, live)),
         Command::Deliveries {
             api,
             failed,
             limit,
             json,
-        } => runtime(deliveries(api, failed, limit, json)),
+        } => runtime(client::deliveries(&api.api, failed, limit, json)),
         Command::Replay {
             api,
             all_failed,
             delivery_id,
-        } => runtime(replay(api, all_failed, delivery_id)),
+        } => runtime(client::replay(&api.api, all_failed, delivery_id)),
     }
 }
 
@@ -270,257 +284,5 @@ async fn run_daemon(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         });
     }
     daemon.run_until_stopped().await;
-    Ok(())
-}
-
-/// A client of the control API.
-struct ApiClient {
-    base: String,
-    http: reqwest::Client,
-    token: Option<String>,
-}
-
-impl ApiClient {
-    fn new(api: &ApiArgs) -> Self {
-        ApiClient {
-            base: api.api.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
-            token: std::env::var("TASKHOOK_API_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty()),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<Value> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.with_context(|| {
-            format!(
-                "cannot reach the daemon at {} (set --api or TASKHOOK_API)",
-                self.base
-            )
-        })?;
-        let status = resp.status();
-        let text = resp.text().await?;
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        if !status.is_success() {
-            let msg = value
-                .pointer("/error/message")
-                .and_then(Value::as_str)
-                .unwrap_or(text.as_str());
-            bail!("{status}: {msg}");
-        }
-        Ok(value)
-    }
-}
-
-async fn enqueue(
-    api: ApiArgs,
-    service: Option<String>,
-    webhooks: Vec<String>,
-    metadata: Option<String>,
-    ids: Vec<String>,
-) -> anyhow::Result<()> {
-    let metadata: Option<Value> = match metadata {
-        Some(m) => Some(serde_json::from_str(&m).context("--metadata: not JSON")?),
-        None => None,
-    };
-    let mut all = Vec::new();
-    for id in ids {
-        if id == "-" {
-            for line in std::io::stdin().lock().lines() {
-                let line = line?;
-                let line = line.trim();
-                if !line.is_empty() {
-                    all.push(line.to_string());
-                }
-            }
-        } else {
-            all.push(id);
-        }
-    }
-    let client = ApiClient::new(&api);
-    let (mut accepted, mut duplicates) = (0, 0);
-    for chunk in all.chunks(1000) {
-        let tasks: Vec<Value> = chunk
-            .iter()
-            .map(|id| {
-                let mut t = json!({"id": id});
-                if let Some(s) = &service {
-                    t["service"] = json!(s);
-                }
-                if !webhooks.is_empty() {
-                    t["webhooks"] = json!(webhooks);
-                }
-                if let Some(m) = &metadata {
-                    t["metadata"] = m.clone();
-                }
-                t
-            })
-            .collect();
-        let out = client
-            .call(
-                reqwest::Method::POST,
-                "/v1/tasks",
-                Some(json!({"tasks": tasks})),
-            )
-            .await?;
-        accepted += out["accepted"].as_u64().unwrap_or(0);
-        duplicates += out["duplicates"].as_u64().unwrap_or(0);
-    }
-    println!("accepted {accepted}, duplicates {duplicates}");
-    Ok(())
-}
-
-async fn status(api: ApiArgs, as_json: bool, id: Option<String>) -> anyhow::Result<()> {
-    let client = ApiClient::new(&api);
-    match id {
-        Some(id) => {
-            let path = format!("/v1/tasks/{}", url_escape(&id));
-            let t = client.call(reqwest::Method::GET, &path, None).await?;
-            if as_json {
-                println!("{}", serde_json::to_string_pretty(&t)?);
-                return Ok(());
-            }
-            let s = |k: &str| t.get(k).map(show).unwrap_or_default();
-            println!("task        {}", s("id"));
-            println!("service     {}", s("service"));
-            println!("status      {}", s("status"));
-            println!("upstream    {}", s("upstream_state"));
-            println!("polls       {}", s("polls"));
-            println!("enqueued    {}", s("enqueued_at"));
-            println!("next poll   {}", s("next_poll_at"));
-            if let Some(Value::Array(ds)) = t.get("deliveries") {
-                for d in ds {
-                    println!(
-                        "delivery    #{} {} {} attempts={} {}",
-                        show(&d["id"]),
-                        show(&d["webhook"]),
-                        show(&d["state"]),
-                        show(&d["attempts"]),
-                        show(&d["last_error"])
-                    );
-                }
-            }
-        }
-        None => {
-            let st = client.call(reqwest::Method::GET, "/v1/stats", None).await?;
-            if as_json {
-                println!("{}", serde_json::to_string_pretty(&st)?);
-                return Ok(());
-            }
-            println!("watching           {}", show(&st["tasks"]["watching"]));
-            println!("delivering         {}", show(&st["tasks"]["delivering"]));
-            println!("done               {}", show(&st["tasks"]["done"]));
-            println!("pending deliveries {}", show(&st["deliveries"]["pending"]));
-            println!("dead letters       {}", show(&st["dead_letters"]));
-            println!(
-                "oldest watching    {}",
-                show(&st["oldest_watching_enqueued_at"])
-            );
-            let up = &st["upstream"];
-            let health = if up["token_accepted"] == json!(false) {
-                "token refused (401)".to_string()
-            } else if up["consecutive_failures"].as_u64().unwrap_or(0) > 0 {
-                format!("failing: {}", show(&up["last_error"]))
-            } else {
-                "ok".to_string()
-            };
-            println!("upstream           {health}");
-        }
-    }
-    Ok(())
-}
-
-async fn health(api: ApiArgs, live: bool) -> anyhow::Result<()> {
-    let path = if live { "/healthz" } else { "/readyz" };
-    let url = format!("{}{path}", api.api.trim_end_matches('/'));
-    let resp = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(5))
-        .build()?
-        .get(&url)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {url}"))?;
-    let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
-    if status.is_success() {
-        println!("{body}");
-        Ok(())
-    } else {
-        bail!("{status}: {body}")
-    }
-}
-
-fn show(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn url_escape(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
-}
-
-async fn deliveries(api: ApiArgs, failed: bool, limit: usize, as_json: bool) -> anyhow::Result<()> {
-    let client = ApiClient::new(&api);
-    let mut path = format!("/v1/deliveries?limit={limit}");
-    if failed {
-        path.push_str("&state=failed");
-    }
-    let out = client.call(reqwest::Method::GET, &path, None).await?;
-    if as_json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
-    }
-    println!(
-        "{:>8}  {:<10} {:<16} {:<24} {:>8}  last error",
-        "id", "state", "type", "task", "attempts"
-    );
-    for d in out["deliveries"].as_array().cloned().unwrap_or_default() {
-        println!(
-            "{:>8}  {:<10} {:<16} {:<24} {:>8}  {}",
-            show(&d["id"]),
-            show(&d["state"]),
-            show(&d["event_type"]),
-            show(&d["task_id"]),
-            show(&d["attempts"]),
-            show(&d["last_error"])
-        );
-    }
-    Ok(())
-}
-
-async fn replay(api: ApiArgs, all_failed: bool, id: Option<i64>) -> anyhow::Result<()> {
-    let client = ApiClient::new(&api);
-    let out = if all_failed {
-        client
-            .call(reqwest::Method::POST, "/v1/deliveries/replay-failed", None)
-            .await?
-    } else {
-        let id = id.expect("clap requires an id");
-        client
-            .call(
-                reqwest::Method::POST,
-                &format!("/v1/deliveries/{id}/replay"),
-                None,
-            )
-            .await?
-    };
-    println!("replayed {}", show(&out["replayed"]));
     Ok(())
 }

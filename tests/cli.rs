@@ -157,3 +157,58 @@ fn the_demo_shows_events_flowing_and_stops_on_ctrl_c() {
     demo.signal("INT");
     assert_eq!(demo.wait_exit(Duration::from_secs(15)), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_wait_follows_tasks_to_delivery_and_status_watch_refreshes() {
+    let sim = spawn_sim(&[]);
+    let a = Receiver::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!("[[webhooks]]\nname = \"pipeline\"\nurl = \"{}\"\n", a.url);
+    let daemon = spawn_daemon(&daemon_config(dir.path(), &sim.url, &extra));
+    sim_create(
+        &sim.url,
+        vec![
+            json!({"id": "w1", "duration_ms": 300, "items": 2}),
+            json!({"id": "w2", "duration_ms": 200, "outcome": "failed"}),
+        ],
+    )
+    .await;
+    let api = daemon.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        taskhook(&["enqueue", "--api", &api, "--wait", "w1", "w2"])
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("w1: done: succeeded | pipeline delivered"),
+        "{text}"
+    );
+    assert!(
+        text.contains("w2: done: failed | pipeline delivered"),
+        "{text}"
+    );
+
+    // --watch prints the summary again and again until stopped.
+    let mut watch = std::process::Command::new(BIN)
+        .args(["status", "--api", &daemon.url, "--watch", "100ms"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let blocks = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| l.starts_with("done"))
+            .take(3)
+            .count()
+    })
+    .await
+    .unwrap();
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert_eq!(blocks, 3);
+}
