@@ -149,6 +149,26 @@ async fn enqueue(
     let body = body_or_error(body)?;
     let cfg = s.config.borrow().clone();
     let tasks = parse_enqueue(&body, &cfg.upstream.default_service)?;
+    if !cfg.delivery.allow_private_networks {
+        for t in &tasks {
+            for (i, w) in t.webhooks.iter().enumerate() {
+                let url = url::Url::parse(w).map_err(|e| {
+                    ApiError::new(
+                        422,
+                        "invalid_webhook",
+                        format!("webhooks[{i}] of task {:?}: {e}", t.id),
+                    )
+                })?;
+                crate::ssrf::check_url(&url).map_err(|m| {
+                    ApiError::new(
+                        422,
+                        "invalid_webhook",
+                        format!("webhooks[{i}] of task {:?}: {m}", t.id),
+                    )
+                })?;
+            }
+        }
+    }
     let n = tasks.len();
     let first = cfg.poll.first_poll_after.as_millis() as i64;
     let out = s.store.enqueue(now_ms(), first, tasks).await?;

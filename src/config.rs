@@ -199,6 +199,7 @@ pub struct DeliveryConfig {
     #[serde(serialize_with = "ser_duration")]
     pub dead_letter_ttl: Duration,
     pub secret: Option<SigningKey>,
+    pub allow_private_networks: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -307,6 +308,7 @@ struct RawDelivery {
     dead_letter_ttl: String,
     secret: Option<String>,
     secret_file: Option<PathBuf>,
+    allow_private_networks: bool,
 }
 
 #[derive(Deserialize)]
@@ -525,6 +527,7 @@ impl Config {
                 1024,
             )? as usize,
             dead_letter_ttl: positive("delivery.dead_letter_ttl", &d.dead_letter_ttl)?,
+            allow_private_networks: d.allow_private_networks,
             secret: signing_key(
                 "delivery.secret",
                 secret("delivery.secret", d.secret, d.secret_file.as_deref(), None)?,

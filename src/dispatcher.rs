@@ -30,20 +30,36 @@ pub struct Dispatcher {
     pub wake: Arc<Notify>,
 }
 
-/// Builds the HTTP client for webhooks: no redirects, bounded timeouts.
-pub fn http_client(cfg: &Config) -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .timeout(cfg.delivery.request_timeout)
-        .connect_timeout(cfg.delivery.connect_timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(webhook::user_agent())
-        .pool_max_idle_per_host(cfg.delivery.max_concurrent_per_webhook)
-        .build()
+/// The HTTP clients for webhooks: no redirects, bounded timeouts.
+#[derive(Clone)]
+pub struct Clients {
+    /// For configured webhooks, which are trusted.
+    trusted: reqwest::Client,
+    /// For per-task webhook URLs: resolves to public addresses only.
+    guarded: reqwest::Client,
+}
+
+impl Clients {
+    pub fn new(cfg: &Config) -> reqwest::Result<Clients> {
+        let builder = || {
+            reqwest::Client::builder()
+                .timeout(cfg.delivery.request_timeout)
+                .connect_timeout(cfg.delivery.connect_timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(webhook::user_agent())
+                .pool_max_idle_per_host(cfg.delivery.max_concurrent_per_webhook)
+        };
+        let trusted = builder().build()?;
+        let guarded = builder()
+            .dns_resolver(Arc::new(crate::ssrf::PublicOnly))
+            .build()?;
+        Ok(Clients { trusted, guarded })
+    }
 }
 
 impl Dispatcher {
     pub async fn run(self, shutdown: CancellationToken) {
-        let client = match http_client(&self.config.borrow()) {
+        let client = match Clients::new(&self.config.borrow()) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "cannot build the webhook client");
@@ -140,7 +156,7 @@ impl Dispatcher {
 /// One delivery attempt and its report.
 struct Job {
     metrics: Arc<crate::metrics::Metrics>,
-    client: reqwest::Client,
+    client: Clients,
     cfg: Arc<Config>,
     report: mpsc::Sender<DeliveryReport>,
 }
@@ -160,17 +176,35 @@ impl Job {
         };
         let attempt_no = d.attempts + 1;
         let started = std::time::Instant::now();
-        let result = webhook::send(
-            &self.client,
-            &Attempt {
-                url: &d.url,
-                event_id: &d.event_id,
-                body: d.body.as_bytes(),
-                key,
-                headers: &headers,
-            },
-        )
-        .await;
+        let guarded = configured.is_none() && !self.cfg.delivery.allow_private_networks;
+        let client = if guarded {
+            &self.client.guarded
+        } else {
+            &self.client.trusted
+        };
+        let literal_blocked = if guarded {
+            url::Url::parse(&d.url)
+                .map_err(|e| e.to_string())
+                .and_then(|u| crate::ssrf::check_url(&u))
+                .err()
+        } else {
+            None
+        };
+        let result = if let Some(reason) = literal_blocked {
+            AttemptResult::Blocked { reason }
+        } else {
+            webhook::send(
+                client,
+                &Attempt {
+                    url: &d.url,
+                    event_id: &d.event_id,
+                    body: d.body.as_bytes(),
+                    key,
+                    headers: &headers,
+                },
+            )
+            .await
+        };
         self.metrics
             .delivery_duration
             .observe(started.elapsed().as_secs_f64());
@@ -182,6 +216,14 @@ impl Job {
                     .enqueue_to_delivered
                     .observe((now - d.enqueued_at).max(0) as f64 / 1000.0);
                 (DeliveryVerdict::Delivered, Some(status), None)
+            }
+            AttemptResult::Blocked { reason } => {
+                tracing::warn!(task_id = %d.task_id, webhook = %d.webhook, attempt = attempt_no, reason = %reason, "delivery blocked by the SSRF guard; dead-lettered");
+                (
+                    DeliveryVerdict::DeadLetter,
+                    None,
+                    Some(format!("blocked: {reason}")),
+                )
             }
             AttemptResult::Gone => {
                 tracing::info!(task_id = %d.task_id, webhook = %d.webhook, attempt = attempt_no, "receiver answered 410 Gone; not retrying");

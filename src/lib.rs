@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod poller;
 pub mod schedule;
 pub mod sim;
+pub mod ssrf;
 pub mod store;
 pub mod terminal;
 pub mod upstream;

@@ -108,6 +108,8 @@ pub enum AttemptResult {
     Delivered { status: u16 },
     /// 410 Gone: the receiver asks never to be sent this again.
     Gone,
+    /// The SSRF guard refused the destination: retrying cannot help.
+    Blocked { reason: String },
     /// Anything else: retry per the schedule, honouring `retry_after`.
     Failed {
         status: Option<u16>,
@@ -162,11 +164,22 @@ pub async fn send(client: &reqwest::Client, a: &Attempt<'_>) -> AttemptResult {
                 }
             }
         }
-        Err(e) => AttemptResult::Failed {
-            status: None,
-            error: describe_reqwest_error(&e),
-            retry_after: None,
-        },
+        Err(e) => {
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                if let Some(blocked) = s.downcast_ref::<crate::ssrf::Blocked>() {
+                    return AttemptResult::Blocked {
+                        reason: blocked.0.clone(),
+                    };
+                }
+                source = s.source();
+            }
+            AttemptResult::Failed {
+                status: None,
+                error: describe_reqwest_error(&e),
+                retry_after: None,
+            }
+        }
     }
 }
 

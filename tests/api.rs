@@ -204,3 +204,91 @@ async fn dead_letters_are_listed_and_replayable() {
     .await;
     assert_eq!(s, 404, "only failed deliveries replay");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_task_webhooks_cannot_reach_private_addresses_unless_allowed() {
+    let sim = spawn_sim(&[]);
+    let a = Receiver::start(None).await;
+    let port = a
+        .url
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    sim_create(
+        &sim.url,
+        vec![
+            json!({"id": "p1", "duration_ms": 50}),
+            json!({"id": "p2", "duration_ms": 50}),
+        ],
+    )
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = spawn_daemon(&daemon_config(dir.path(), &sim.url, ""));
+    let tasks = format!("{}/v1/tasks", daemon.url);
+    for url in [
+        "http://127.0.0.1:9/x",
+        "http://169.254.169.254/latest",
+        "http://[::1]/x",
+        "http://10.0.0.8/x",
+    ] {
+        let (s, v) = post_json(&tasks, &json!({"id": "p1", "webhooks": [url]})).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (422, Some("invalid_webhook")),
+            "{url}: {v}"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("not a public address")
+        );
+    }
+    // A name that resolves to loopback passes ingest but never gets a request.
+    let sneaky = format!("http://localhost:{port}/hook");
+    let (s, _) = post_json(&tasks, &json!({"id": "p1", "webhooks": [sneaky]})).await;
+    assert_eq!(s, 202);
+    let failed = eventually("the blocked delivery", Duration::from_secs(15), || async {
+        let (_, v) = get_json(&format!("{}/v1/deliveries?state=failed", daemon.url)).await;
+        v["deliveries"]
+            .as_array()
+            .filter(|l| !l.is_empty())
+            .cloned()
+    })
+    .await;
+    assert_eq!(failed[0]["attempts"], 1, "blocking is final, not retried");
+    assert!(
+        failed[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("blocked"),
+        "{failed:?}"
+    );
+    assert!(a.hits().is_empty(), "the receiver on loopback got nothing");
+    drop(daemon);
+
+    // Allowed explicitly: the same kind of URL is delivered to.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = daemon_config(dir.path(), &sim.url, "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[delivery]\n",
+        "[delivery]\nallow_private_networks = true\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let daemon = spawn_daemon(&cfg);
+    let (s, _) = post_json(
+        &format!("{}/v1/tasks", daemon.url),
+        &json!({"id": "p2", "webhooks": [a.url]}),
+    )
+    .await;
+    assert_eq!(s, 202);
+    eventually("the allowed delivery", Duration::from_secs(15), || async {
+        a.accepted_by_task().contains_key("p2").then_some(())
+    })
+    .await;
+}
