@@ -89,7 +89,7 @@ pub fn spawn_program(
         .stderr(Stdio::inherit())
         .env(
             "RUST_LOG",
-            std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            std::env::var("TEST_LOG").unwrap_or_else(|_| "error".into()),
         );
     for (k, v) in envs {
         cmd.env(k, v);
@@ -223,6 +223,8 @@ pub struct Hit {
     pub body: Value,
     pub headers: HashMap<String, String>,
     pub status_sent: u16,
+    /// Unix milliseconds when the request arrived.
+    pub received_at_ms: i64,
 }
 
 /// A recording webhook receiver on a loopback port.
@@ -232,12 +234,15 @@ pub struct Receiver {
     pub hits: Arc<Mutex<Vec<Hit>>>,
     /// Refuse (500) the first N attempts of each webhook-id.
     pub refuse_first: Arc<Mutex<usize>>,
+    /// Refuse (503) this fraction of attempts at random.
+    pub fail_rate: Arc<Mutex<f64>>,
 }
 
 struct RecvState {
     secret: Option<String>,
     hits: Arc<Mutex<Vec<Hit>>>,
     refuse_first: Arc<Mutex<usize>>,
+    fail_rate: Arc<Mutex<f64>>,
 }
 
 async fn record(State(s): State<Arc<RecvState>>, headers: HeaderMap, body: Bytes) -> StatusCode {
@@ -255,6 +260,8 @@ async fn record(State(s): State<Arc<RecvState>>, headers: HeaderMap, body: Bytes
     let earlier = hits.iter().filter(|h| h.webhook_id == webhook_id).count();
     let status = if earlier < *s.refuse_first.lock().unwrap() {
         500
+    } else if rand::random::<f64>() < *s.fail_rate.lock().unwrap() {
+        503
     } else {
         200
     };
@@ -267,6 +274,10 @@ async fn record(State(s): State<Arc<RecvState>>, headers: HeaderMap, body: Bytes
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
             .collect(),
         status_sent: status,
+        received_at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64,
     });
     StatusCode::from_u16(status).unwrap()
 }
@@ -275,10 +286,12 @@ impl Receiver {
     pub async fn start(secret: Option<&str>) -> Receiver {
         let hits = Arc::new(Mutex::new(Vec::new()));
         let refuse_first = Arc::new(Mutex::new(0));
+        let fail_rate = Arc::new(Mutex::new(0.0));
         let state = Arc::new(RecvState {
             secret: secret.map(str::to_string),
             hits: hits.clone(),
             refuse_first: refuse_first.clone(),
+            fail_rate: fail_rate.clone(),
         });
         let app = axum::Router::new()
             .route("/hook", axum::routing::post(record))
@@ -290,6 +303,7 @@ impl Receiver {
             url,
             hits,
             refuse_first,
+            fail_rate,
         }
     }
 

@@ -1,0 +1,140 @@
+//! The disk under the store fills up: enqueue answers 503, readiness fails,
+//! nothing stored is lost, and the daemon recovers on its own when the disk
+//! does. A read-only store is refused at start with a clear error. Needs
+//! root (it mounts a small tmpfs); where mounting is not allowed the tests
+//! say so and do nothing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn new(dir: &Path, size: &str) -> Option<Mount> {
+        let at = dir.join("disk");
+        std::fs::create_dir_all(&at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+            return None;
+        }
+        Some(Mount(at))
+    }
+    fn remount(&self, mode: &str) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn config_on(dir: &Path, disk: &Path, sim: &str) -> PathBuf {
+    let cfg = daemon_config(dir, sim, "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &dir.join("taskhook.db").display().to_string(),
+        &disk.join("taskhook.db").display().to_string(),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+async fn enqueue(api: &str, prefix: &str, n: usize) -> (u16, serde_json::Value) {
+    let body = json!({"tasks": (0..n).map(|i| json!({"id": format!("{prefix}-{i}"), "metadata": {"pad": "x".repeat(200)}})).collect::<Vec<_>>()});
+    post_json(&format!("{api}/v1/tasks"), &body).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_new_work_keeps_the_old_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = Mount::new(dir.path(), "3m") else {
+        return;
+    };
+    let sim = spawn_sim(&[]);
+    let daemon = spawn_daemon(&config_on(dir.path(), &disk.0, &sim.url));
+    let (s, _) = enqueue(&daemon.url, "kept", 20).await;
+    assert_eq!(s, 202);
+
+    // Fill the disk to the last byte.
+    let filler = disk.0.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let (s, v) = eventually("enqueue to be refused", Duration::from_secs(10), || async {
+        let (s, v) = enqueue(&daemon.url, "more", 500).await;
+        (s != 202).then_some((s, v))
+    })
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("store_unavailable")),
+        "{v}"
+    );
+    let (s, v) = get_json(&format!("{}/readyz", daemon.url)).await;
+    assert_eq!(s, 503, "{v}");
+    assert!(
+        v["problems"][0].as_str().unwrap().starts_with("store"),
+        "{v}"
+    );
+    let (s, st) = get_json(&format!("{}/v1/stats", daemon.url)).await;
+    assert_eq!(
+        (s, st["tasks"]["watching"].as_u64()),
+        (200, Some(20)),
+        "what was stored stays: {st}"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    eventually("recovery", Duration::from_secs(10), || async {
+        let (s, _) = get_json(&format!("{}/readyz", daemon.url)).await;
+        (s == 200).then_some(())
+    })
+    .await;
+    let (s, v) = enqueue(&daemon.url, "after", 50).await;
+    assert_eq!(s, 202, "{v}");
+    let (_, st) = get_json(&format!("{}/v1/stats", daemon.url)).await;
+    assert_eq!(st["tasks"]["watching"].as_u64(), Some(70), "{st}");
+    drop(daemon);
+}
+
+#[test]
+fn a_read_only_store_is_a_clear_error_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = Mount::new(dir.path(), "1m") else {
+        return;
+    };
+    disk.remount("ro");
+    let cfg = config_on(dir.path(), &disk.0, "http://127.0.0.1:9");
+    let out = Command::new(BIN)
+        .args(["run", "-c", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("taskhook.db") || err.contains("taskhook.lock"),
+        "{err}"
+    );
+    assert!(err.to_lowercase().contains("read-only"), "{err}");
+}
