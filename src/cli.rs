@@ -117,6 +117,8 @@ enum Command {
     Sim(crate::sim::SimArgs),
     /// Simulator, daemon and a receiver on loopback: watch tasks flow.
     Demo(crate::demo::DemoArgs),
+    /// Measure throughput, upstream efficiency, lag, scale and isolation.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Entry point of the binary.
@@ -153,6 +155,10 @@ pub fn main() -> ExitCode {
                 crate::sim::serve(listener, args, crate::daemon::signal()).await?;
                 Ok(())
             })
+        }
+        Command::Bench(args) => {
+            init_logging(log_format.unwrap_or(LogFormat::Text), "error");
+            runtime(crate::bench::run(args))
         }
         Command::Demo(args) => {
             init_logging(log_format.unwrap_or(LogFormat::Text), "warn");

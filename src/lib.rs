@@ -7,6 +7,7 @@
 //! upstream simulator [`sim`] and the [`demo`].
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -212,3 +212,19 @@ async fn enqueue_wait_follows_tasks_to_delivery_and_status_watch_refreshes() {
     let _ = watch.wait();
     assert_eq!(blocks, 3);
 }
+
+#[test]
+fn the_bench_smoke_run_completes_and_writes_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("RESULTS.md");
+    let run = Command::new(BIN)
+        .args(["bench", "--quick", "--tasks", "500", "--scale", "5000", "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let text = std::fs::read_to_string(&out).unwrap();
+    for scenario in ["| throughput |", "| efficiency |", "| lag |", "| scale |", "| isolation |"] {
+        assert!(text.contains(scenario), "{scenario} in {text}");
+    }
+    assert!(text.contains("| throughput | signatures checked bad | 0 |"), "{text}");
+}

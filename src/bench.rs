@@ -1,0 +1,1008 @@
+//! `taskhook bench`: puts numbers on what taskhook is for. It starts the
+//! simulator and a webhook receiver in this process and the daemon as a
+//! child process (so its CPU and memory can be read from /proc), runs each
+//! scenario, prints a table and writes `bench/RESULTS.md`.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SigningKey;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// A small, fast run that only checks every scenario completes (for CI).
+    #[arg(long)]
+    pub quick: bool,
+    /// Where to write the results.
+    #[arg(long, default_value = "bench/RESULTS.md")]
+    pub out: PathBuf,
+    /// Tasks in the throughput scenario.
+    #[arg(long)]
+    pub tasks: Option<usize>,
+    /// Tasks in the scale scenario.
+    #[arg(long)]
+    pub scale: Option<usize>,
+}
+
+/// The sizes of one run.
+struct Plan {
+    throughput_tasks: usize,
+    finish_spread: Duration,
+    efficiency_tasks: usize,
+    efficiency_duration: (u64, u64),
+    scale_tasks: usize,
+    isolation_tasks: usize,
+}
+
+impl Plan {
+    fn new(a: &BenchArgs) -> Plan {
+        if a.quick {
+            Plan {
+                throughput_tasks: a.tasks.unwrap_or(2_000),
+                finish_spread: Duration::from_secs(2),
+                efficiency_tasks: 200,
+                efficiency_duration: (1_000, 3_000),
+                scale_tasks: a.scale.unwrap_or(20_000),
+                isolation_tasks: 200,
+            }
+        } else {
+            Plan {
+                throughput_tasks: a.tasks.unwrap_or(100_000),
+                finish_spread: Duration::from_secs(10),
+                efficiency_tasks: 3_000,
+                efficiency_duration: (5_000, 20_000),
+                scale_tasks: a.scale.unwrap_or(1_000_000),
+                isolation_tasks: 3_000,
+            }
+        }
+    }
+}
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn now_ms() -> i64 {
+    crate::store::now_ms()
+}
+
+// ---- the receiver ----------------------------------------------------------
+
+/// What the receiver saw, per webhook path `/hook/{n}`.
+#[derive(Default)]
+struct Seen {
+    counts: [AtomicU64; 16],
+    /// Arrival times (ms) of every accepted delivery to webhook 0.
+    arrivals: Mutex<Vec<i64>>,
+    /// Per task: first arrival (ms) and the upstream's finished_at (ms).
+    lag: Mutex<HashMap<String, (i64, i64)>>,
+    bad_signatures: AtomicU64,
+    /// Webhook index that answers after 1 s, if any.
+    slow: Mutex<Option<usize>>,
+    track_lag: std::sync::atomic::AtomicBool,
+}
+
+async fn receive(
+    State(seen): State<Arc<Seen>>,
+    UrlPath(n): UrlPath<usize>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let at = now_ms();
+    if *seen.slow.lock().expect("lock") == Some(n) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let count = seen.counts[n % 16].fetch_add(1, Ordering::Relaxed);
+    if n == 0 {
+        seen.arrivals.lock().expect("lock").push(at);
+        // Check one signature in a hundred: the daemon signs all of them.
+        if count % 100 == 0 {
+            let key = SigningKey::parse(SECRET).expect("secret");
+            let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let ts = h("webhook-timestamp").parse().unwrap_or(0);
+            if !crate::webhook::verify(&key, h("webhook-id"), ts, &body, h("webhook-signature")) {
+                seen.bad_signatures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if seen.track_lag.load(Ordering::Relaxed) {
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            if let (Some(id), Some(fin)) = (
+                v["data"]["task_id"].as_str(),
+                v["data"]["task"]["finished_at"].as_f64(),
+            ) {
+                seen.lag
+                    .lock()
+                    .expect("lock")
+                    .entry(id.to_string())
+                    .or_insert((at, (fin * 1000.0) as i64));
+            }
+        }
+    }
+    StatusCode::NO_CONTENT
+}
+
+async fn serve(app: axum::Router, stop: CancellationToken) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+    });
+    Ok(format!("http://{addr}"))
+}
+
+// ---- the daemon as a child process -------------------------------------------
+
+/// The daemon under test, a child process.
+struct Daemon {
+    child: Child,
+    api: String,
+}
+
+impl Daemon {
+    fn start(config: &Path) -> anyhow::Result<Daemon> {
+        let exe = std::env::current_exe().context("locating the taskhook binary")?;
+        let mut child = Command::new(exe)
+            .args(["run", "-c"])
+            .arg(config)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the daemon")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+        let api = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http"))
+            .with_context(|| format!("the daemon did not start: {line:?}"))?
+            .to_string();
+        Ok(Daemon { child, api })
+    }
+
+    /// CPU seconds used so far (user + system), from /proc.
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which is in parentheses).
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // utime and stime are fields 14 and 15 of stat(5); USER_HZ is 100 on Linux.
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    /// Resident memory now and at its peak, in MiB.
+    fn rss_mib(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let kb = |key: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path, name: &str, body: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, body)?;
+    Ok(path)
+}
+
+struct Harness {
+    http: reqwest::Client,
+    seen: Arc<Seen>,
+    receiver: String,
+    stop: CancellationToken,
+    dir: tempfile::TempDir,
+}
+
+impl Harness {
+    async fn sim(&self, args: crate::sim::SimArgs) -> anyhow::Result<String> {
+        serve(crate::sim::router(args), self.stop.clone()).await
+    }
+
+    async fn create_sim_tasks(&self, sim: &str, specs: Vec<Value>) -> anyhow::Result<()> {
+        for chunk in specs.chunks(5_000) {
+            self.http
+                .post(format!("{sim}/_sim/tasks"))
+                .json(&json!({"tasks": chunk}))
+                .send()
+                .await?
+                .error_for_status()?;
+        }
+        Ok(())
+    }
+
+    /// Enqueues through the API in batches; returns IDs per second.
+    async fn enqueue(&self, api: &str, ids: &[String], batch: usize) -> anyhow::Result<f64> {
+        let started = Instant::now();
+        for chunk in ids.chunks(batch) {
+            let body = serde_json::to_vec(
+                &json!({"tasks": chunk.iter().map(|id| json!({"id": id})).collect::<Vec<_>>()}),
+            )?;
+            let r = self
+                .http
+                .post(format!("{api}/v1/tasks"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await?;
+            if r.status() != 202 {
+                bail!(
+                    "enqueue answered {}: {}",
+                    r.status(),
+                    r.text().await.unwrap_or_default()
+                );
+            }
+        }
+        Ok(ids.len() as f64 / started.elapsed().as_secs_f64())
+    }
+
+    fn reset(&self) {
+        for c in &self.seen.counts {
+            c.store(0, Ordering::Relaxed);
+        }
+        self.seen.arrivals.lock().expect("lock").clear();
+        self.seen.lag.lock().expect("lock").clear();
+        *self.seen.slow.lock().expect("lock") = None;
+    }
+
+    async fn wait_for(
+        &self,
+        what: &str,
+        webhook: usize,
+        n: u64,
+        limit: Duration,
+    ) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        while self.seen.counts[webhook].load(Ordering::Relaxed) < n {
+            if started.elapsed() > limit {
+                bail!(
+                    "{what}: only {} of {n} deliveries after {limit:?}",
+                    self.seen.counts[webhook].load(Ordering::Relaxed)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(started.elapsed())
+    }
+
+    async fn sim_stats(&self, sim: &str) -> anyhow::Result<Value> {
+        Ok(self
+            .http
+            .get(format!("{sim}/_sim/stats"))
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+}
+
+/// One line of the results table.
+struct Figure {
+    scenario: &'static str,
+    name: String,
+    value: String,
+    target: String,
+    holds: Option<bool>,
+}
+
+fn fig(
+    scenario: &'static str,
+    name: &str,
+    value: String,
+    target: &str,
+    holds: Option<bool>,
+) -> Figure {
+    Figure {
+        scenario,
+        name: name.to_string(),
+        value,
+        target: target.to_string(),
+        holds,
+    }
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn daemon_config(
+    h: &Harness,
+    name: &str,
+    sim: &str,
+    extra: &str,
+    webhooks: usize,
+) -> anyhow::Result<PathBuf> {
+    let mut text = format!(
+        r#"[upstream]
+base_url = "{sim}"
+token = "bench"
+{extra}
+[store]
+path = "{db}"
+sync = "full"
+[api]
+listen = "127.0.0.1:0"
+max_body_bytes = 67108864
+[daemon]
+shutdown_grace = "5s"
+"#,
+        db = h.dir.path().join(format!("{name}.db")).display()
+    );
+    for n in 0..webhooks {
+        text.push_str(&format!(
+            "[[webhooks]]\nname = \"hook{n}\"\nurl = \"{}/hook/{n}\"\nsecret = \"{SECRET}\"\n",
+            h.receiver
+        ));
+    }
+    write_config(h.dir.path(), name, &text)
+}
+
+// ---- scenarios -------------------------------------------------------------------
+
+async fn throughput(h: &Harness, plan: &Plan, out: &mut Vec<Figure>) -> anyhow::Result<()> {
+    let n = plan.throughput_tasks;
+    h.reset();
+    let sim = h
+        .sim(crate::sim::SimArgs {
+            rate_limit: Some(60.0),
+            max_concurrent: Some(5),
+            ..Default::default()
+        })
+        .await?;
+    let spread = plan.finish_spread.as_millis() as u64;
+    let ids: Vec<String> = (0..n).map(|i| format!("tp-{i}")).collect();
+    let specs: Vec<Value> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| json!({"id": id, "duration_ms": 500 + (i as u64 * 7919) % spread, "running_shape": "ack"}))
+        .collect();
+    let cfg = daemon_config(
+        h,
+        "throughput",
+        &sim,
+        "batch_size = 500\nmax_requests_per_second = 50\nmax_concurrent_requests = 4\n\
+         [poll]\nfirst_poll_after = \"500ms\"\ninterval = \"1s\"\nmax_interval = \"1s\"\n\
+         [delivery]\nmax_concurrent_per_webhook = 64\n",
+        1,
+    )?;
+    let daemon = Daemon::start(&cfg)?;
+    let cpu0 = daemon.cpu_seconds();
+    let started = Instant::now();
+    h.create_sim_tasks(&sim, specs).await?;
+    let enqueue_rate = h.enqueue(&daemon.api, &ids, 10_000).await?;
+    h.wait_for(
+        "throughput",
+        0,
+        n as u64,
+        Duration::from_secs(120 + n as u64 / 500),
+    )
+    .await?;
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = daemon.cpu_seconds() - cpu0;
+    let (_, peak) = daemon.rss_mib();
+    let stats = h.sim_stats(&sim).await?;
+    daemon.stop();
+
+    // The sustained rate: deliveries between the 10th and 90th percentile
+    // of arrivals, over the time they took.
+    let mut arrivals = h.seen.arrivals.lock().expect("lock").clone();
+    arrivals.sort_unstable();
+    let (a, b) = (percentile(&arrivals, 0.1), percentile(&arrivals, 0.9));
+    let sustained = 0.8 * n as f64 / ((b - a).max(1) as f64 / 1000.0);
+
+    // The ceiling: a tight client posting the same kind of body to the same receiver.
+    let ceiling = post_ceiling(
+        h,
+        Duration::from_secs(if plan.finish_spread.as_secs() > 5 {
+            5
+        } else {
+            2
+        }),
+    )
+    .await?;
+
+    let bad = h.seen.bad_signatures.load(Ordering::Relaxed);
+    out.push(fig("throughput", "tasks", n.to_string(), "100,000", None));
+    out.push(fig(
+        "throughput",
+        "first enqueue → last delivery",
+        format!("{wall:.1} s ({:.0} tasks/s)", n as f64 / wall),
+        "",
+        None,
+    ));
+    out.push(fig(
+        "throughput",
+        "sustained delivery rate (10th–90th percentile)",
+        format!("{sustained:.0} tasks/s"),
+        "≥ 10,000 tasks/s",
+        Some(sustained >= 10_000.0),
+    ));
+    out.push(fig(
+        "throughput",
+        "ceiling: tight client alone, same receiver",
+        format!("{ceiling:.0} POST/s"),
+        "",
+        None,
+    ));
+    out.push(fig(
+        "throughput",
+        "taskhook as a fraction of the ceiling",
+        format!("{:.0} %", 100.0 * sustained / ceiling.max(1.0)),
+        "",
+        None,
+    ));
+    out.push(fig(
+        "throughput",
+        "daemon CPU per 1,000 tasks",
+        format!("{:.3} s", cpu / (n as f64 / 1000.0)),
+        "",
+        None,
+    ));
+    out.push(fig(
+        "throughput",
+        "daemon peak RSS",
+        format!("{peak:.0} MiB"),
+        "",
+        None,
+    ));
+    out.push(fig(
+        "throughput",
+        "enqueue rate (10,000 IDs per request)",
+        format!("{enqueue_rate:.0} IDs/s"),
+        "",
+        None,
+    ));
+    out.push(fig(
+        "throughput",
+        "upstream requests / IDs per request",
+        format!(
+            "{} / {:.1}",
+            stats["requests"],
+            stats["mean_ids_per_request"].as_f64().unwrap_or(0.0)
+        ),
+        "",
+        None,
+    ));
+    out.push(fig(
+        "throughput",
+        "signatures checked bad",
+        bad.to_string(),
+        "0",
+        Some(bad == 0),
+    ));
+    Ok(())
+}
+
+/// The rate at which a tight client alone can POST signed event bodies to
+/// the receiver, with 64 requests in flight.
+async fn post_ceiling(h: &Harness, for_how_long: Duration) -> anyhow::Result<f64> {
+    let key = SigningKey::parse(SECRET).expect("secret");
+    let body: Arc<str> = crate::webhook::envelope(
+        crate::terminal::Outcome::Succeeded,
+        std::time::SystemTime::now(),
+        "ceiling",
+        "producer",
+        None,
+        Some(&serde_json::value::RawValue::from_string(r#"{"id":"ceiling","finished_at":1767119785.589,"response":{"task_id":"ceiling","data":[{"state":"succeeded","progress":"100%"}]}}"#.to_string())?),
+    )
+    .into();
+    let url = format!("{}/hook/15", h.receiver);
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + for_how_long;
+    let mut workers = Vec::new();
+    for _ in 0..64 {
+        let (http, url, body, done, key) = (
+            h.http.clone(),
+            url.clone(),
+            body.clone(),
+            done.clone(),
+            key.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let ts = now_ms() / 1000;
+                let sig = crate::webhook::sign(&key, "msg_ceiling", ts, body.as_bytes());
+                let ok = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("webhook-id", "msg_ceiling")
+                    .header("webhook-timestamp", ts.to_string())
+                    .header("webhook-signature", sig)
+                    .body(body.as_bytes().to_vec())
+                    .send()
+                    .await
+                    .is_ok();
+                if ok {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let started = Instant::now();
+    for w in workers {
+        w.await?;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn efficiency_and_lag(h: &Harness, plan: &Plan, out: &mut Vec<Figure>) -> anyhow::Result<()> {
+    let n = plan.efficiency_tasks;
+    let (lo, hi) = plan.efficiency_duration;
+    let specs = |prefix: &str| -> (Vec<String>, Vec<Value>) {
+        let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+        let specs = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| json!({"id": id, "duration_ms": lo + (i as u64 * 7919) % (hi - lo)}))
+            .collect();
+        (ids, specs)
+    };
+
+    // taskhook: batch_size 50 (the upstream's advice), polls every 2–3 s.
+    h.reset();
+    h.seen.track_lag.store(true, Ordering::Relaxed);
+    let sim = h
+        .sim(crate::sim::SimArgs {
+            rate_limit: Some(60.0),
+            max_concurrent: Some(5),
+            ..Default::default()
+        })
+        .await?;
+    let (ids, tasks) = specs("eff");
+    let max_interval_ms = 3_000;
+    let cfg = daemon_config(
+        h,
+        "efficiency",
+        &sim,
+        "batch_size = 50\nmax_requests_per_second = 50\nmax_concurrent_requests = 4\n\
+         [poll]\nfirst_poll_after = \"2s\"\ninterval = \"2s\"\nmax_interval = \"3s\"\nbackoff_factor = 1.5\n",
+        1,
+    )?;
+    let daemon = Daemon::start(&cfg)?;
+    h.create_sim_tasks(&sim, tasks).await?;
+    h.enqueue(&daemon.api, &ids, 1_000).await?;
+    h.wait_for(
+        "efficiency",
+        0,
+        n as u64,
+        Duration::from_secs(60 + hi / 1000 * 2),
+    )
+    .await?;
+    let stats = h.sim_stats(&sim).await?;
+    daemon.stop();
+    h.seen.track_lag.store(false, Ordering::Relaxed);
+    let mut lags: Vec<i64> = h
+        .seen
+        .lag
+        .lock()
+        .expect("lock")
+        .values()
+        .map(|(at, fin)| at - fin)
+        .collect();
+    lags.sort_unstable();
+    let th_requests = stats["requests"].as_f64().unwrap_or(0.0);
+    let per_request = stats["mean_ids_per_request"].as_f64().unwrap_or(0.0);
+
+    // The baseline: one `retrieve` per task every 3 s until it is finished.
+    let sim = h.sim(crate::sim::SimArgs::default()).await?;
+    let (ids, tasks) = specs("base");
+    h.create_sim_tasks(&sim, tasks).await?;
+    let base_lags = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let mut pollers = Vec::new();
+    let gate = Arc::new(tokio::sync::Semaphore::new(256));
+    for id in ids {
+        let (http, sim, lags, gate) =
+            (h.http.clone(), sim.clone(), base_lags.clone(), gate.clone());
+        pollers.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                let _turn = gate.acquire().await.expect("open");
+                let r: Value = match http
+                    .post(format!("{sim}/producer/tasks"))
+                    .json(&json!({"id": id, "action": "retrieve"}))
+                    .send()
+                    .await
+                {
+                    Ok(r) => r.json().await.unwrap_or(Value::Null),
+                    Err(_) => continue,
+                };
+                if let Some(fin) = r["finished_at"].as_f64() {
+                    lags.lock()
+                        .expect("lock")
+                        .push(now_ms() - (fin * 1000.0) as i64);
+                    return;
+                }
+            }
+        }));
+    }
+    for p in pollers {
+        p.await?;
+    }
+    let base_stats = h.sim_stats(&sim).await?;
+    let base_requests = base_stats["single_requests"].as_f64().unwrap_or(0.0);
+    let mut base = base_lags.lock().expect("lock").clone();
+    base.sort_unstable();
+
+    let ratio = base_requests / th_requests.max(1.0);
+    let (p50, p99) = (percentile(&lags, 0.5), percentile(&lags, 0.99));
+    let (b50, b99) = (percentile(&base, 0.5), percentile(&base, 0.99));
+    out.push(fig(
+        "efficiency",
+        "tasks (same durations for both)",
+        n.to_string(),
+        "",
+        None,
+    ));
+    out.push(fig(
+        "efficiency",
+        "taskhook IDs per request (batch_size 50)",
+        format!("{per_request:.1}"),
+        "≥ 45",
+        Some(per_request >= 45.0),
+    ));
+    out.push(fig(
+        "efficiency",
+        "taskhook upstream requests per task",
+        format!("{:.3}", th_requests / n as f64),
+        "",
+        None,
+    ));
+    out.push(fig(
+        "efficiency",
+        "baseline upstream requests per task (retrieve every 3 s)",
+        format!("{:.2}", base_requests / n as f64),
+        "",
+        None,
+    ));
+    out.push(fig(
+        "efficiency",
+        "fewer requests than the baseline",
+        format!("{ratio:.0}×"),
+        "≥ 30×",
+        Some(ratio >= 30.0),
+    ));
+    out.push(fig(
+        "lag",
+        "taskhook finish → webhook received, p50 / p99",
+        format!("{p50} ms / {p99} ms"),
+        &format!("p99 ≤ {} ms", max_interval_ms + 100),
+        Some(p99 <= max_interval_ms + 100),
+    ));
+    out.push(fig(
+        "lag",
+        "baseline finish → detected, p50 / p99",
+        format!("{b50} ms / {b99} ms"),
+        "",
+        None,
+    ));
+    out.push(fig(
+        "lag",
+        "taskhook lag ≤ baseline lag (p50 and p99)",
+        format!("{}", p50 <= b50 && p99 <= b99),
+        "equal or lower",
+        Some(p50 <= b50 && p99 <= b99),
+    ));
+    Ok(())
+}
+
+async fn scale(h: &Harness, plan: &Plan, out: &mut Vec<Figure>) -> anyhow::Result<()> {
+    let n = plan.scale_tasks;
+    let sim = h.sim(crate::sim::SimArgs::default()).await?;
+    let cfg = daemon_config(
+        h,
+        "scale",
+        &sim,
+        "batch_size = 500\nmax_requests_per_second = 50\n[poll]\nfirst_poll_after = \"1h\"\n",
+        1,
+    )?;
+    let daemon = Daemon::start(&cfg)?;
+    let ids: Vec<String> = (0..n).map(|i| format!("scale-{i:08}")).collect();
+    let rate = h.enqueue(&daemon.api, &ids, 10_000).await?;
+    drop(ids);
+    // None is due: the daemon should sleep.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cpu0 = daemon.cpu_seconds();
+    let idle_for = Duration::from_secs(if plan.scale_tasks >= 1_000_000 { 10 } else { 3 });
+    tokio::time::sleep(idle_for).await;
+    let idle_cpu = daemon.cpu_seconds() - cpu0;
+    let (rss, peak) = daemon.rss_mib();
+    daemon.stop();
+
+    // Restart with 1,000 of them due now: time to the first upstream request.
+    let db = h.dir.path().join("scale.db");
+    {
+        let c = rusqlite::Connection::open(&db)?;
+        c.execute(
+            "UPDATE tasks SET next_poll_at = 0 WHERE id IN (SELECT id FROM tasks ORDER BY id LIMIT 1000)",
+            [],
+        )?;
+    }
+    let before = h.sim_stats(&sim).await?["requests"].as_u64().unwrap_or(0);
+    let started = Instant::now();
+    let daemon = Daemon::start(&cfg)?;
+    let first_poll = loop {
+        if h.sim_stats(&sim).await?["requests"].as_u64().unwrap_or(0) > before {
+            break started.elapsed();
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("no poll within 60 s of the restart");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    daemon.stop();
+    let db_mib = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0) as f64 / 1048576.0;
+
+    out.push(fig(
+        "scale",
+        "watched tasks",
+        n.to_string(),
+        "1,000,000",
+        None,
+    ));
+    out.push(fig(
+        "scale",
+        "enqueue rate (10,000 IDs per request)",
+        format!("{rate:.0} IDs/s"),
+        "≥ 50,000 IDs/s",
+        Some(rate >= 50_000.0),
+    ));
+    out.push(fig(
+        "scale",
+        "daemon RSS with all of them watched (now / peak)",
+        format!("{rss:.0} / {peak:.0} MiB"),
+        "≤ 200 MiB",
+        Some(peak <= 200.0),
+    ));
+    out.push(fig(
+        "scale",
+        "daemon CPU while none is due",
+        format!(
+            "{:.3} s over {} s ({:.2} %)",
+            idle_cpu,
+            idle_for.as_secs(),
+            100.0 * idle_cpu / idle_for.as_secs_f64()
+        ),
+        "≈ 0",
+        Some(idle_cpu / idle_for.as_secs_f64() < 0.01),
+    ));
+    out.push(fig(
+        "scale",
+        "restart → first upstream request",
+        format!("{} ms", first_poll.as_millis()),
+        "≤ 3 s",
+        Some(first_poll <= Duration::from_secs(3)),
+    ));
+    out.push(fig(
+        "scale",
+        "store size on disk",
+        format!("{db_mib:.0} MiB"),
+        "",
+        None,
+    ));
+    Ok(())
+}
+
+async fn isolation(h: &Harness, plan: &Plan, out: &mut Vec<Figure>) -> anyhow::Result<()> {
+    let n = plan.isolation_tasks;
+    let mut rates = Vec::new();
+    for slow in [None, Some(9usize)] {
+        h.reset();
+        *h.seen.slow.lock().expect("lock") = slow;
+        let sim = h.sim(crate::sim::SimArgs::default()).await?;
+        let name = if slow.is_some() {
+            "isolation-slow"
+        } else {
+            "isolation-fast"
+        };
+        let cfg = daemon_config(
+            h,
+            name,
+            &sim,
+            "batch_size = 500\nmax_requests_per_second = 50\n[poll]\nfirst_poll_after = \"100ms\"\ninterval = \"500ms\"\n",
+            10,
+        )?;
+        let daemon = Daemon::start(&cfg)?;
+        let ids: Vec<String> = (0..n).map(|i| format!("iso-{i}")).collect();
+        let specs = ids
+            .iter()
+            .map(|id| json!({"id": id, "duration_ms": 0}))
+            .collect();
+        h.create_sim_tasks(&sim, specs).await?;
+        let started = Instant::now();
+        h.enqueue(&daemon.api, &ids, 10_000).await?;
+        // The nine fast webhooks: time until each has every event.
+        for w in 0..9 {
+            h.wait_for("isolation", w, n as u64, Duration::from_secs(120))
+                .await?;
+        }
+        let took = started.elapsed().as_secs_f64();
+        rates.push(9.0 * n as f64 / took);
+        daemon.stop();
+    }
+    *h.seen.slow.lock().expect("lock") = None;
+    let ratio = rates[1] / rates[0];
+    out.push(fig(
+        "isolation",
+        "events × 10 webhooks",
+        format!("{n} × 10"),
+        "",
+        None,
+    ));
+    out.push(fig(
+        "isolation",
+        "nine fast webhooks, all fast",
+        format!("{:.0} deliveries/s", rates[0]),
+        "",
+        None,
+    ));
+    out.push(fig(
+        "isolation",
+        "nine fast webhooks, the tenth answering after 1 s",
+        format!("{:.0} deliveries/s", rates[1]),
+        "",
+        None,
+    ));
+    out.push(fig(
+        "isolation",
+        "throughput kept by the fast nine",
+        format!("{:.0} %", 100.0 * ratio),
+        "≈ 100 %",
+        Some(ratio >= 0.8),
+    ));
+    Ok(())
+}
+
+// ---- the run -----------------------------------------------------------------------
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map(|kb| format!("{:.1} GiB", kb / 1048576.0))
+        .unwrap_or_else(|| "?".into());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    format!("{cores} cores ({cpu}), {mem} memory")
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let plan = Plan::new(&args);
+    let stop = CancellationToken::new();
+    let seen = Arc::new(Seen::default());
+    let receiver = serve(
+        axum::Router::new()
+            .route("/hook/{n}", axum::routing::post(receive))
+            .with_state(seen.clone()),
+        stop.clone(),
+    )
+    .await?;
+    let h = Harness {
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()?,
+        seen,
+        receiver,
+        stop: stop.clone(),
+        dir: tempfile::tempdir()?,
+    };
+    let started = Instant::now();
+    let mut figures = Vec::new();
+    type Scenario = for<'a> fn(
+        &'a Harness,
+        &'a Plan,
+        &'a mut Vec<Figure>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = anyhow::Result<()>> + 'a>,
+    >;
+    let scenarios: [(&str, Scenario); 4] = [
+        ("throughput", |h, p, o| Box::pin(throughput(h, p, o))),
+        ("efficiency and lag", |h, p, o| {
+            Box::pin(efficiency_and_lag(h, p, o))
+        }),
+        ("scale", |h, p, o| Box::pin(scale(h, p, o))),
+        ("isolation", |h, p, o| Box::pin(isolation(h, p, o))),
+    ];
+    for (name, scenario) in scenarios {
+        let t = Instant::now();
+        eprintln!("bench: {name} ...");
+        scenario(&h, &plan, &mut figures)
+            .await
+            .with_context(|| format!("scenario {name}"))?;
+        eprintln!("bench: {name} done in {:.1} s", t.elapsed().as_secs_f64());
+    }
+    stop.cancel();
+
+    let command = if args.quick {
+        "cargo run --release -- bench --quick"
+    } else {
+        "cargo run --release -- bench"
+    };
+    let mut md = String::new();
+    md.push_str("# Benchmark results\n\n");
+    md.push_str(&format!("Command: `{command}`  \n"));
+    md.push_str(&format!("Machine: {}  \n", machine()));
+    md.push_str(&format!(
+        "taskhook {}, total bench time {:.0} s  \n",
+        env!("CARGO_PKG_VERSION"),
+        started.elapsed().as_secs_f64()
+    ));
+    md.push_str(&format!(
+        "Run at: {}\n\n",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+    ));
+    md.push_str("The simulator and the receiver run inside the bench process, the daemon as a child process\n");
+    md.push_str(
+        "(its CPU and memory are read from /proc), all on loopback and on the same cores.\n\n",
+    );
+    md.push_str("| scenario | figure | measured | target | holds |\n|---|---|---|---|---|\n");
+    for f in &figures {
+        let holds = match f.holds {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "",
+        };
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            f.scenario, f.name, f.value, f.target, holds
+        ));
+    }
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.out, &md).with_context(|| format!("writing {}", args.out.display()))?;
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "{md}")?;
+    writeln!(stdout, "written to {}", args.out.display())?;
+    Ok(())
+}
