@@ -250,3 +250,123 @@ async fn secrets_never_reach_logs_errors_or_metrics() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_webhooks_and_refuses_a_bad_file() {
+    let sim = spawn_sim(&[]);
+    let a = Receiver::start(Some(SECRET_A)).await;
+    let b = Receiver::start(Some(SECRET_B)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let hook = |name: &str, r: &Receiver, secret: &str| {
+        format!(
+            "[[webhooks]]\nname = \"{name}\"\nurl = \"{}\"\nsecret = \"{secret}\"\n",
+            r.url
+        )
+    };
+    let cfg = daemon_config(dir.path(), &sim.url, &hook("a", &a, SECRET_A));
+    let original = std::fs::read_to_string(&cfg).unwrap();
+    let log = dir.path().join("daemon.log");
+    let mut child = Command::new(BIN)
+        .args(["run", "-c", cfg.to_str().unwrap(), "--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let api = line.split_whitespace().last().unwrap().to_string();
+    let hup = |pid: u32| {
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    let log_has = |needle: &'static str| {
+        let log = log.clone();
+        async move {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains(needle)
+                .then_some(())
+        }
+    };
+
+    sim_create(
+        &sim.url,
+        (0..3)
+            .map(|i| json!({"id": format!("before-{i}"), "duration_ms": 50}))
+            .collect(),
+    )
+    .await;
+    post_json(
+        &format!("{api}/v1/tasks"),
+        &json!({"tasks": [{"id": "before-0"}, {"id": "before-1"}, {"id": "before-2"}]}),
+    )
+    .await;
+    eventually("the first events at A", Duration::from_secs(15), || async {
+        (a.accepted_by_task().len() == 3).then_some(())
+    })
+    .await;
+
+    // A broken file is refused; the daemon keeps the running configuration.
+    std::fs::write(&cfg, original.replace("batch_size = 50", "batch_size = 0")).unwrap();
+    hup(child.id());
+    eventually("the refusal in the log", Duration::from_secs(10), || {
+        log_has("configuration reload refused")
+    })
+    .await;
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logs.contains("upstream.batch_size"),
+        "the reason names the key"
+    );
+
+    // A second webhook is added: new events go to both, old ones are not re-sent.
+    std::fs::write(&cfg, format!("{original}{}", hook("b", &b, SECRET_B))).unwrap();
+    hup(child.id());
+    eventually("the reload in the log", Duration::from_secs(10), || {
+        log_has("configuration reloaded")
+    })
+    .await;
+    sim_create(&sim.url, vec![json!({"id": "after-0", "duration_ms": 50})]).await;
+    post_json(&format!("{api}/v1/tasks"), &json!({"id": "after-0"})).await;
+    eventually("the new event at both", Duration::from_secs(15), || async {
+        (a.accepted_by_task().contains_key("after-0")
+            && b.accepted_by_task().contains_key("after-0"))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(a.hits().len(), 4, "nothing re-delivered to A");
+    assert_eq!(
+        b.hits().len(),
+        1,
+        "B gets only what finished after it was added"
+    );
+    assert!(b.hits()[0].signature_ok);
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+    // Logs carry the task, the webhook and the attempt as fields.
+    let delivered: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["message"] == "delivered")
+        .collect();
+    assert_eq!(delivered.len(), 5);
+    assert!(
+        delivered
+            .iter()
+            .all(|v| v["task_id"].is_string() && v["webhook"].is_string() && v["attempt"] == 1),
+        "{delivered:?}"
+    );
+}
