@@ -34,6 +34,9 @@ pub struct BenchArgs {
     /// Tasks in the scale scenario.
     #[arg(long)]
     pub scale: Option<usize>,
+    /// Run only these scenarios (throughput, efficiency, scale, isolation).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
 }
 
 /// The sizes of one run.
@@ -954,6 +957,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ("isolation", |h, p, o| Box::pin(isolation(h, p, o))),
     ];
     for (name, scenario) in scenarios {
+        if !args.only.is_empty() && !args.only.iter().any(|o| o == name) {
+            continue;
+        }
         let t = Instant::now();
         eprintln!("bench: {name} ...");
         scenario(&h, &plan, &mut figures)

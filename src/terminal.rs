@@ -159,7 +159,8 @@ pub fn assess(record: &Value) -> Assessment {
                 all_terminal = false;
                 all_succeeded = false;
                 if running_label.is_none() {
-                    let w = word.unwrap_or("running");
+                    // A blank state word would make an empty label.
+                    let w = word.filter(|w| !w.trim().is_empty()).unwrap_or("running");
                     running_label = Some(match progress_label(item) {
                         Some(p) => format!("{w} {p}"),
                         None => w.to_string(),

@@ -218,13 +218,35 @@ fn the_bench_smoke_run_completes_and_writes_results() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("RESULTS.md");
     let run = Command::new(BIN)
-        .args(["bench", "--quick", "--tasks", "500", "--scale", "5000", "--out", out.to_str().unwrap()])
+        .args([
+            "bench",
+            "--quick",
+            "--tasks",
+            "500",
+            "--scale",
+            "5000",
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let text = std::fs::read_to_string(&out).unwrap();
-    for scenario in ["| throughput |", "| efficiency |", "| lag |", "| scale |", "| isolation |"] {
+    for scenario in [
+        "| throughput |",
+        "| efficiency |",
+        "| lag |",
+        "| scale |",
+        "| isolation |",
+    ] {
         assert!(text.contains(scenario), "{scenario} in {text}");
     }
-    assert!(text.contains("| throughput | signatures checked bad | 0 |"), "{text}");
+    assert!(
+        text.contains("| throughput | signatures checked bad | 0 |"),
+        "{text}"
+    );
 }

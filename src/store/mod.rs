@@ -49,7 +49,7 @@ pub fn rfc3339(t: Millis) -> String {
 }
 
 /// Why a store call failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The store cannot take writes right now (disk full, read-only, locked).
     #[error("store unavailable: {0}")]

@@ -1,7 +1,10 @@
-//! The embedded backend: one SQLite file in WAL mode, one writer connection
-//! and one reader connection, each used from a blocking thread. A lock file
-//! beside the database keeps a second taskhook off the same store, which is
-//! what lets this backend take back every lease at start-up.
+//! The embedded backend: one SQLite file in WAL mode. Writes go to one
+//! writer thread that commits them in groups: every write waiting when a
+//! transaction starts joins it under its own savepoint, so one fsync covers
+//! many callers and a failing write rolls back alone. Reads use a separate
+//! connection; WAL checkpoints run on a third, off the writer's path. A lock
+//! file beside the database keeps a second taskhook off the same store,
+//! which is what lets this backend take back every lease at start-up.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -9,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::*;
 use crate::config::SyncMode;
@@ -20,10 +23,77 @@ const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
 /// The SQLite store. Cheap to clone.
 #[derive(Clone)]
 pub struct SqliteStore {
-    writer: Arc<Mutex<Connection>>,
+    jobs: std::sync::mpsc::Sender<Job>,
     reader: Arc<Mutex<Connection>>,
-    _lock: Arc<File>,
+    /// Held while any handle lives; the checkpointer stops when it goes.
+    _alive: Arc<File>,
     path: PathBuf,
+}
+
+/// What the writer hands back once the group's commit is known.
+type Completion = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+/// One write: runs inside the group's transaction (or hears why there is
+/// none) and says whether it succeeded.
+type Job = Box<dyn FnOnce(Result<&Connection, &StoreError>) -> (bool, Option<Completion>) + Send>;
+
+/// At most this many writes share one transaction.
+const GROUP_MAX: usize = 256;
+/// How often the WAL is checkpointed into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The writer thread: takes every job waiting, runs them in one
+/// transaction, each under a savepoint, commits once, then completes them.
+fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP_MAX {
+            match jobs.try_recv() {
+                Ok(j) => group.push(j),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let e = unavailable(e);
+            for job in group {
+                job(Err(&e));
+            }
+            continue;
+        }
+        let mut completions = Vec::with_capacity(group.len());
+        for job in group {
+            if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+                job(Err(&unavailable(e)));
+                continue;
+            }
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Ok(&conn))));
+            let (ok, done) = ran.unwrap_or((false, None));
+            let end = if ok {
+                "RELEASE job"
+            } else {
+                "ROLLBACK TO job; RELEASE job"
+            };
+            let _ = conn.execute_batch(end);
+            completions.extend(done);
+        }
+        let commit = conn.execute_batch("COMMIT").map_err(unavailable).err();
+        if commit.is_some() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for done in completions {
+            done(commit.as_ref());
+        }
+    }
+}
+
+/// Checkpoints the WAL every [`CHECKPOINT_EVERY`] without blocking the
+/// writer, until the store is dropped.
+fn checkpoint_loop(conn: Connection, alive: std::sync::Weak<File>) {
+    while alive.strong_count() > 0 {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+            tracing::debug!(error = %e, "WAL checkpoint failed; will try again");
+        }
+    }
 }
 
 fn unavailable(e: rusqlite::Error) -> StoreError {
@@ -111,10 +181,25 @@ impl SqliteStore {
                 )
             })
             .map_err(|e| fatal(describe_open_error(&e)))?;
+        writer
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(|e| fatal(describe_open_error(&e)))?;
+        let checkpointer = Self::connect(path, sync).map_err(|e| fatal(describe_open_error(&e)))?;
+        let alive = Arc::new(lock);
+        let (jobs, queue) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("taskhook-store-writer".into())
+            .spawn(move || writer_loop(writer, queue))
+            .map_err(|e| fatal(format!("cannot start the writer thread: {e}")))?;
+        let weak = Arc::downgrade(&alive);
+        std::thread::Builder::new()
+            .name("taskhook-store-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, weak))
+            .map_err(|e| fatal(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(SqliteStore {
-            writer: Arc::new(Mutex::new(writer)),
+            jobs,
             reader: Arc::new(Mutex::new(reader)),
-            _lock: Arc::new(lock),
+            _alive: alive,
             path: path.to_path_buf(),
         })
     }
@@ -169,23 +254,36 @@ impl SqliteStore {
             .unwrap_or(-1)
     }
 
+    /// Runs `f` on the writer thread inside a group transaction; answers
+    /// once the commit is durable (or failed).
     async fn write<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let conn = self.writer.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
-            let tx = c
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(unavailable)?;
-            let out = f(&tx).map_err(unavailable)?;
-            tx.commit().map_err(unavailable)?;
-            Ok(out)
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("store worker: {e}")))?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn| match conn {
+            Err(e) => {
+                let _ = tx.send(Err(e.clone()));
+                (false, None)
+            }
+            Ok(conn) => {
+                let result = f(conn).map_err(unavailable);
+                let ok = result.is_ok();
+                let done: Completion = Box::new(move |commit| {
+                    let _ = tx.send(match commit {
+                        Some(e) => Err(e.clone()),
+                        None => result,
+                    });
+                });
+                (ok, Some(done))
+            }
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the store writer dropped a write".into()))?
     }
 
     async fn read<T, F>(&self, f: F) -> StoreResult<T>
@@ -258,7 +356,7 @@ fn delivery_view(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryView> {
 }
 
 /// Marks done every delivering task of `event_id` with nothing pending.
-fn settle_task(tx: &Transaction<'_>, now: Millis, event_id: &str) -> rusqlite::Result<()> {
+fn settle_task(tx: &Connection, now: Millis, event_id: &str) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "UPDATE tasks SET status = 2, done_at = ?1 \
          WHERE event_id = ?2 AND status = 1 AND NOT EXISTS \
