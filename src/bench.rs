@@ -421,7 +421,29 @@ async fn throughput(h: &Harness, plan: &Plan, out: &mut Vec<Figure>) -> anyhow::
     let cpu = daemon.cpu_seconds() - cpu0;
     let (_, peak) = daemon.rss_mib();
     let stats = h.sim_stats(&sim).await?;
+    let metrics = h
+        .http
+        .get(format!("{}/metrics", daemon.api))
+        .send()
+        .await?
+        .text()
+        .await?;
     daemon.stop();
+    let metric = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let upstream_mean_ms = 1000.0 * metric("taskhook_upstream_request_duration_seconds_sum")
+        / metric("taskhook_upstream_request_duration_seconds_count").max(1.0);
+    let delivery_mean_ms = 1000.0 * metric("taskhook_delivery_duration_seconds_sum")
+        / metric("taskhook_delivery_duration_seconds_count").max(1.0);
+    let lag_mean_ms = 1000.0 * metric("taskhook_detection_lag_seconds_sum")
+        / metric("taskhook_detection_lag_seconds_count").max(1.0);
+    let paced = metric("taskhook_rate_limiter_wait_seconds_total");
 
     // The sustained rate: deliveries between the 10th and 90th percentile
     // of arrivals, over the time they took.
@@ -496,9 +518,10 @@ async fn throughput(h: &Harness, plan: &Plan, out: &mut Vec<Figure>) -> anyhow::
         "throughput",
         "upstream requests / IDs per request",
         format!(
-            "{} / {:.1}",
+            "{} / {:.1} ({} answered 429)",
             stats["requests"],
-            stats["mean_ids_per_request"].as_f64().unwrap_or(0.0)
+            stats["mean_ids_per_request"].as_f64().unwrap_or(0.0),
+            stats["statuses"]["429"].as_u64().unwrap_or(0)
         ),
         "",
         None,
@@ -509,6 +532,20 @@ async fn throughput(h: &Harness, plan: &Plan, out: &mut Vec<Figure>) -> anyhow::
         bad.to_string(),
         "0",
         Some(bad == 0),
+    ));
+    out.push(fig(
+        "throughput",
+        "mean upstream request / mean delivery attempt",
+        format!("{upstream_mean_ms:.0} ms / {delivery_mean_ms:.1} ms"),
+        "",
+        None,
+    ));
+    out.push(fig(
+        "throughput",
+        "mean detection lag / time paced by the rate limiter",
+        format!("{lag_mean_ms:.0} ms / {paced:.1} s"),
+        "",
+        None,
     ));
     Ok(())
 }

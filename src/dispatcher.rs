@@ -97,6 +97,7 @@ impl Dispatcher {
                 + (cfg.delivery.request_timeout * 40)
                     .max(Duration::from_secs(600))
                     .as_millis() as Millis;
+            let saturated = !exclude.is_empty();
             let claim = match self.store.claim_deliveries(now, free, lease, exclude).await {
                 Ok(c) => c,
                 Err(e) => {
@@ -107,6 +108,15 @@ impl Dispatcher {
                     }
                 }
             };
+            if claim.deliveries.is_empty() && saturated && !attempts.is_empty() {
+                // Everything due is for webhooks at their cap: wait for a slot.
+                tokio::select! {
+                    _ = attempts.join_next() => {}
+                    _ = self.wake.notified() => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
             if claim.deliveries.is_empty() {
                 let sleep = match claim.next_due {
                     Some(due) => Duration::from_millis((due - now).max(1) as u64),
@@ -269,6 +279,7 @@ impl Job {
             .send(DeliveryReport {
                 id: d.id,
                 claim: d.claim,
+                task_id: d.task_id,
                 event_id: d.event_id,
                 verdict,
                 status,

@@ -107,7 +107,7 @@ impl Poller {
         ));
         let mut batches = JoinSet::new();
         let mut paused_since: Option<std::time::Instant> = None;
-        loop {
+        'run: loop {
             self.heartbeat.beat();
             while batches.try_join_next().is_some() {}
             if self.upstream.token_refused() {
@@ -135,19 +135,17 @@ impl Poller {
                         .set_token(self.config.borrow().upstream.token.clone());
                 }
             }
-            let permit = tokio::select! {
-                p = slots.clone().acquire_owned() => p.expect("never closed"),
-                _ = shutdown.cancelled() => break,
-            };
-            tokio::select! {
-                _ = self.upstream.pace() => {}
-                _ = shutdown.cancelled() => break,
-            }
+            // Claim first, then wait for request slots: the claim's commit
+            // overlaps with requests in flight. At most one claim's batches
+            // wait here; their lease covers the wait.
             let cfg = self.config.borrow().clone();
             let now = now_ms();
             let lease = now + ms(cfg.upstream.request_timeout * 2) + 30_000;
             let window_end = now + ms(coalesce_window(&cfg));
-            let limit = self.batch.get(cfg.upstream.batch_size);
+            // One claim feeds every request slot: claims go through the
+            // store's single writer, so each one must carry a lot.
+            let batch = self.batch.get(cfg.upstream.batch_size);
+            let limit = batch * cfg.upstream.max_concurrent_requests;
             let claim = match self
                 .store
                 .claim_poll_batch(now, window_end, limit, lease)
@@ -156,8 +154,6 @@ impl Poller {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot claim tasks to poll; retrying in 1s");
-                    self.upstream.unpace();
-                    drop(permit);
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                         _ = shutdown.cancelled() => break,
@@ -165,8 +161,6 @@ impl Poller {
                 }
             };
             if claim.tasks.is_empty() {
-                self.upstream.unpace();
-                drop(permit);
                 let sleep = match claim.next_due {
                     Some(due) => Duration::from_millis((due - now).max(1) as u64),
                     None => self.heartbeat.max_idle(),
@@ -179,19 +173,25 @@ impl Poller {
                 }
                 continue;
             }
-            let round = Round {
-                store: self.store.clone(),
-                upstream: self.upstream.clone(),
-                cfg,
-                deliveries_ready: self.deliveries_ready.clone(),
-                batch: self.batch.clone(),
-                poller_wake: self.wake.clone(),
-                metrics: self.metrics.clone(),
-            };
-            batches.spawn(async move {
-                round.poll(claim.service, claim.tasks).await;
-                drop(permit);
-            });
+            let mut tasks = claim.tasks;
+            while !tasks.is_empty() {
+                let rest = tasks.split_off(batch.min(tasks.len()));
+                let slot = tokio::select! {
+                    p = slots.clone().acquire_owned() => p.expect("never closed"),
+                    _ = shutdown.cancelled() => break 'run,
+                };
+                let round = Round {
+                    store: self.store.clone(),
+                    upstream: self.upstream.clone(),
+                    cfg: cfg.clone(),
+                    deliveries_ready: self.deliveries_ready.clone(),
+                    batch: self.batch.clone(),
+                    poller_wake: self.wake.clone(),
+                    metrics: self.metrics.clone(),
+                };
+                batches.spawn(round.poll(claim.service.clone(), tasks, slot));
+                tasks = rest;
+            }
         }
         // Requests in flight may finish; their leases protect them if not.
         while batches.join_next().await.is_some() {}
@@ -215,9 +215,18 @@ struct Round {
 }
 
 impl Round {
-    async fn poll(self, service: String, tasks: Vec<ClaimedTask>) {
+    /// Paces, sends, gives the request slot back as soon as the answer is
+    /// in, then decides and records.
+    async fn poll(
+        self,
+        service: String,
+        tasks: Vec<ClaimedTask>,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let ids: Vec<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+        self.upstream.pace().await;
         let result = self.upstream.retrieve_batch(&service, &ids).await;
+        drop(slot);
         let now = now_ms();
         let retry_at = |t: &ClaimedTask, at: Millis| PollUpdate::Reschedule {
             id: t.id.clone(),

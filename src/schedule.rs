@@ -87,7 +87,7 @@ pub fn upstream_backoff(
     let step = initial.saturating_mul(1 << exp).min(max);
     let base = spread(step, RETRY_JITTER, r);
     match retry_after {
-        Some(ra) if ra > base => ra.min(MAX_UPSTREAM_PAUSE),
+        Some(ra) if ra > base => ra.min(MAX_UPSTREAM_PAUSE).max(base),
         _ => base,
     }
 }

@@ -226,14 +226,6 @@ impl UpstreamClient {
         waited
     }
 
-    /// Gives back a slot reserved by [`Self::pace`] that was not used.
-    pub fn unpace(&self) {
-        let mut p = self.pacer.lock().expect("pacer lock");
-        let step = Duration::from_secs_f64(1.0 / p.rate);
-        let now = Instant::now();
-        p.next_slot = p.next_slot.checked_sub(step).unwrap_or(now).max(now);
-    }
-
     /// How long from now until requests may flow again.
     pub fn pause_remaining(&self) -> Duration {
         let p = self.pacer.lock().expect("pacer lock");

@@ -241,6 +241,7 @@ mod suite {
         let report = |d: &ClaimedDelivery, verdict| DeliveryReport {
             id: d.id,
             claim: d.claim,
+            task_id: d.task_id.clone(),
             event_id: d.event_id.clone(),
             verdict,
             status: Some(500),
@@ -303,6 +304,7 @@ mod suite {
             .map(|d| DeliveryReport {
                 id: d.id,
                 claim: d.claim,
+                task_id: d.task_id.clone(),
                 event_id: d.event_id.clone(),
                 verdict: if d.task_id == "a" {
                     DeliveryVerdict::DeadLetter
@@ -345,6 +347,7 @@ mod suite {
             vec![DeliveryReport {
                 id: d.id,
                 claim: d.claim,
+                task_id: d.task_id.clone(),
                 event_id: d.event_id.clone(),
                 verdict: DeliveryVerdict::DeadLetter,
                 status: None,
@@ -365,6 +368,7 @@ mod suite {
             vec![DeliveryReport {
                 id: d.id,
                 claim: d.claim,
+                task_id: d.task_id.clone(),
                 event_id: d.event_id.clone(),
                 verdict: DeliveryVerdict::DeadLetter,
                 status: None,

@@ -178,6 +178,7 @@ pub enum DeliveryVerdict {
 pub struct DeliveryReport {
     pub id: i64,
     pub claim: i64,
+    pub task_id: String,
     pub event_id: String,
     pub verdict: DeliveryVerdict,
     pub status: Option<u16>,

@@ -19,7 +19,6 @@ CREATE TABLE tasks (
     webhooks       TEXT                        -- JSON array of per-task URLs
 );
 CREATE INDEX tasks_due ON tasks (next_poll_at) WHERE status = 0;
-CREATE INDEX tasks_delivering ON tasks (event_id) WHERE status = 1;
 CREATE INDEX tasks_done ON tasks (done_at) WHERE status = 2;
 
 CREATE TABLE events (
@@ -49,7 +48,6 @@ CREATE TABLE deliveries (
 );
 CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE state = 0;
 CREATE INDEX deliveries_event ON deliveries (event_id);
-CREATE INDEX deliveries_task ON deliveries (task_id);
 CREATE INDEX deliveries_settled ON deliveries (state, updated_at) WHERE state <> 0;
 
 CREATE TABLE probe (at INTEGER);

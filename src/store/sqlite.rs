@@ -355,16 +355,41 @@ fn delivery_view(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryView> {
     })
 }
 
-/// Marks done every delivering task of `event_id` with nothing pending.
-fn settle_task(tx: &Connection, now: Millis, event_id: &str) -> rusqlite::Result<()> {
+/// Marks task `task_id` done if `event_id` is its event and nothing of it
+/// is pending any more.
+fn settle_task(
+    tx: &Connection,
+    now: Millis,
+    task_id: &str,
+    event_id: &str,
+) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "UPDATE tasks SET status = 2, done_at = ?1 \
-         WHERE event_id = ?2 AND status = 1 AND NOT EXISTS \
-         (SELECT 1 FROM deliveries WHERE event_id = ?2 AND state = 0)",
+         WHERE id = ?2 AND event_id = ?3 AND status = 1 AND NOT EXISTS \
+         (SELECT 1 FROM deliveries WHERE event_id = ?3 AND state = 0)",
     )?
-    .execute(params![now, event_id])?;
+    .execute(params![now, task_id, event_id])?;
     Ok(())
 }
+
+/// Removes what is left of a finished event once nobody needs it: its
+/// delivered and gone deliveries always, the event itself when no dead
+/// letter still refers to it.
+fn drop_event(tx: &Connection, event_id: &str) -> rusqlite::Result<usize> {
+    let mut n = tx
+        .prepare_cached("DELETE FROM deliveries WHERE event_id = ?1 AND state IN (0, 1, 3)")?
+        .execute([event_id])?;
+    n += tx
+        .prepare_cached(
+            "DELETE FROM events WHERE id = ?1 AND NOT EXISTS \
+             (SELECT 1 FROM deliveries WHERE event_id = ?1)",
+        )?
+        .execute([event_id])?;
+    Ok(n)
+}
+
+/// Rows removed per purge statement, so the writer is never held long.
+const PURGE_CHUNK: i64 = 5_000;
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -386,7 +411,16 @@ impl Store for SqliteStore {
                    done_at = NULL, metadata = excluded.metadata, webhooks = excluded.webhooks \
                  WHERE tasks.status = 2",
             )?;
+            let mut previous = tx.prepare_cached(
+                "SELECT event_id FROM tasks WHERE id = ?1 AND status = 2",
+            )?;
             for t in &tasks {
+                // A done task watched afresh: its old event is finished with.
+                let old: Option<Option<String>> =
+                    previous.query_row([&t.id], |r| r.get(0)).optional()?;
+                if let Some(Some(e)) = old {
+                    drop_event(tx, &e)?;
+                }
                 let hooks = (!t.webhooks.is_empty())
                     .then(|| serde_json::to_string(&t.webhooks).expect("strings serialize"));
                 let n = stmt.execute(params![
@@ -625,7 +659,7 @@ impl Store for SqliteStore {
                    last_status = ?2, last_error = ?3, updated_at = ?4 \
                  WHERE id = ?5 AND claim = ?6 AND state = 0",
             )?;
-            let mut touched: Vec<&str> = Vec::new();
+            let mut touched: std::collections::HashSet<(&str, &str)> = Default::default();
             for r in &reports {
                 let state = match r.verdict {
                     DeliveryVerdict::Retry { at } => {
@@ -636,14 +670,12 @@ impl Store for SqliteStore {
                     DeliveryVerdict::DeadLetter => FAILED,
                     DeliveryVerdict::Gone => GONE,
                 };
-                if settle.execute(params![state, r.status, r.error, now, r.id, r.claim])? == 1
-                    && !touched.contains(&r.event_id.as_str())
-                {
-                    touched.push(&r.event_id);
+                if settle.execute(params![state, r.status, r.error, now, r.id, r.claim])? == 1 {
+                    touched.insert((&r.task_id, &r.event_id));
                 }
             }
-            for event_id in touched {
-                settle_task(tx, now, event_id)?;
+            for (task_id, event_id) in touched {
+                settle_task(tx, now, task_id, event_id)?;
             }
             Ok(())
         })
@@ -708,11 +740,22 @@ impl Store for SqliteStore {
 
     async fn delete_task(&self, id: String) -> StoreResult<bool> {
         self.write(move |tx| {
-            tx.execute(
-                "DELETE FROM deliveries WHERE task_id = ?1 AND state = 0",
-                [&id],
-            )?;
-            Ok(tx.execute("DELETE FROM tasks WHERE id = ?1", [&id])? == 1)
+            let event: Option<Option<String>> = tx
+                .query_row(
+                    "DELETE FROM tasks WHERE id = ?1 RETURNING event_id",
+                    [&id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match event {
+                None => Ok(false),
+                Some(event) => {
+                    if let Some(e) = event {
+                        drop_event(tx, &e)?;
+                    }
+                    Ok(true)
+                }
+            }
         })
         .await
     }
@@ -759,18 +802,19 @@ impl Store for SqliteStore {
 
     async fn replay_delivery(&self, now: Millis, id: i64) -> StoreResult<bool> {
         self.write(move |tx| {
-            let event: Option<String> = tx
+            let event: Option<(String, String)> = tx
                 .query_row(
                     "UPDATE deliveries SET state = 0, attempts = 0, next_attempt_at = ?1, \
-                       updated_at = ?1 WHERE id = ?2 AND state = 2 RETURNING event_id",
+                       updated_at = ?1 WHERE id = ?2 AND state = 2 RETURNING task_id, event_id",
                     params![now, id],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
-            if let Some(e) = &event {
+            if let Some((task, e)) = &event {
                 tx.execute(
-                    "UPDATE tasks SET status = 1, done_at = NULL WHERE event_id = ?1 AND status = 2",
-                    [e],
+                    "UPDATE tasks SET status = 1, done_at = NULL \
+                     WHERE id = ?1 AND event_id = ?2 AND status = 2",
+                    [task, e],
                 )?;
             }
             Ok(event.is_some())
@@ -780,42 +824,59 @@ impl Store for SqliteStore {
 
     async fn replay_all_failed(&self, now: Millis) -> StoreResult<u64> {
         self.write(move |tx| {
-            tx.execute(
-                "UPDATE tasks SET status = 1, done_at = NULL WHERE status = 2 AND event_id IN \
-                 (SELECT event_id FROM deliveries WHERE state = 2)",
-                [],
+            let replayed: Vec<(String, String)> = tx
+                .prepare(
+                    "UPDATE deliveries SET state = 0, attempts = 0, next_attempt_at = ?1, \
+                       updated_at = ?1 WHERE state = 2 RETURNING task_id, event_id",
+                )?
+                .query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut reopen = tx.prepare_cached(
+                "UPDATE tasks SET status = 1, done_at = NULL \
+                 WHERE id = ?1 AND event_id = ?2 AND status = 2",
             )?;
-            let n = tx.execute(
-                "UPDATE deliveries SET state = 0, attempts = 0, next_attempt_at = ?1, \
-                   updated_at = ?1 WHERE state = 2",
-                [now],
-            )?;
-            Ok(n as u64)
+            for (task, e) in &replayed {
+                reopen.execute([task, e])?;
+            }
+            Ok(replayed.len() as u64)
         })
         .await
     }
 
     async fn purge(&self, done_before: Millis, dead_before: Millis) -> StoreResult<u64> {
         self.write(move |tx| {
-            let mut n = tx.execute(
-                "DELETE FROM tasks WHERE status = 2 AND done_at < ?1",
-                [done_before],
+            let mut n = 0;
+            // Done tasks past their retention, with what their event leaves.
+            let events: Vec<Option<String>> = tx
+                .prepare_cached(
+                    "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE status = 2 \
+                     AND done_at < ?1 LIMIT ?2) RETURNING event_id",
+                )?
+                .query_map(params![done_before, PURGE_CHUNK], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            n += events.len();
+            for e in events.iter().flatten() {
+                n += drop_event(tx, e)?;
+            }
+            // Dead letters past their TTL; their event goes with the last one.
+            let dead: Vec<(String, String)> = tx
+                .prepare_cached(
+                    "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE state = 2 \
+                     AND updated_at < ?1 LIMIT ?2) RETURNING task_id, event_id",
+                )?
+                .query_map(params![dead_before, PURGE_CHUNK], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            n += dead.len();
+            let mut orphan = tx.prepare_cached(
+                "DELETE FROM events WHERE id = ?2 \
+                 AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_id = ?2) \
+                 AND NOT EXISTS (SELECT 1 FROM tasks WHERE id = ?1 AND event_id = ?2)",
             )?;
-            n += tx.execute(
-                "DELETE FROM deliveries WHERE state IN (1, 3) AND updated_at < ?1 \
-                 AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.event_id = deliveries.event_id)",
-                [done_before],
-            )?;
-            n += tx.execute(
-                "DELETE FROM deliveries WHERE state = 2 AND updated_at < ?1",
-                [dead_before],
-            )?;
-            n += tx.execute(
-                "DELETE FROM events WHERE created_at < ?1 \
-                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id) \
-                 AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.event_id = events.id)",
-                [done_before.max(dead_before)],
-            )?;
+            for (task, e) in &dead {
+                n += orphan.execute([task, e])?;
+            }
             Ok(n as u64)
         })
         .await
