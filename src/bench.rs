@@ -400,7 +400,7 @@ async fn throughput(h: &Harness, plan: &Plan, out: &mut Vec<Figure>) -> anyhow::
         h,
         "throughput",
         &sim,
-        "batch_size = 500\nmax_requests_per_second = 50\nmax_concurrent_requests = 4\n\
+        "batch_size = 500\nmax_requests_per_second = 58\nmax_concurrent_requests = 5\n\
          [poll]\nfirst_poll_after = \"500ms\"\ninterval = \"1s\"\nmax_interval = \"1s\"\n\
          [delivery]\nmax_concurrent_per_webhook = 64\n",
         1,

@@ -82,10 +82,94 @@ conformance!(
     dead_letters_list_replay_and_purge,
     claims_skip_saturated_webhooks,
     delete_stops_watching,
+    finished_events_leave_nothing_behind_but_dead_letters,
 );
 
 mod suite {
     use super::*;
+
+    /// Settles every claimable delivery of the store with `verdict(task_id)`.
+    async fn settle_all(
+        s: &Arc<dyn Store>,
+        now: Millis,
+        verdict: impl Fn(&str) -> DeliveryVerdict,
+    ) {
+        let ds = s
+            .claim_deliveries(now, 100, now + 5000, vec![])
+            .await
+            .unwrap()
+            .deliveries;
+        let reports = ds
+            .iter()
+            .map(|d| DeliveryReport {
+                id: d.id,
+                claim: d.claim,
+                task_id: d.task_id.clone(),
+                event_id: d.event_id.clone(),
+                verdict: verdict(&d.task_id),
+                status: None,
+                error: None,
+            })
+            .collect();
+        s.record_deliveries(now, reports).await.unwrap();
+    }
+
+    pub async fn finished_events_leave_nothing_behind_but_dead_letters(s: Arc<dyn Store>) {
+        s.enqueue(0, 0, vec![task("a"), task("b")]).await.unwrap();
+        let ts = s.claim_poll_batch(0, 0, 10, 1000).await.unwrap().tasks;
+        s.record_polls(10, ts.iter().map(|t| finish(t, &["ok", "down"])).collect())
+            .await
+            .unwrap();
+        settle_all(&s, 20, |_| DeliveryVerdict::Delivered).await;
+        let st = s.stats().await.unwrap();
+        assert_eq!(st.deliveries_pending, 0, "{st:?}");
+        // Deleting a done task drops its delivered deliveries.
+        assert!(s.delete_task("b".into()).await.unwrap());
+        assert_eq!(
+            s.list_deliveries(None, 10)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|d| d.task_id == "b")
+                .count(),
+            0
+        );
+        // Re-watching a done task drops its old event's leftovers.
+        s.enqueue(30, 0, vec![task("a")]).await.unwrap();
+        assert_eq!(
+            s.list_deliveries(None, 10)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|d| d.task_id == "a")
+                .count(),
+            0
+        );
+        // A dead letter outlives its task until its TTL.
+        let t = s
+            .claim_poll_batch(40, 40, 10, 1000)
+            .await
+            .unwrap()
+            .tasks
+            .remove(0);
+        s.record_polls(
+            50,
+            vec![
+                finish(&t, &["down"]), /* reuses msg_a: the old event is gone */
+            ],
+        )
+        .await
+        .unwrap();
+        settle_all(&s, 60, |_| DeliveryVerdict::DeadLetter).await;
+        assert!(s.delete_task("a".into()).await.unwrap());
+        let left = s.list_deliveries(None, 10).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].state, DeliveryState::Failed);
+        assert!(
+            s.replay_delivery(70, left[0].id).await.unwrap(),
+            "still replayable"
+        );
+    }
 
     pub async fn enqueue_counts_duplicates_and_rewatches_done_ids(s: Arc<dyn Store>) {
         let out = s

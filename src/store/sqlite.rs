@@ -60,7 +60,26 @@ fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
             continue;
         }
         let mut completions = Vec::with_capacity(group.len());
+        // A lone write needs no savepoint: the transaction is its own.
+        let alone = group.len() == 1;
         for job in group {
+            if alone {
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Ok(&conn))));
+                match ran {
+                    Ok((true, done)) => completions.extend(done),
+                    Ok((false, done)) => {
+                        // Roll back and report the job's own error.
+                        let _ = conn.execute_batch("ROLLBACK");
+                        if let Some(done) = done {
+                            done(None);
+                        }
+                    }
+                    Err(_) => {
+                        let _ = conn.execute_batch("ROLLBACK");
+                    }
+                }
+                continue;
+            }
             if let Err(e) = conn.execute_batch("SAVEPOINT job") {
                 job(Err(&unavailable(e)));
                 continue;
@@ -74,6 +93,10 @@ fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
             };
             let _ = conn.execute_batch(end);
             completions.extend(done);
+        }
+        if conn.is_autocommit() {
+            // A lone write failed and was rolled back; it has its answer.
+            continue;
         }
         let commit = conn.execute_batch("COMMIT").map_err(unavailable).err();
         if commit.is_some() {
