@@ -134,16 +134,7 @@ async fn receive(
     StatusCode::NO_CONTENT
 }
 
-async fn serve(app: axum::Router, stop: CancellationToken) -> anyhow::Result<String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-    });
-    Ok(format!("http://{addr}"))
-}
+use crate::demo::serve_on_loopback as serve;
 
 // ---- the daemon as a child process -------------------------------------------
 

@@ -87,7 +87,11 @@ async fn receive(
     }
 }
 
-async fn serve_on_loopback(app: axum::Router, stop: CancellationToken) -> anyhow::Result<String> {
+/// Serves `app` on a free loopback port until `stop`; returns its base URL.
+pub(crate) async fn serve_on_loopback(
+    app: axum::Router,
+    stop: CancellationToken,
+) -> anyhow::Result<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {

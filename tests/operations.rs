@@ -169,19 +169,7 @@ async fn secrets_never_reach_logs_errors_or_metrics() {
         .replace("[api]\n", "[api]\ntoken = \"api-SECRET-2\"\n");
     std::fs::write(&cfg, text).unwrap();
     let log = dir.path().join("daemon.log");
-    let mut child = Command::new(BIN)
-        .args(["run", "-c", cfg.to_str().unwrap(), "--log-format", "json"])
-        .env("RUST_LOG", "debug")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    use std::io::BufRead;
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let api = line.split_whitespace().last().unwrap().to_string();
+    let (mut child, api) = spawn_daemon_logging(&cfg, "debug", &log);
     sim_create(&sim.url, vec![json!({"id": "s1", "duration_ms": 50})]).await;
     let r = reqwest::Client::new()
         .post(format!("{api}/v1/tasks"))
@@ -266,19 +254,7 @@ async fn sighup_reloads_webhooks_and_refuses_a_bad_file() {
     let cfg = daemon_config(dir.path(), &sim.url, &hook("a", &a, SECRET_A));
     let original = std::fs::read_to_string(&cfg).unwrap();
     let log = dir.path().join("daemon.log");
-    let mut child = Command::new(BIN)
-        .args(["run", "-c", cfg.to_str().unwrap(), "--log-format", "json"])
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    use std::io::BufRead;
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let api = line.split_whitespace().last().unwrap().to_string();
+    let (mut child, api) = spawn_daemon_logging(&cfg, "info", &log);
     let hup = |pid: u32| {
         assert!(
             Command::new("kill")

@@ -171,6 +171,30 @@ shutdown_grace = "5s"
     path
 }
 
+/// Starts the daemon with JSON logs at `level` written to `log`; returns
+/// the child and its API URL.
+pub fn spawn_daemon_logging(config: &Path, level: &str, log: &Path) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "-c",
+            config.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ])
+        .env("RUST_LOG", level)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let api = line.split_whitespace().last().unwrap().to_string();
+    (child, api)
+}
+
 pub fn spawn_daemon(config: &Path) -> Proc {
     spawn(&["run", "-c", config.to_str().unwrap()], &[])
 }
