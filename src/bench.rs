@@ -136,6 +136,18 @@ async fn receive(
 
 use crate::demo::serve_on_loopback as serve;
 
+/// CPU seconds (user + system) used so far by process `pid` ("self" for
+/// this one), from /proc.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat(5); USER_HZ is 100 on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 // ---- the daemon as a child process -------------------------------------------
 
 /// The daemon under test, a child process.
@@ -167,14 +179,7 @@ impl Daemon {
 
     /// CPU seconds used so far (user + system), from /proc.
     fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name (which is in parentheses).
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        // utime and stime are fields 14 and 15 of stat(5); USER_HZ is 100 on Linux.
-        (ticks(11) + ticks(12)) / 100.0
+        cpu_seconds(&self.child.id().to_string())
     }
 
     /// Resident memory now and at its peak, in MiB.
@@ -398,6 +403,7 @@ async fn throughput(h: &Harness, plan: &Plan, out: &mut Vec<Figure>) -> anyhow::
     )?;
     let daemon = Daemon::start(&cfg)?;
     let cpu0 = daemon.cpu_seconds();
+    let own0 = cpu_seconds("self");
     let started = Instant::now();
     h.create_sim_tasks(&sim, specs).await?;
     let enqueue_rate = h.enqueue(&daemon.api, &ids, 10_000).await?;
@@ -410,6 +416,7 @@ async fn throughput(h: &Harness, plan: &Plan, out: &mut Vec<Figure>) -> anyhow::
     .await?;
     let wall = started.elapsed().as_secs_f64();
     let cpu = daemon.cpu_seconds() - cpu0;
+    let own = cpu_seconds("self") - own0;
     let (_, peak) = daemon.rss_mib();
     let stats = h.sim_stats(&sim).await?;
     let metrics = h
@@ -523,6 +530,20 @@ async fn throughput(h: &Harness, plan: &Plan, out: &mut Vec<Figure>) -> anyhow::
         bad.to_string(),
         "0",
         Some(bad == 0),
+    ));
+    out.push(fig(
+        "throughput",
+        "cores busy: daemon + simulator and receiver (bench process)",
+        format!(
+            "{:.2} + {:.2} of {}",
+            cpu / wall,
+            own / wall,
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0)
+        ),
+        "",
+        None,
     ));
     out.push(fig(
         "throughput",

@@ -260,16 +260,43 @@ pub struct Receiver {
     pub refuse_first: Arc<Mutex<usize>>,
     /// Refuse (503) this fraction of attempts at random.
     pub fail_rate: Arc<Mutex<f64>>,
+    /// Answer every request this way instead.
+    pub behaviour: Arc<Mutex<Behaviour>>,
+    /// The most requests this receiver had in flight at once.
+    pub max_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A scripted answer: wait `delay`, then answer `status` (with a
+/// `location` header when set).
+#[derive(Clone, Debug, Default)]
+pub struct Behaviour {
+    pub status: Option<u16>,
+    pub location: Option<String>,
+    pub delay: Duration,
 }
 
 struct RecvState {
     secret: Option<String>,
     hits: Arc<Mutex<Vec<Hit>>>,
     refuse_first: Arc<Mutex<usize>>,
+    behaviour: Arc<Mutex<Behaviour>>,
+    in_flight: std::sync::atomic::AtomicUsize,
+    max_in_flight: Arc<std::sync::atomic::AtomicUsize>,
     fail_rate: Arc<Mutex<f64>>,
 }
 
-async fn record(State(s): State<Arc<RecvState>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn record(
+    State(s): State<Arc<RecvState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use std::sync::atomic::Ordering;
+    let now_in = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    s.max_in_flight.fetch_max(now_in, Ordering::SeqCst);
+    let behaviour = s.behaviour.lock().unwrap().clone();
+    tokio::time::sleep(behaviour.delay).await;
+    s.in_flight.fetch_sub(1, Ordering::SeqCst);
     let webhook_id = headers
         .get("webhook-id")
         .and_then(|v| v.to_str().ok())
@@ -282,7 +309,9 @@ async fn record(State(s): State<Arc<RecvState>>, headers: HeaderMap, body: Bytes
         .unwrap_or(true);
     let mut hits = s.hits.lock().unwrap();
     let earlier = hits.iter().filter(|h| h.webhook_id == webhook_id).count();
-    let status = if earlier < *s.refuse_first.lock().unwrap() {
+    let status = if let Some(fixed) = behaviour.status {
+        fixed
+    } else if earlier < *s.refuse_first.lock().unwrap() {
         500
     } else if rand::random::<f64>() < *s.fail_rate.lock().unwrap() {
         503
@@ -303,7 +332,12 @@ async fn record(State(s): State<Arc<RecvState>>, headers: HeaderMap, body: Bytes
             .unwrap()
             .as_millis() as i64,
     });
-    StatusCode::from_u16(status).unwrap()
+    drop(hits);
+    let code = StatusCode::from_u16(status).unwrap();
+    match behaviour.location {
+        Some(loc) => (code, [("location", loc)]).into_response(),
+        None => code.into_response(),
+    }
 }
 
 impl Receiver {
@@ -311,10 +345,15 @@ impl Receiver {
         let hits = Arc::new(Mutex::new(Vec::new()));
         let refuse_first = Arc::new(Mutex::new(0));
         let fail_rate = Arc::new(Mutex::new(0.0));
+        let behaviour = Arc::new(Mutex::new(Behaviour::default()));
+        let max_in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let state = Arc::new(RecvState {
             secret: secret.map(str::to_string),
             hits: hits.clone(),
             refuse_first: refuse_first.clone(),
+            behaviour: behaviour.clone(),
+            in_flight: Default::default(),
+            max_in_flight: max_in_flight.clone(),
             fail_rate: fail_rate.clone(),
         });
         let app = axum::Router::new()
@@ -328,6 +367,8 @@ impl Receiver {
             hits,
             refuse_first,
             fail_rate,
+            behaviour,
+            max_in_flight,
         }
     }
 
