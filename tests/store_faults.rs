@@ -1,8 +1,9 @@
-//! The disk under the store fills up: enqueue answers 503, readiness fails,
-//! nothing stored is lost, and the daemon recovers on its own when the disk
-//! does. A read-only store is refused at start with a clear error. Needs
-//! root (it mounts a small tmpfs); where mounting is not allowed the tests
-//! say so and do nothing.
+//! The disk under the store fills up, or the store stops taking writes:
+//! enqueue answers 503, readiness fails, nothing stored is lost, and the
+//! daemon recovers on its own when the disk does. A read-only store is
+//! refused at start with a clear error. Needs root (a small tmpfs is
+//! mounted; files are made immutable with chattr); where that is not
+//! allowed the tests say so and do nothing.
 
 mod common;
 
@@ -137,4 +138,75 @@ fn a_read_only_store_is_a_clear_error_at_start() {
         "{err}"
     );
     assert!(err.to_lowercase().contains("read-only"), "{err}");
+}
+
+/// Makes `files` immutable (writes through open descriptors fail with
+/// EPERM) until dropped: a store that turns read-only under the daemon.
+struct Immutable(Vec<PathBuf>);
+
+impl Immutable {
+    fn new(files: Vec<PathBuf>) -> Option<Immutable> {
+        for f in &files {
+            let ok = Command::new("chattr")
+                .arg("+i")
+                .arg(f)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                eprintln!(
+                    "SKIPPED: chattr +i is not available here (needs root on ext4 or similar)"
+                );
+                drop(Immutable(files.clone()));
+                return None;
+            }
+        }
+        Some(Immutable(files))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            let _ = Command::new("chattr").arg("-i").arg(f).status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_turning_read_only_refuses_new_work_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = spawn_sim(&[]);
+    let daemon = spawn_daemon(&daemon_config(dir.path(), &sim.url, ""));
+    let (s, _) = enqueue(&daemon.url, "kept", 10).await;
+    assert_eq!(s, 202);
+    let db = dir.path().join("taskhook.db");
+    let files = vec![db.clone(), db.with_extension("db-wal")];
+    let Some(frozen) = Immutable::new(files) else {
+        return;
+    };
+    let (s, v) = enqueue(&daemon.url, "more", 5).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("store_unavailable")),
+        "{v}"
+    );
+    let (s, _) = get_json(&format!("{}/readyz", daemon.url)).await;
+    assert_eq!(s, 503);
+    let (s, st) = get_json(&format!("{}/v1/stats", daemon.url)).await;
+    assert_eq!(
+        (s, st["tasks"]["watching"].as_u64()),
+        (200, Some(10)),
+        "reads still work: {st}"
+    );
+    drop(frozen);
+    eventually("recovery", Duration::from_secs(10), || async {
+        let (s, _) = enqueue(&daemon.url, "after", 5).await;
+        (s == 202).then_some(())
+    })
+    .await;
+    let (s, _) = get_json(&format!("{}/readyz", daemon.url)).await;
+    assert_eq!(s, 200);
+    let (_, st) = get_json(&format!("{}/v1/stats", daemon.url)).await;
+    assert_eq!(st["tasks"]["watching"].as_u64(), Some(15), "{st}");
+    drop(daemon);
 }
