@@ -153,7 +153,9 @@ impl Daemon {
         let max_idle = watchdog_timeout.map_or(MAX_IDLE, |t| (t / 4).min(MAX_IDLE));
         let poller_beat = Heartbeat::new(max_idle);
         let dispatcher_beat = Heartbeat::new(max_idle);
+        let (handoff_tx, handoff_rx) = tokio::sync::mpsc::unbounded_channel();
         let poller = Poller {
+            handoff: handoff_tx,
             heartbeat: poller_beat.clone(),
             metrics: metrics.clone(),
             batch: Arc::new(crate::poller::BatchSize::new()),
@@ -165,6 +167,7 @@ impl Daemon {
         };
         tasks.spawn(poller.run(shutdown.child_token()));
         let dispatcher = Dispatcher {
+            handoff: handoff_rx,
             heartbeat: dispatcher_beat.clone(),
             metrics: metrics.clone(),
             store: store.clone(),

@@ -22,6 +22,8 @@ const CLAIM_BATCH: usize = 256;
 const MAX_IN_FLIGHT: usize = 4096;
 
 pub struct Dispatcher {
+    /// Deliveries the poller stored already leased, to send at once.
+    pub handoff: mpsc::UnboundedReceiver<Vec<ClaimedDelivery>>,
     pub heartbeat: crate::daemon::Heartbeat,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub store: Arc<dyn Store>,
@@ -57,8 +59,90 @@ impl Clients {
     }
 }
 
+/// The lease of a delivery being sent: long enough to cover a wait for a
+/// slot behind a slow receiver plus the attempt itself.
+pub fn delivery_lease(cfg: &Config, now: Millis) -> Millis {
+    now + (cfg.delivery.request_timeout * 40)
+        .max(Duration::from_secs(600))
+        .as_millis() as Millis
+}
+
+/// Deliveries queued for one webhook, per slot, at most; a handed-off
+/// delivery beyond that is given back to the store instead. Each queued
+/// delivery waits at most this many attempts (each bounded by the request
+/// timeout), well inside the lease of 40 request timeouts.
+const LANE_QUEUE_PER_SLOT: usize = 32;
+
+/// One webhook's concurrency: its slots and how many attempts wait for one.
+#[derive(Clone)]
+struct Lane {
+    slots: Arc<Semaphore>,
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The dispatch loop's working state.
+struct Work {
+    client: Clients,
+    report: mpsc::Sender<DeliveryReport>,
+    in_flight: Arc<Semaphore>,
+    lanes: HashMap<String, Lane>,
+    attempts: JoinSet<()>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Work {
+    /// Starts an attempt for `d`; false (and `d` dropped, still leased)
+    /// when `bounded` and its webhook's queue or the global cap is full.
+    fn start(&mut self, cfg: &Arc<Config>, d: ClaimedDelivery, bounded: bool) -> bool {
+        use std::sync::atomic::Ordering;
+        let cap = cfg.delivery.max_concurrent_per_webhook;
+        let lane = self
+            .lanes
+            .entry(d.webhook.clone())
+            .or_insert_with(|| Lane {
+                slots: Arc::new(Semaphore::new(cap)),
+                waiting: Arc::default(),
+            })
+            .clone();
+        if bounded && lane.waiting.load(Ordering::Relaxed) >= LANE_QUEUE_PER_SLOT * cap {
+            return false;
+        }
+        let Ok(slot) = self.in_flight.clone().try_acquire_owned() else {
+            return false;
+        };
+        let job = Job {
+            metrics: self.metrics.clone(),
+            client: self.client.clone(),
+            cfg: cfg.clone(),
+            report: self.report.clone(),
+        };
+        lane.waiting.fetch_add(1, Ordering::Relaxed);
+        self.attempts.spawn(async move {
+            let _slot = slot;
+            let turn = lane.slots.acquire_owned().await.expect("never closed");
+            lane.waiting.fetch_sub(1, Ordering::Relaxed);
+            job.attempt(d).await;
+            drop(turn);
+        });
+        true
+    }
+
+    /// Webhooks whose slots are all taken.
+    fn saturated(&mut self, cap: usize) -> Vec<String> {
+        self.lanes.retain(|_, l| {
+            l.slots.available_permits() < cap
+                || l.waiting.load(std::sync::atomic::Ordering::Relaxed) > 0
+        });
+        self.lanes
+            .iter()
+            .filter(|(_, l)| l.slots.available_permits() == 0)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
 impl Dispatcher {
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let client = match Clients::new(&self.config.borrow()) {
             Ok(c) => c,
             Err(e) => {
@@ -68,37 +152,56 @@ impl Dispatcher {
         };
         let (tx, rx) = mpsc::channel::<DeliveryReport>(MAX_IN_FLIGHT);
         let writer = tokio::spawn(write_reports(self.store.clone(), rx, self.wake.clone()));
-        let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        let mut per_webhook: HashMap<String, Arc<Semaphore>> = HashMap::new();
-        let mut attempts = JoinSet::new();
+        let mut work = Work {
+            client,
+            report: tx,
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            lanes: HashMap::new(),
+            attempts: JoinSet::new(),
+            metrics: self.metrics.clone(),
+        };
+        let mut stash: Vec<Vec<ClaimedDelivery>> = Vec::new();
         loop {
             self.heartbeat.beat();
-            while attempts.try_join_next().is_some() {}
+            while work.attempts.try_join_next().is_some() {}
             if shutdown.is_cancelled() {
                 break;
             }
             let cfg = self.config.borrow().clone();
-            let free = in_flight.available_permits().min(CLAIM_BATCH);
+            // Fresh deliveries handed over by the poller, already leased.
+            let mut give_back = Vec::new();
+            while let Ok(batch) = self.handoff.try_recv() {
+                stash.push(batch);
+            }
+            for batch in stash.drain(..) {
+                for d in batch {
+                    let lease = (d.id, d.claim);
+                    if !work.start(&cfg, d, true) {
+                        give_back.push(lease);
+                    }
+                }
+            }
+            if !give_back.is_empty()
+                && let Err(e) = self.store.release_deliveries(now_ms(), give_back).await
+            {
+                // Their lease runs out and they are claimed then.
+                tracing::warn!(error = %e, "cannot give back deliveries; they wait for their lease");
+            }
+            let free = work.in_flight.available_permits().min(CLAIM_BATCH);
             if free == 0 {
                 tokio::select! {
-                    _ = attempts.join_next() => continue,
+                    _ = work.attempts.join_next() => continue,
                     _ = shutdown.cancelled() => break,
                 }
             }
-            per_webhook
-                .retain(|_, s| s.available_permits() < cfg.delivery.max_concurrent_per_webhook);
-            let exclude: Vec<String> = per_webhook
-                .iter()
-                .filter(|(_, s)| s.available_permits() == 0)
-                .map(|(k, _)| k.clone())
-                .collect();
+            let exclude = work.saturated(cfg.delivery.max_concurrent_per_webhook);
             let now = now_ms();
-            let lease = now
-                + (cfg.delivery.request_timeout * 40)
-                    .max(Duration::from_secs(600))
-                    .as_millis() as Millis;
             let saturated = !exclude.is_empty();
-            let claim = match self.store.claim_deliveries(now, free, lease, exclude).await {
+            let claim = match self
+                .store
+                .claim_deliveries(now, free, delivery_lease(&cfg, now), exclude)
+                .await
+            {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot claim deliveries; retrying in 1s");
@@ -108,17 +211,10 @@ impl Dispatcher {
                     }
                 }
             };
-            if claim.deliveries.is_empty() && saturated && !attempts.is_empty() {
-                // Everything due is for webhooks at their cap: wait for a slot.
-                tokio::select! {
-                    _ = attempts.join_next() => {}
-                    _ = self.wake.notified() => {}
-                    _ = shutdown.cancelled() => break,
-                }
-                continue;
-            }
             if claim.deliveries.is_empty() {
                 let sleep = match claim.next_due {
+                    // Everything due is for webhooks at their cap: wait for a slot.
+                    Some(_) if saturated && !work.attempts.is_empty() => self.heartbeat.max_idle(),
                     Some(due) => Duration::from_millis((due - now).max(1) as u64),
                     None => self.heartbeat.max_idle(),
                 }
@@ -126,39 +222,21 @@ impl Dispatcher {
                 tokio::select! {
                     _ = tokio::time::sleep(sleep) => {}
                     _ = self.wake.notified() => {}
-                    _ = attempts.join_next(), if !attempts.is_empty() => {}
+                    Some(batch) = self.handoff.recv() => stash.push(batch),
+                    _ = work.attempts.join_next(), if !work.attempts.is_empty() => {}
                     _ = shutdown.cancelled() => break,
                 }
                 continue;
             }
             for d in claim.deliveries {
-                let slot = in_flight
-                    .clone()
-                    .try_acquire_owned()
-                    .expect("claimed within the free slots");
-                let limit = per_webhook
-                    .entry(d.webhook.clone())
-                    .or_insert_with(|| {
-                        Arc::new(Semaphore::new(cfg.delivery.max_concurrent_per_webhook))
-                    })
-                    .clone();
-                let job = Job {
-                    metrics: self.metrics.clone(),
-                    client: client.clone(),
-                    cfg: cfg.clone(),
-                    report: tx.clone(),
-                };
-                attempts.spawn(async move {
-                    let _slot = slot;
-                    let _turn = limit.acquire_owned().await.expect("never closed");
-                    job.attempt(d).await;
-                });
+                // Claimed within the free slots: this cannot be refused.
+                work.start(&cfg, d, false);
             }
         }
         // Let attempts in flight finish (the daemon bounds this by its grace
         // period); unfinished ones keep their lease and are retried later.
-        while attempts.join_next().await.is_some() {}
-        drop(tx);
+        while work.attempts.join_next().await.is_some() {}
+        drop(work);
         let _ = writer.await;
     }
 }

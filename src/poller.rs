@@ -19,6 +19,8 @@ use crate::webhook;
 
 /// Runs the poll loop until cancelled.
 pub struct Poller {
+    /// Where finished tasks' new deliveries go, already leased.
+    pub handoff: tokio::sync::mpsc::UnboundedSender<Vec<crate::store::ClaimedDelivery>>,
     pub heartbeat: crate::daemon::Heartbeat,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// IDs per request in force: `upstream.batch_size`, halved whenever the
@@ -188,6 +190,7 @@ impl Poller {
                     batch: self.batch.clone(),
                     poller_wake: self.wake.clone(),
                     metrics: self.metrics.clone(),
+                    handoff: self.handoff.clone(),
                 };
                 batches.spawn(round.poll(claim.service.clone(), tasks, slot));
                 tasks = rest;
@@ -209,6 +212,7 @@ struct Round {
     deliveries_ready: Arc<Notify>,
     batch: Arc<BatchSize>,
     metrics: Arc<crate::metrics::Metrics>,
+    handoff: tokio::sync::mpsc::UnboundedSender<Vec<crate::store::ClaimedDelivery>>,
     /// The poll loop's wake-up: a round may make tasks due sooner than the
     /// loop planned to look (a failed batch is retried after the back-off).
     poller_wake: Arc<Notify>,
@@ -320,10 +324,20 @@ impl Round {
                 }
             }
         }
-        if let Err(e) = self.store.record_polls(now, updates).await {
-            // The leases run out and these tasks are polled again: nothing lost.
-            tracing::error!(error = %e, "cannot record a poll round; its tasks will be polled again");
-            return;
+        let lease = crate::dispatcher::delivery_lease(&self.cfg, now);
+        match self.store.record_polls(now, updates, Some(lease)).await {
+            Ok(handed) => {
+                if !handed.is_empty() {
+                    // If the dispatcher is gone (shutdown), the leases are
+                    // taken back at the next start: nothing is lost.
+                    let _ = self.handoff.send(handed);
+                }
+            }
+            Err(e) => {
+                // The leases run out and these tasks are polled again: nothing lost.
+                tracing::error!(error = %e, "cannot record a poll round; its tasks will be polled again");
+                return;
+            }
         }
         self.poller_wake.notify_one();
         if finished > 0 {

@@ -83,6 +83,7 @@ conformance!(
     claims_skip_saturated_webhooks,
     delete_stops_watching,
     finished_events_leave_nothing_behind_but_dead_letters,
+    handed_off_deliveries_are_leased_until_given_back,
 );
 
 mod suite {
@@ -114,12 +115,83 @@ mod suite {
         s.record_deliveries(now, reports).await.unwrap();
     }
 
+    pub async fn handed_off_deliveries_are_leased_until_given_back(s: Arc<dyn Store>) {
+        s.enqueue(0, 0, vec![task("a")]).await.unwrap();
+        let t = s
+            .claim_poll_batch(0, 0, 10, 1000)
+            .await
+            .unwrap()
+            .tasks
+            .remove(0);
+        let handed = s
+            .record_polls(10, vec![finish(&t, &["w1", "w2"])], Some(9_000))
+            .await
+            .unwrap();
+        assert_eq!(handed.len(), 2);
+        assert!(
+            handed
+                .iter()
+                .all(|d| d.claim == 1 && d.attempts == 0 && &*d.body == r#"{"task":"a"}"#)
+        );
+        // Leased to the caller: nobody else can claim them before the lease ends.
+        assert!(
+            s.claim_deliveries(100, 10, 5000, vec![])
+                .await
+                .unwrap()
+                .deliveries
+                .is_empty()
+        );
+        // Sent and reported with the hand-off's claim.
+        let d = &handed[0];
+        s.record_deliveries(
+            200,
+            vec![DeliveryReport {
+                id: d.id,
+                claim: d.claim,
+                task_id: d.task_id.clone(),
+                event_id: d.event_id.clone(),
+                verdict: DeliveryVerdict::Delivered,
+                status: Some(200),
+                error: None,
+            }],
+        )
+        .await
+        .unwrap();
+        // The other one is given back unsent: claimable at once, with a new claim.
+        s.release_deliveries(300, vec![(handed[1].id, handed[1].claim)])
+            .await
+            .unwrap();
+        let again = s
+            .claim_deliveries(300, 10, 5000, vec![])
+            .await
+            .unwrap()
+            .deliveries;
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].id, handed[1].id);
+        assert!(again[0].claim > handed[1].claim);
+        // A stale give-back changes nothing.
+        s.release_deliveries(400, vec![(handed[1].id, handed[1].claim)])
+            .await
+            .unwrap();
+        assert!(
+            s.claim_deliveries(400, 10, 5000, vec![])
+                .await
+                .unwrap()
+                .deliveries
+                .is_empty()
+        );
+    }
+
     pub async fn finished_events_leave_nothing_behind_but_dead_letters(s: Arc<dyn Store>) {
         s.enqueue(0, 0, vec![task("a"), task("b")]).await.unwrap();
         let ts = s.claim_poll_batch(0, 0, 10, 1000).await.unwrap().tasks;
-        s.record_polls(10, ts.iter().map(|t| finish(t, &["ok", "down"])).collect())
-            .await
-            .unwrap();
+        s.record_polls(
+            10,
+            ts.iter().map(|t| finish(t, &["ok", "down"])).collect(),
+            None,
+        )
+        .await
+        .unwrap();
         settle_all(&s, 20, |_| DeliveryVerdict::Delivered).await;
         let st = s.stats().await.unwrap();
         assert_eq!(st.deliveries_pending, 0, "{st:?}");
@@ -157,6 +229,7 @@ mod suite {
             vec![
                 finish(&t, &["down"]), /* reuses msg_a: the old event is gone */
             ],
+            None,
         )
         .await
         .unwrap();
@@ -191,7 +264,9 @@ mod suite {
         // Finish "a" with no receivers: done at once; a new enqueue rewatches it.
         let c = s.claim_poll_batch(1100, 1100, 10, 9000).await.unwrap();
         let a = c.tasks.iter().find(|t| t.id == "a").unwrap();
-        s.record_polls(1200, vec![finish(a, &[])]).await.unwrap();
+        s.record_polls(1200, vec![finish(a, &[])], None)
+            .await
+            .unwrap();
         assert_eq!(
             s.get_task("a".into()).await.unwrap().unwrap().status,
             TaskStatus::Done
@@ -258,7 +333,7 @@ mod suite {
             .remove(0);
         assert!(second.claim > first.claim);
         // The stale worker's write is ignored; the current one's lands.
-        s.record_polls(1100, vec![finish(&first, &["w"])])
+        s.record_polls(1100, vec![finish(&first, &["w"])], None)
             .await
             .unwrap();
         let v = s.get_task("a".into()).await.unwrap().unwrap();
@@ -270,7 +345,7 @@ mod suite {
                 .deliveries
                 .is_empty()
         );
-        s.record_polls(1200, vec![resched(&second, 3000)])
+        s.record_polls(1200, vec![resched(&second, 3000)], None)
             .await
             .unwrap();
         let v = s.get_task("a".into()).await.unwrap().unwrap();
@@ -286,7 +361,7 @@ mod suite {
             .unwrap()
             .tasks
             .remove(0);
-        s.record_polls(10, vec![finish(&t, &["w1", "w2"])])
+        s.record_polls(10, vec![finish(&t, &["w1", "w2"])], None)
             .await
             .unwrap();
         let v = s.get_task("a".into()).await.unwrap().unwrap();
@@ -314,7 +389,7 @@ mod suite {
             .unwrap()
             .tasks
             .remove(0);
-        s.record_polls(10, vec![finish(&t, &["w1", "w2"])])
+        s.record_polls(10, vec![finish(&t, &["w1", "w2"])], None)
             .await
             .unwrap();
         let c = s
@@ -375,7 +450,7 @@ mod suite {
     pub async fn dead_letters_list_replay_and_purge(s: Arc<dyn Store>) {
         s.enqueue(0, 0, vec![task("a"), task("b")]).await.unwrap();
         let ts = s.claim_poll_batch(0, 0, 10, 1000).await.unwrap().tasks;
-        s.record_polls(10, ts.iter().map(|t| finish(t, &["w"])).collect())
+        s.record_polls(10, ts.iter().map(|t| finish(t, &["w"])).collect(), None)
             .await
             .unwrap();
         let ds = s
@@ -491,7 +566,7 @@ mod suite {
             .unwrap()
             .tasks
             .remove(0);
-        s.record_polls(10, vec![finish(&t, &["slow", "fast"])])
+        s.record_polls(10, vec![finish(&t, &["slow", "fast"])], None)
             .await
             .unwrap();
         let c = s
@@ -506,7 +581,9 @@ mod suite {
         s.enqueue(0, 0, vec![task("a"), task("b")]).await.unwrap();
         let ts = s.claim_poll_batch(0, 0, 10, 1000).await.unwrap().tasks;
         let b = ts.iter().find(|t| t.id == "b").unwrap();
-        s.record_polls(10, vec![finish(b, &["w"])]).await.unwrap();
+        s.record_polls(10, vec![finish(b, &["w"])], None)
+            .await
+            .unwrap();
         assert!(s.delete_task("a".into()).await.unwrap());
         assert!(s.delete_task("b".into()).await.unwrap());
         assert!(!s.delete_task("a".into()).await.unwrap());

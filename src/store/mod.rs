@@ -294,7 +294,20 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<PollClaim>;
 
     /// Applies one poll round in one transaction; stale claims are ignored.
-    async fn record_polls(&self, now: Millis, updates: Vec<PollUpdate>) -> StoreResult<()>;
+    /// With `handoff_lease`, the new deliveries are stored already leased
+    /// until then (claim 1) and returned, so the caller can send them
+    /// without claiming; otherwise they wait to be claimed and none are
+    /// returned.
+    async fn record_polls(
+        &self,
+        now: Millis,
+        updates: Vec<PollUpdate>,
+        handoff_lease: Option<Millis>,
+    ) -> StoreResult<Vec<ClaimedDelivery>>;
+
+    /// Gives back leased deliveries (id, claim) unsent: due `now`, for any
+    /// worker to claim. Stale claims are ignored.
+    async fn release_deliveries(&self, now: Millis, leases: Vec<(i64, i64)>) -> StoreResult<()>;
 
     /// Leases up to `limit` due deliveries, skipping the webhooks in
     /// `exclude` (those already at their concurrency limit).

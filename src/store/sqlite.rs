@@ -507,8 +507,14 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn record_polls(&self, now: Millis, updates: Vec<PollUpdate>) -> StoreResult<()> {
+    async fn record_polls(
+        &self,
+        now: Millis,
+        updates: Vec<PollUpdate>,
+        handoff_lease: Option<Millis>,
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
         self.write(move |tx| {
+            let mut handed = Vec::new();
             let mut resched = tx.prepare_cached(
                 "UPDATE tasks SET leased = 0, next_poll_at = ?1, polls = polls + ?2, misses = ?3, \
                    fail_seen = ?4, upstream_state = COALESCE(?5, upstream_state) \
@@ -522,11 +528,19 @@ impl Store for SqliteStore {
             let mut event = tx.prepare_cached(
                 "INSERT INTO events (id, task_id, type, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
+            // Handed-off deliveries are inserted already leased (claim 1)
+            // to the caller, who sends them without a claim round trip.
             let mut delivery = tx.prepare_cached(
                 "INSERT INTO deliveries (event_id, task_id, webhook, url, state, next_attempt_at, \
-                   created_at, updated_at, task_enqueued_at) VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?5, \
-                   (SELECT enqueued_at FROM tasks WHERE id = ?2))",
+                   leased, claim, created_at, updated_at, task_enqueued_at) \
+                 VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?6, ?7, ?7, \
+                   (SELECT enqueued_at FROM tasks WHERE id = ?2)) \
+                 RETURNING id, task_enqueued_at",
             )?;
+            let (due, leased) = match handoff_lease {
+                Some(until) => (until, 1),
+                None => (now, 0),
+            };
             for u in &updates {
                 match u {
                     PollUpdate::Reschedule {
@@ -572,11 +586,42 @@ impl Store for SqliteStore {
                             continue; // stale claim: someone else owns the task now
                         }
                         event.execute(params![ev.id, id, outcome.event_type(), ev.body, now])?;
+                        let body: Option<Arc<str>> = (leased == 1).then(|| ev.body.as_str().into());
                         for d in &ev.deliveries {
-                            delivery.execute(params![ev.id, id, d.webhook, d.url, now])?;
+                            let (row, enqueued_at): (i64, Millis) = delivery.query_row(
+                                params![ev.id, id, d.webhook, d.url, due, leased, now],
+                                |r| Ok((r.get(0)?, r.get(1)?)),
+                            )?;
+                            if let Some(body) = &body {
+                                handed.push(ClaimedDelivery {
+                                    id: row,
+                                    claim: 1,
+                                    event_id: ev.id.clone(),
+                                    task_id: id.clone(),
+                                    webhook: d.webhook.clone(),
+                                    url: d.url.clone(),
+                                    attempts: 0,
+                                    enqueued_at,
+                                    body: body.clone(),
+                                });
+                            }
                         }
                     }
                 }
+            }
+            Ok(handed)
+        })
+        .await
+    }
+
+    async fn release_deliveries(&self, now: Millis, leases: Vec<(i64, i64)>) -> StoreResult<()> {
+        self.write(move |tx| {
+            let mut release = tx.prepare_cached(
+                "UPDATE deliveries SET leased = 0, next_attempt_at = ?1 \
+                 WHERE id = ?2 AND claim = ?3 AND state = 0 AND leased = 1",
+            )?;
+            for (id, claim) in &leases {
+                release.execute(params![now, id, claim])?;
             }
             Ok(())
         })
