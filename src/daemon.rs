@@ -21,7 +21,6 @@ use crate::upstream::UpstreamClient;
 /// A started daemon: where its API listens, and how to stop it.
 pub struct Daemon {
     pub api_addr: SocketAddr,
-    pub store: Arc<dyn Store>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
     grace: Duration,
@@ -210,7 +209,6 @@ impl Daemon {
         }
         Ok(Daemon {
             api_addr,
-            store,
             shutdown,
             tasks,
             grace,

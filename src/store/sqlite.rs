@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -27,7 +27,6 @@ pub struct SqliteStore {
     reader: Arc<Mutex<Connection>>,
     /// Held while any handle lives; the checkpointer stops when it goes.
     _alive: Arc<File>,
-    path: PathBuf,
 }
 
 /// What the writer hands back once the group's commit is known.
@@ -223,12 +222,7 @@ impl SqliteStore {
             jobs,
             reader: Arc::new(Mutex::new(reader)),
             _alive: alive,
-            path: path.to_path_buf(),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn connect(path: &Path, sync: SyncMode) -> rusqlite::Result<Connection> {
