@@ -220,6 +220,7 @@ async fn stats(State(s): State<ApiState>) -> ApiResult<Response> {
     .into_response())
 }
 
+/// The query of `GET /v1/deliveries`.
 #[derive(Deserialize)]
 struct ListQuery {
     state: Option<String>,

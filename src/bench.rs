@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SigningKey;
 
+/// The flags of `taskhook bench`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// A small, fast run that only checks every scenario completes (for CI).
@@ -218,6 +219,7 @@ fn write_config(dir: &Path, name: &str, body: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// What every scenario shares: the receiver, an HTTP client, a scratch directory.
 struct Harness {
     http: reqwest::Client,
     seen: Arc<Seen>,

@@ -17,6 +17,7 @@ use crate::config::{self, Config, LogFormat};
     version,
     about = "Watches AceData Cloud task IDs and delivers each result as a signed, retried webhook."
 )]
+/// The command line of the `taskhook` binary.
 pub struct Cli {
     /// Log format; overrides daemon.log_format.
     #[arg(long, global = true, value_enum)]
@@ -25,6 +26,7 @@ pub struct Cli {
     command: Command,
 }
 
+/// The value of `--log-format`.
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormatArg {
     Text,
@@ -39,6 +41,7 @@ struct ApiArgs {
     api: String,
 }
 
+/// The subcommands.
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon.

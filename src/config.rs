@@ -104,6 +104,7 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
 }
 
+/// The `[upstream]` section: where and how fast to poll.
 #[derive(Debug, Clone, Serialize)]
 pub struct UpstreamConfig {
     pub base_url: Url,
@@ -132,12 +133,14 @@ impl UpstreamConfig {
     }
 }
 
+/// A service whose tasks endpoint is not `/{service}/tasks`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     pub tasks_path: String,
 }
 
+/// The `[poll]` section: the schedule and the give-up rules.
 #[derive(Debug, Clone, Serialize)]
 pub struct PollConfig {
     #[serde(serialize_with = "ser_duration")]
@@ -172,6 +175,7 @@ pub enum SyncMode {
     Normal,
 }
 
+/// The `[store]` section.
 #[derive(Debug, Clone, Serialize)]
 pub struct StoreConfig {
     pub path: PathBuf,
@@ -180,6 +184,7 @@ pub struct StoreConfig {
     pub done_retention: Duration,
 }
 
+/// The `[api]` section.
 #[derive(Debug, Clone, Serialize)]
 pub struct ApiConfig {
     pub listen: SocketAddr,
@@ -187,6 +192,7 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
 }
 
+/// The `[delivery]` section: retries, timeouts, limits, the per-task secret.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeliveryConfig {
     #[serde(serialize_with = "ser_durations")]
@@ -202,6 +208,7 @@ pub struct DeliveryConfig {
     pub allow_private_networks: bool,
 }
 
+/// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -209,6 +216,7 @@ pub enum LogFormat {
     Json,
 }
 
+/// The `[daemon]` section: shutdown and logging.
 #[derive(Debug, Clone, Serialize)]
 pub struct DaemonConfig {
     #[serde(serialize_with = "ser_duration")]
@@ -239,6 +247,7 @@ impl WebhookConfig {
 
 // ---- the raw, as-written shape ------------------------------------------
 
+/// The configuration as written, before validation.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
@@ -252,6 +261,7 @@ struct Raw {
     webhooks: Vec<RawWebhook>,
 }
 
+/// As written: `[upstream]`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
@@ -269,6 +279,7 @@ struct RawUpstream {
     backoff_max: String,
 }
 
+/// As written: `[poll]`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPoll {
@@ -281,6 +292,7 @@ struct RawPoll {
     failure_confirmations: i64,
 }
 
+/// As written: `[store]`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStore {
@@ -289,6 +301,7 @@ struct RawStore {
     done_retention: String,
 }
 
+/// As written: `[api]`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawApi {
@@ -298,6 +311,7 @@ struct RawApi {
     max_body_bytes: i64,
 }
 
+/// As written: `[delivery]`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDelivery {
@@ -311,6 +325,7 @@ struct RawDelivery {
     allow_private_networks: bool,
 }
 
+/// As written: `[daemon]`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDaemon {
@@ -319,6 +334,7 @@ struct RawDaemon {
     log_level: String,
 }
 
+/// As written: one `[[webhooks]]` entry.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWebhook {

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, SigningKey};
 use crate::daemon::Daemon;
 
+/// The flags of `taskhook demo`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoArgs {
     /// Exit once every event has arrived instead of waiting for Ctrl-C.

@@ -21,6 +21,7 @@ const CLAIM_BATCH: usize = 256;
 /// Attempts in flight (or queued for a webhook slot) at most.
 const MAX_IN_FLIGHT: usize = 4096;
 
+/// Runs the delivery loop until cancelled.
 pub struct Dispatcher {
     /// Deliveries the poller stored already leased, to send at once.
     pub handoff: mpsc::UnboundedReceiver<Vec<ClaimedDelivery>>,

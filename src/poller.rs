@@ -42,6 +42,7 @@ pub struct BatchSize {
     state: Mutex<BatchState>,
 }
 
+/// The batch size in force and its ceiling.
 #[derive(Debug)]
 struct BatchState {
     current: usize,

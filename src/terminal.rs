@@ -86,6 +86,7 @@ pub struct Assessment {
     pub unknown_states: Vec<String>,
 }
 
+/// What an item state word means.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum ItemState {
     Running,

@@ -52,11 +52,13 @@ pub struct BatchAnswer {
     pub unattributed: usize,
 }
 
+/// A `retrieve_batch` answer, items kept raw.
 #[derive(Deserialize)]
 struct BatchBody {
     items: Vec<Box<RawValue>>,
 }
 
+/// The upstream's error shape.
 #[derive(Deserialize)]
 struct ErrorBody {
     error: Option<serde_json::Value>,

@@ -48,6 +48,7 @@ pub fn new_event_id() -> String {
     format!("msg_{tail}")
 }
 
+/// The event body (contract §6).
 #[derive(Serialize)]
 struct Envelope<'a> {
     #[serde(rename = "type")]
@@ -56,6 +57,7 @@ struct Envelope<'a> {
     data: EnvelopeData<'a>,
 }
 
+/// The envelope's `data`.
 #[derive(Serialize)]
 struct EnvelopeData<'a> {
     task_id: &'a str,

@@ -72,6 +72,7 @@ pub struct NewTask {
     pub metadata: Option<String>,
 }
 
+/// What an enqueue did: IDs newly watched, and IDs already watched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 pub struct EnqueueOutcome {
     pub accepted: usize,
@@ -158,6 +159,7 @@ pub struct ClaimedDelivery {
     pub body: Arc<str>,
 }
 
+/// Deliveries leased to the dispatcher.
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryClaim {
     pub deliveries: Vec<ClaimedDelivery>,
@@ -174,6 +176,7 @@ pub enum DeliveryVerdict {
     Gone,
 }
 
+/// The result of one attempt, to record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeliveryReport {
     pub id: i64,
@@ -218,6 +221,7 @@ impl DeliveryState {
     }
 }
 
+/// One delivery as the API shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct DeliveryView {
     pub id: i64,
@@ -238,6 +242,7 @@ pub struct DeliveryView {
     pub updated_at: Millis,
 }
 
+/// One task as the API shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TaskView {
     pub id: String,
