@@ -92,9 +92,10 @@ struct Work {
 }
 
 impl Work {
-    /// Starts an attempt for `d`; false (and `d` dropped, still leased)
-    /// when `bounded` and its webhook's queue or the global cap is full.
-    fn start(&mut self, cfg: &Arc<Config>, d: ClaimedDelivery, bounded: bool) -> bool {
+    /// Starts an attempt for `d`; false (and `d` dropped, still leased:
+    /// the caller gives it back) when its webhook's queue or the global
+    /// cap is full.
+    fn start(&mut self, cfg: &Arc<Config>, d: ClaimedDelivery) -> bool {
         use std::sync::atomic::Ordering;
         let cap = cfg.delivery.max_concurrent_per_webhook;
         let lane = self
@@ -105,7 +106,7 @@ impl Work {
                 waiting: Arc::default(),
             })
             .clone();
-        if bounded && lane.waiting.load(Ordering::Relaxed) >= LANE_QUEUE_PER_SLOT * cap {
+        if lane.waiting.load(Ordering::Relaxed) >= LANE_QUEUE_PER_SLOT * cap {
             return false;
         }
         let Ok(slot) = self.in_flight.clone().try_acquire_owned() else {
@@ -177,17 +178,12 @@ impl Dispatcher {
             for batch in stash.drain(..) {
                 for d in batch {
                     let lease = (d.id, d.claim);
-                    if !work.start(&cfg, d, true) {
+                    if !work.start(&cfg, d) {
                         give_back.push(lease);
                     }
                 }
             }
-            if !give_back.is_empty()
-                && let Err(e) = self.store.release_deliveries(now_ms(), give_back).await
-            {
-                // Their lease runs out and they are claimed then.
-                tracing::warn!(error = %e, "cannot give back deliveries; they wait for their lease");
-            }
+            self.give_back(give_back).await;
             let free = work.in_flight.available_permits().min(CLAIM_BATCH);
             if free == 0 {
                 tokio::select! {
@@ -229,16 +225,31 @@ impl Dispatcher {
                 }
                 continue;
             }
+            let mut give_back = Vec::new();
             for d in claim.deliveries {
-                // Claimed within the free slots: this cannot be refused.
-                work.start(&cfg, d, false);
+                let lease = (d.id, d.claim);
+                if !work.start(&cfg, d) {
+                    give_back.push(lease);
+                }
             }
+            self.give_back(give_back).await;
         }
         // Let attempts in flight finish (the daemon bounds this by its grace
         // period); unfinished ones keep their lease and are retried later.
         while work.attempts.join_next().await.is_some() {}
         drop(work);
         let _ = writer.await;
+    }
+
+    /// Returns unsent deliveries (id, claim) to the store, due now. If that
+    /// fails, their lease runs out and they are claimed then.
+    async fn give_back(&self, leases: Vec<(i64, i64)>) {
+        if leases.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.release_deliveries(now_ms(), leases).await {
+            tracing::warn!(error = %e, "cannot give back deliveries; they wait for their lease");
+        }
     }
 }
 
