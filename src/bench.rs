@@ -375,18 +375,22 @@ shutdown_grace = "5s"
     write_config(h.dir.path(), name, &text)
 }
 
+/// A simulator enforcing the real upstream's limits: about 60 requests/s
+/// and 5 in flight per token.
+fn limited_upstream() -> crate::sim::SimArgs {
+    crate::sim::SimArgs {
+        rate_limit: Some(60.0),
+        max_concurrent: Some(5),
+        ..Default::default()
+    }
+}
+
 // ---- scenarios -------------------------------------------------------------------
 
 async fn throughput(h: &Harness, plan: &Plan, out: &mut Vec<Figure>) -> anyhow::Result<()> {
     let n = plan.throughput_tasks;
     h.reset();
-    let sim = h
-        .sim(crate::sim::SimArgs {
-            rate_limit: Some(60.0),
-            max_concurrent: Some(5),
-            ..Default::default()
-        })
-        .await?;
+    let sim = h.sim(limited_upstream()).await?;
     let spread = plan.finish_spread.as_millis() as u64;
     let ids: Vec<String> = (0..n).map(|i| format!("tp-{i}")).collect();
     let specs: Vec<Value> = ids
@@ -632,13 +636,7 @@ async fn efficiency_and_lag(h: &Harness, plan: &Plan, out: &mut Vec<Figure>) -> 
     // taskhook: batch_size 50 (the upstream's advice), polls every 2–3 s.
     h.reset();
     h.seen.track_lag.store(true, Ordering::Relaxed);
-    let sim = h
-        .sim(crate::sim::SimArgs {
-            rate_limit: Some(60.0),
-            max_concurrent: Some(5),
-            ..Default::default()
-        })
-        .await?;
+    let sim = h.sim(limited_upstream()).await?;
     let (ids, tasks) = specs("eff");
     let max_interval_ms = 3_000;
     let cfg = daemon_config(

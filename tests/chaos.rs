@@ -51,10 +51,7 @@ async fn nothing_is_lost_through_kills_faults_and_refusals() {
     let receiver = Receiver::start(Some(SECRET_A)).await;
     *receiver.fail_rate.lock().unwrap() = 0.2;
     let dir = tempfile::tempdir().unwrap();
-    let extra = format!(
-        "[[webhooks]]\nname = \"pipeline\"\nurl = \"{}\"\nsecret = \"{SECRET_A}\"\n",
-        receiver.url
-    );
+    let extra = webhook_toml("pipeline", &receiver.url, Some(SECRET_A));
     let cfg = daemon_config(dir.path(), &sim.url, &extra);
     let text = std::fs::read_to_string(&cfg)
         .unwrap()

@@ -147,10 +147,7 @@ async fn a_receiver_refusing_twice_gets_the_event_on_the_third_attempt() {
     let a = Receiver::start(Some(SECRET_A)).await;
     *a.refuse_first.lock().unwrap() = 2;
     let dir = tempfile::tempdir().unwrap();
-    let extra = format!(
-        "[[webhooks]]\nname = \"flaky\"\nurl = \"{}\"\nsecret = \"{SECRET_A}\"\n",
-        a.url
-    );
+    let extra = webhook_toml("flaky", &a.url, Some(SECRET_A));
     let daemon = spawn_daemon(&daemon_config(dir.path(), &sim.url, &extra));
     sim_create(&sim.url, vec![json!({"id": "r1", "duration_ms": 100})]).await;
     let (s, _) = post_json(&format!("{}/v1/tasks", daemon.url), &json!({"id": "r1"})).await;
@@ -183,10 +180,7 @@ async fn sigkill_mid_run_and_restart_still_delivers_every_task() {
     let sim = spawn_sim(&[]);
     let a = Receiver::start(Some(SECRET_A)).await;
     let dir = tempfile::tempdir().unwrap();
-    let extra = format!(
-        "[[webhooks]]\nname = \"a\"\nurl = \"{}\"\nsecret = \"{SECRET_A}\"\n",
-        a.url
-    );
+    let extra = webhook_toml("a", &a.url, Some(SECRET_A));
     let cfg = daemon_config(dir.path(), &sim.url, &extra);
     let mut daemon = spawn_daemon(&cfg);
     let n: usize = 200;

@@ -15,21 +15,11 @@ async fn metrics_parse_as_prometheus_text_and_count_the_work() {
     let sim = spawn_sim(&[]);
     let a = Receiver::start(Some(SECRET_A)).await;
     let dir = tempfile::tempdir().unwrap();
-    let extra = format!(
-        "[[webhooks]]\nname = \"a\"\nurl = \"{}\"\nsecret = \"{SECRET_A}\"\n",
-        a.url
-    );
+    let extra = webhook_toml("a", &a.url, Some(SECRET_A));
     let daemon = spawn_daemon(&daemon_config(dir.path(), &sim.url, &extra));
     let ids: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
-    sim_create(
-        &sim.url,
-        ids.iter()
-            .map(|id| json!({"id": id, "duration_ms": 100}))
-            .collect(),
-    )
-    .await;
-    let body = json!({"tasks": ids.iter().map(|id| json!({"id": id})).collect::<Vec<_>>()});
-    post_json(&format!("{}/v1/tasks", daemon.url), &body).await;
+    sim_create_ids(&sim.url, &ids, 100).await;
+    enqueue_ids(&daemon.url, &ids).await;
     eventually("deliveries", Duration::from_secs(20), || async {
         (a.accepted_by_task().len() == 20).then_some(())
     })

@@ -11,7 +11,7 @@ use common::*;
 use serde_json::json;
 
 fn hook(name: &str, r: &Receiver) -> String {
-    format!("[[webhooks]]\nname = \"{name}\"\nurl = \"{}\"\n", r.url)
+    webhook_toml(name, &r.url, None)
 }
 
 async fn deliveries_of(api: &str, task: &str) -> Vec<serde_json::Value> {

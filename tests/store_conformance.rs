@@ -89,6 +89,21 @@ conformance!(
 mod suite {
     use super::*;
 
+    /// Watches task "a", polls it once and finishes it with deliveries to
+    /// `hooks` (not handed off).
+    async fn finished_a(s: &Arc<dyn Store>, hooks: &[&str]) {
+        s.enqueue(0, 0, vec![task("a")]).await.unwrap();
+        let t = s
+            .claim_poll_batch(0, 0, 10, 1000)
+            .await
+            .unwrap()
+            .tasks
+            .remove(0);
+        s.record_polls(10, vec![finish(&t, hooks)], None)
+            .await
+            .unwrap();
+    }
+
     /// Settles every claimable delivery of the store with `verdict(task_id)`.
     async fn settle_all(
         s: &Arc<dyn Store>,
@@ -354,16 +369,7 @@ mod suite {
     }
 
     pub async fn finishing_records_the_event_and_its_deliveries_atomically(s: Arc<dyn Store>) {
-        s.enqueue(0, 0, vec![task("a")]).await.unwrap();
-        let t = s
-            .claim_poll_batch(0, 0, 10, 1000)
-            .await
-            .unwrap()
-            .tasks
-            .remove(0);
-        s.record_polls(10, vec![finish(&t, &["w1", "w2"])], None)
-            .await
-            .unwrap();
+        finished_a(&s, &["w1", "w2"]).await;
         let v = s.get_task("a".into()).await.unwrap().unwrap();
         assert_eq!(v.status, TaskStatus::Delivering);
         assert_eq!(v.outcome.as_deref(), Some("succeeded"));
@@ -382,16 +388,7 @@ mod suite {
     }
 
     pub async fn deliveries_retry_settle_and_finish_the_task(s: Arc<dyn Store>) {
-        s.enqueue(0, 0, vec![task("a")]).await.unwrap();
-        let t = s
-            .claim_poll_batch(0, 0, 10, 1000)
-            .await
-            .unwrap()
-            .tasks
-            .remove(0);
-        s.record_polls(10, vec![finish(&t, &["w1", "w2"])], None)
-            .await
-            .unwrap();
+        finished_a(&s, &["w1", "w2"]).await;
         let c = s
             .claim_deliveries(10, 10, 5000, vec![])
             .await
@@ -559,16 +556,7 @@ mod suite {
     }
 
     pub async fn claims_skip_saturated_webhooks(s: Arc<dyn Store>) {
-        s.enqueue(0, 0, vec![task("a")]).await.unwrap();
-        let t = s
-            .claim_poll_batch(0, 0, 10, 1000)
-            .await
-            .unwrap()
-            .tasks
-            .remove(0);
-        s.record_polls(10, vec![finish(&t, &["slow", "fast"])], None)
-            .await
-            .unwrap();
+        finished_a(&s, &["slow", "fast"]).await;
         let c = s
             .claim_deliveries(10, 10, 5000, vec!["slow".into()])
             .await

@@ -8,25 +8,16 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-fn hook(r: &Receiver) -> String {
-    format!(
-        "[[webhooks]]\nname = \"a\"\nurl = \"{}\"\nsecret = \"{SECRET_A}\"\n",
-        r.url
-    )
-}
-
-async fn enqueue_ids(daemon: &Proc, ids: &[String]) {
-    let body = json!({"tasks": ids.iter().map(|id| json!({"id": id})).collect::<Vec<_>>()});
-    let (s, v) = post_json(&format!("{}/v1/tasks", daemon.url), &body).await;
-    assert_eq!(s, 202, "{v}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fault_kind_is_survived_without_losing_an_id() {
     let sim = spawn_sim(&[]);
     let a = Receiver::start(Some(SECRET_A)).await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = daemon_config(dir.path(), &sim.url, &hook(&a));
+    let cfg = daemon_config(
+        dir.path(),
+        &sim.url,
+        &webhook_toml("a", &a.url, Some(SECRET_A)),
+    );
     let text = std::fs::read_to_string(&cfg).unwrap().replace(
         "request_timeout = \"5s\"\nbackoff",
         "request_timeout = \"300ms\"\nbackoff",
@@ -39,15 +30,9 @@ async fn every_fault_kind_is_survived_without_losing_an_id() {
     .await;
     assert_eq!(s, 200);
     let ids: Vec<String> = (0..40).map(|i| format!("f{i}")).collect();
-    sim_create(
-        &sim.url,
-        ids.iter()
-            .map(|id| json!({"id": id, "duration_ms": 100}))
-            .collect(),
-    )
-    .await;
+    sim_create_ids(&sim.url, &ids, 100).await;
     let daemon = spawn_daemon(&cfg);
-    enqueue_ids(&daemon, &ids).await;
+    enqueue_ids(&daemon.url, &ids).await;
     eventually(
         "every task despite the faults",
         Duration::from_secs(60),
@@ -74,14 +59,18 @@ async fn a_refused_token_pauses_polling_until_a_reload_fixes_it() {
     let sim = spawn_sim(&["--token", "right"]);
     let a = Receiver::start(Some(SECRET_A)).await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = daemon_config(dir.path(), &sim.url, &hook(&a));
+    let cfg = daemon_config(
+        dir.path(),
+        &sim.url,
+        &webhook_toml("a", &a.url, Some(SECRET_A)),
+    );
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace("token = \"test-token\"", "token = \"wrong\"");
     std::fs::write(&cfg, &text).unwrap();
     let daemon = spawn_daemon(&cfg);
     sim_create(&sim.url, vec![json!({"id": "t1", "duration_ms": 50})]).await;
-    enqueue_ids(&daemon, &["t1".to_string()]).await;
+    enqueue_ids(&daemon.url, &["t1".to_string()]).await;
 
     let ready = format!("{}/readyz", daemon.url);
     let body = eventually("readyz to fail", Duration::from_secs(10), || async {
@@ -118,16 +107,14 @@ async fn a_refused_batch_size_is_halved_until_it_fits() {
     let sim = spawn_sim(&["--max-batch", "10"]);
     let a = Receiver::start(Some(SECRET_A)).await;
     let dir = tempfile::tempdir().unwrap();
-    let daemon = spawn_daemon(&daemon_config(dir.path(), &sim.url, &hook(&a)));
-    let ids: Vec<String> = (0..60).map(|i| format!("b{i}")).collect();
-    sim_create(
+    let daemon = spawn_daemon(&daemon_config(
+        dir.path(),
         &sim.url,
-        ids.iter()
-            .map(|id| json!({"id": id, "duration_ms": 300}))
-            .collect(),
-    )
-    .await;
-    enqueue_ids(&daemon, &ids).await;
+        &webhook_toml("a", &a.url, Some(SECRET_A)),
+    ));
+    let ids: Vec<String> = (0..60).map(|i| format!("b{i}")).collect();
+    sim_create_ids(&sim.url, &ids, 300).await;
+    enqueue_ids(&daemon.url, &ids).await;
     eventually("every task", Duration::from_secs(30), || async {
         (a.accepted_by_task().len() == ids.len()).then_some(())
     })
@@ -151,7 +138,7 @@ async fn rate_limiting_lowers_the_request_rate() {
     )
     .await;
     sim_create(&sim.url, vec![json!({"id": "r1", "outcome": "never"})]).await;
-    enqueue_ids(&daemon, &["r1".to_string()]).await;
+    enqueue_ids(&daemon.url, &["r1".to_string()]).await;
     let st = eventually("two 429s seen", Duration::from_secs(10), || async {
         let (_, st) = get_json(&format!("{}/v1/stats", daemon.url)).await;
         (st["upstream"]["failures"].as_u64() >= Some(2)).then_some(st)

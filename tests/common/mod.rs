@@ -390,6 +390,31 @@ impl Receiver {
 pub const SECRET_A: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 pub const SECRET_B: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
+/// A `[[webhooks]]` entry for the daemon's config.
+pub fn webhook_toml(name: &str, url: &str, secret: Option<&str>) -> String {
+    let mut t = format!("[[webhooks]]\nname = \"{name}\"\nurl = \"{url}\"\n");
+    if let Some(secret) = secret {
+        t.push_str(&format!("secret = \"{secret}\"\n"));
+    }
+    t
+}
+
+/// Creates simulator tasks `ids`, each finishing after `duration_ms`.
+pub async fn sim_create_ids(sim: &str, ids: &[String], duration_ms: u64) {
+    let specs = ids
+        .iter()
+        .map(|id| serde_json::json!({"id": id, "duration_ms": duration_ms}))
+        .collect();
+    sim_create(sim, specs).await;
+}
+
+/// Enqueues `ids` through the daemon's API in one request; asserts 202.
+pub async fn enqueue_ids(api: &str, ids: &[String]) {
+    let body = serde_json::json!({"tasks": ids.iter().map(|id| serde_json::json!({"id": id})).collect::<Vec<_>>()});
+    let (s, v) = post_json(&format!("{api}/v1/tasks"), &body).await;
+    assert_eq!(s, 202, "{v}");
+}
+
 /// Creates tasks in the simulator.
 pub async fn sim_create(sim: &str, specs: Vec<Value>) {
     let resp = reqwest::Client::new()
