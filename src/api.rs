@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio::sync::{Notify, watch};
 
 use crate::config::Config;
-use crate::ingest::{IngestError, parse_enqueue};
+use crate::ingest::{IngestError, Rules, parse_enqueue};
 use crate::store::{DeliveryState, Store, StoreError, now_ms};
 use crate::upstream::UpstreamClient;
 
@@ -148,7 +148,13 @@ async fn enqueue(
 ) -> ApiResult<impl IntoResponse> {
     let body = body_or_error(body)?;
     let cfg = s.config.borrow().clone();
-    let tasks = parse_enqueue(&body, &cfg.upstream.default_service)?;
+    let tasks = parse_enqueue(
+        &body,
+        Rules {
+            default_service: &cfg.upstream.default_service,
+            profiles: &cfg.upstream.profiles,
+        },
+    )?;
     if !cfg.delivery.allow_private_networks {
         for t in &tasks {
             for (i, w) in t.webhooks.iter().enumerate() {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize, Serializer};
 use url::Url;
 
+use crate::profile::{ProfileOverride, Profiles};
 use crate::schedule::PollSchedule;
 use crate::terminal::Outcome;
 
@@ -110,7 +111,13 @@ pub struct UpstreamConfig {
     pub base_url: Url,
     pub token: Option<Secret>,
     pub default_service: String,
-    pub services: BTreeMap<String, ServiceConfig>,
+    /// Accept tasks of services that are neither built in nor configured,
+    /// read with the generic profile.
+    pub allow_unknown_services: bool,
+    /// Every service profile in force; shown (by `check-config`) for the
+    /// configured services and the default one.
+    #[serde(rename = "services")]
+    pub profiles: Profiles,
     pub batch_size: usize,
     pub max_requests_per_second: f64,
     pub max_concurrent_requests: usize,
@@ -126,18 +133,9 @@ impl UpstreamConfig {
     /// The full URL of service `service`'s tasks endpoint.
     pub fn tasks_url(&self, service: &str) -> String {
         let base = self.base_url.as_str().trim_end_matches('/');
-        match self.services.get(service) {
-            Some(s) => format!("{base}{}", s.tasks_path),
-            None => format!("{base}/{service}/tasks"),
-        }
+        let path = self.profiles.for_task(service).tasks_path(service);
+        format!("{base}{path}")
     }
-}
-
-/// A service whose tasks endpoint is not `/{service}/tasks`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceConfig {
-    pub tasks_path: String,
 }
 
 /// The `[poll]` section: the schedule and the give-up rules.
@@ -269,8 +267,9 @@ struct RawUpstream {
     token: Option<String>,
     token_file: Option<PathBuf>,
     default_service: String,
+    allow_unknown_services: bool,
     #[serde(default)]
-    services: BTreeMap<String, ServiceConfig>,
+    services: BTreeMap<String, ProfileOverride>,
     batch_size: i64,
     max_requests_per_second: f64,
     max_concurrent_requests: i64,
@@ -415,20 +414,24 @@ impl Config {
         let base_url = http_url("upstream.base_url", &u.base_url)?;
         let token = secret("upstream.token", u.token, u.token_file.as_deref(), None)?;
         service_name("upstream.default_service", &u.default_service)?;
-        for (name, s) in &u.services {
-            service_name(&format!("upstream.services.{name}"), name)?;
-            if !s.tasks_path.starts_with('/') {
-                return err(
-                    &format!("upstream.services.{name}.tasks_path"),
-                    format!("must start with '/', got {:?}", s.tasks_path),
-                );
-            }
+        let profiles = Profiles::new(&u.services, u.allow_unknown_services, &u.default_service)
+            .map_err(ConfigError)?;
+        if profiles.get(&u.default_service).is_none() {
+            return err(
+                "upstream.default_service",
+                format!(
+                    "{:?} is not a known service; describe it in [upstream.services.{}] \
+                     or set upstream.allow_unknown_services",
+                    u.default_service, u.default_service
+                ),
+            );
         }
         let upstream = UpstreamConfig {
             base_url,
             token,
             default_service: u.default_service,
-            services: u.services,
+            allow_unknown_services: u.allow_unknown_services,
+            profiles,
             batch_size: range("upstream.batch_size", u.batch_size, 1, 500)? as usize,
             max_requests_per_second: {
                 let r = u.max_requests_per_second;

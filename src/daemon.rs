@@ -55,7 +55,6 @@ impl Reloader {
         keep!(api.listen, "api.listen");
         keep!(api.max_body_bytes, "api.max_body_bytes");
         keep!(upstream.base_url, "upstream.base_url");
-        keep!(upstream.services, "upstream.services");
         keep!(
             upstream.max_requests_per_second,
             "upstream.max_requests_per_second"
@@ -157,7 +156,7 @@ impl Daemon {
             handoff: handoff_tx,
             heartbeat: poller_beat.clone(),
             metrics: metrics.clone(),
-            batch: Arc::new(crate::poller::BatchSize::new()),
+            batches: Arc::new(crate::poller::Batches::new()),
             store: store.clone(),
             upstream: upstream.clone(),
             config: config_rx.clone(),

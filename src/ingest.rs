@@ -5,6 +5,7 @@
 use serde_json::{Map, Value};
 
 use crate::config::valid_service;
+use crate::profile::Profiles;
 use crate::store::NewTask;
 
 /// The longest task ID accepted, in bytes.
@@ -34,8 +35,16 @@ fn unprocessable(code: &'static str, message: String) -> IngestError {
     }
 }
 
+/// What enqueue needs to know besides the body: the service of a task that
+/// names none, and which services may be watched.
+#[derive(Clone, Copy)]
+pub struct Rules<'a> {
+    pub default_service: &'a str,
+    pub profiles: &'a Profiles,
+}
+
 /// Parses `{"id", ...}` or `{"tasks": [{"id", ...}, ...]}`.
-pub fn parse_enqueue(body: &[u8], default_service: &str) -> Result<Vec<NewTask>, IngestError> {
+pub fn parse_enqueue(body: &[u8], rules: Rules<'_>) -> Result<Vec<NewTask>, IngestError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| IngestError {
         status: 400,
         code: "bad_json",
@@ -66,12 +75,12 @@ pub fn parse_enqueue(body: &[u8], default_service: &str) -> Result<Vec<NewTask>,
         list.iter()
             .enumerate()
             .map(|(i, t)| match t {
-                Value::Object(o) => parse_task(o, &format!("tasks[{i}]."), default_service),
+                Value::Object(o) => parse_task(o, &format!("tasks[{i}]."), rules),
                 _ => Err(bad_field(format!("tasks[{i}]: must be an object"))),
             })
             .collect()
     } else {
-        Ok(vec![parse_task(&obj, "", default_service)?])
+        Ok(vec![parse_task(&obj, "", rules)?])
     }
 }
 
@@ -101,11 +110,7 @@ pub fn check_webhook_url(u: &str) -> Result<url::Url, String> {
     Ok(url)
 }
 
-fn parse_task(
-    o: &Map<String, Value>,
-    at: &str,
-    default_service: &str,
-) -> Result<NewTask, IngestError> {
+fn parse_task(o: &Map<String, Value>, at: &str, rules: Rules<'_>) -> Result<NewTask, IngestError> {
     if let Some(k) = o
         .keys()
         .find(|k| !matches!(k.as_str(), "id" | "service" | "webhooks" | "metadata"))
@@ -121,8 +126,21 @@ fn parse_task(
     };
     check_id(&id).map_err(|m| unprocessable("invalid_id", format!("{at}id: {m}")))?;
     let service = match o.get("service") {
-        None | Some(Value::Null) => default_service.to_string(),
-        Some(Value::String(s)) if valid_service(s) => s.clone(),
+        None | Some(Value::Null) => rules.default_service.to_string(),
+        Some(Value::String(s)) if valid_service(s) => {
+            if rules.profiles.get(s).is_none() {
+                let known: Vec<&str> = rules.profiles.names().collect();
+                return Err(unprocessable(
+                    "unknown_service",
+                    format!(
+                        "{at}service: {s:?} is not a known service (known: {}); describe it in \
+                         [upstream.services.{s}] or set upstream.allow_unknown_services = true",
+                        known.join(", ")
+                    ),
+                ));
+            }
+            s.clone()
+        }
         Some(Value::String(s)) => {
             return Err(unprocessable(
                 "invalid_service",
@@ -167,18 +185,32 @@ fn parse_task(
 mod tests {
     use super::*;
 
+    fn profiles(allow_unknown: bool) -> Profiles {
+        Profiles::new(&Default::default(), allow_unknown, "producer").unwrap()
+    }
+
+    fn parse(body: &[u8]) -> Result<Vec<NewTask>, IngestError> {
+        let p = profiles(false);
+        parse_enqueue(
+            body,
+            Rules {
+                default_service: "producer",
+                profiles: &p,
+            },
+        )
+    }
+
     fn err(body: &str) -> IngestError {
-        parse_enqueue(body.as_bytes(), "producer").unwrap_err()
+        parse(body.as_bytes()).unwrap_err()
     }
 
     #[test]
     fn single_and_batch_forms() {
-        let one = parse_enqueue(br#"{"id": "a", "metadata": {"k": 1}}"#, "producer").unwrap();
+        let one = parse(br#"{"id": "a", "metadata": {"k": 1}}"#).unwrap();
         assert_eq!(one[0].service, "producer");
         assert_eq!(one[0].metadata.as_deref(), Some(r#"{"k":1}"#));
-        let many = parse_enqueue(
+        let many = parse(
             br#"{"tasks": [{"id": "a", "service": "midjourney", "webhooks": ["https://x.example/h"]}, {"id": "b"}]}"#,
-            "producer",
         )
         .unwrap();
         assert_eq!(many.len(), 2);
@@ -217,5 +249,28 @@ mod tests {
         );
         assert_eq!(err(r#"{"id": "a", "service": "../x"}"#).status, 422);
         assert_eq!(err(r#"{"tasks": []}"#).status, 422);
+    }
+
+    #[test]
+    fn unknown_services_are_refused_by_name_unless_allowed() {
+        let e = err(r#"{"tasks": [{"id": "a"}, {"id": "b", "service": "midjourny"}]}"#);
+        assert_eq!((e.status, e.code), (422, "unknown_service"));
+        assert!(
+            e.message
+                .starts_with("tasks[1].service: \"midjourny\" is not a known service (known: "),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("midjourney"), "{}", e.message);
+        let p = profiles(true);
+        let ok = parse_enqueue(
+            br#"{"id": "a", "service": "brand-new"}"#,
+            Rules {
+                default_service: "producer",
+                profiles: &p,
+            },
+        )
+        .unwrap();
+        assert_eq!(ok[0].service, "brand-new");
     }
 }

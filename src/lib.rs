@@ -17,6 +17,7 @@ pub mod dispatcher;
 pub mod ingest;
 pub mod metrics;
 pub mod poller;
+pub mod profile;
 pub mod schedule;
 pub mod sim;
 pub mod ssrf;

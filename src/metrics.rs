@@ -24,6 +24,18 @@ pub struct StatusLabel {
     pub status: &'static str,
 }
 
+/// The labels of `upstream_unknown_states_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UnknownStateLabel {
+    pub service: String,
+    pub word: String,
+}
+
+/// Distinct (service, word) pairs counted under their own labels; beyond
+/// this, a word an upstream invents counts as `(other)`, so a misbehaving
+/// upstream cannot grow the metric without bound.
+const MAX_UNKNOWN_STATE_LABELS: usize = 200;
+
 fn outcome(o: &'static str) -> OutcomeLabel {
     OutcomeLabel { outcome: o }
 }
@@ -44,6 +56,9 @@ pub struct Metrics {
     pub delivery_duration: Histogram,
     pub enqueue_to_delivered: Histogram,
     pub detection_lag: Histogram,
+    pub unknown_states: Family<UnknownStateLabel, Counter>,
+    /// The (service, word) pairs seen, each logged once.
+    unknown_seen: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 impl Default for Metrics {
@@ -69,6 +84,8 @@ impl Metrics {
             delivery_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             enqueue_to_delivered: Histogram::new(exponential_buckets(0.1, 2.0, 18)),
             detection_lag: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
+            unknown_states: Family::default(),
+            unknown_seen: Default::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -137,6 +154,11 @@ impl Metrics {
             "From the upstream's finished_at to taskhook noticing",
             m.detection_lag.clone(),
         );
+        r.register(
+            "upstream_unknown_states",
+            "State words a service's profile does not know (read as still running), by service and word",
+            m.unknown_states.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -160,6 +182,34 @@ impl Metrics {
 
     pub fn task_finished(&self, o: &'static str) {
         self.finished.get_or_create(&outcome(o)).inc();
+    }
+
+    /// Counts a state word `service`'s profile does not know, logging each
+    /// (service, word) once.
+    pub fn unknown_state(&self, service: &str, word: &str) {
+        let word: String = word.chars().take(64).collect();
+        let label = {
+            let mut seen = self.unknown_seen.lock().expect("unknown-state lock");
+            let key = (service.to_string(), word.clone());
+            if seen.contains(&key) {
+                Some(key)
+            } else if seen.len() < MAX_UNKNOWN_STATE_LABELS {
+                tracing::warn!(
+                    service,
+                    word = %word,
+                    "unknown state word; read as still running. If the service changed its \
+                     vocabulary, add the word to [upstream.services.{service}]"
+                );
+                seen.insert(key.clone());
+                Some(key)
+            } else {
+                None
+            }
+        };
+        let (service, word) = label.unwrap_or_else(|| (service.to_string(), "(other)".into()));
+        self.unknown_states
+            .get_or_create(&UnknownStateLabel { service, word })
+            .inc();
     }
 
     pub fn delivery(&self, o: &'static str) {

@@ -3,7 +3,7 @@
 //! records the whole round (reschedules, finished tasks' events and their
 //! deliveries) in one transaction.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,9 +12,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::store::{ClaimedTask, Millis, NewDelivery, NewEvent, PollUpdate, Store, now_ms};
+use crate::profile::Profile;
+use crate::store::{
+    ClaimLimits, ClaimedTask, Millis, NewDelivery, NewEvent, PollUpdate, Store, now_ms,
+};
 use crate::terminal::{Outcome, Verdict, assess};
-use crate::upstream::{Record, UpstreamClient, UpstreamError};
+use crate::upstream::{BatchAnswer, Record, UpstreamClient, UpstreamError};
 use crate::webhook;
 
 /// Runs the poll loop until cancelled.
@@ -23,10 +26,8 @@ pub struct Poller {
     pub handoff: tokio::sync::mpsc::UnboundedSender<Vec<crate::store::ClaimedDelivery>>,
     pub heartbeat: crate::daemon::Heartbeat,
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// IDs per request in force: `upstream.batch_size`, halved whenever the
-    /// upstream refuses a batch with 400, growing back by one per success up
-    /// to just below the size that was refused.
-    pub batch: Arc<BatchSize>,
+    /// IDs per request in force, per service.
+    pub batches: Arc<Batches>,
     pub store: Arc<dyn Store>,
     pub upstream: Arc<UpstreamClient>,
     pub config: watch::Receiver<Arc<Config>>,
@@ -36,66 +37,122 @@ pub struct Poller {
     pub deliveries_ready: Arc<Notify>,
 }
 
-/// The adaptive batch size shared by the poll loop and its rounds.
-#[derive(Debug)]
-pub struct BatchSize {
-    state: Mutex<BatchState>,
+/// The batch size in force per service, shared by the poll loop and its
+/// rounds: `upstream.batch_size` capped by the profile's `max_batch`;
+/// halved when the upstream refuses a batch as too large, lowered to the
+/// page it served when its answer says items were left out, then growing
+/// back by one per success to just below the size that failed.
+#[derive(Debug, Default)]
+pub struct Batches {
+    state: Mutex<HashMap<String, BatchState>>,
 }
 
-/// The batch size in force and its ceiling.
+/// One service's batch size and its ceiling.
 #[derive(Debug)]
 struct BatchState {
     current: usize,
     /// Below the smallest size refused lately; forgotten after [`CEILING_MEMORY`].
     ceiling: usize,
-    refused_at: Option<std::time::Instant>,
+    lowered_at: Option<std::time::Instant>,
+}
+
+impl Default for BatchState {
+    fn default() -> Self {
+        BatchState {
+            current: usize::MAX,
+            ceiling: usize::MAX,
+            lowered_at: None,
+        }
+    }
 }
 
 /// How long a refused batch size is remembered. A 400 may come from one
 /// bad ID rather than the size, so the ceiling must not last for ever.
 const CEILING_MEMORY: Duration = Duration::from_secs(600);
 
-impl BatchSize {
+impl Batches {
     pub fn new() -> Self {
-        BatchSize {
-            state: Mutex::new(BatchState {
-                current: usize::MAX,
-                ceiling: usize::MAX,
-                refused_at: None,
-            }),
-        }
+        Self::default()
     }
-    /// The size to use now, at most `configured`.
-    pub fn get(&self, configured: usize) -> usize {
+    fn with<T>(&self, service: &str, f: impl FnOnce(&mut BatchState) -> T) -> T {
+        let mut s = self.state.lock().expect("batch lock");
+        f(s.entry(service.to_string()).or_default())
+    }
+    /// The size to use now for `service`, at most `configured`.
+    pub fn get(&self, service: &str, configured: usize) -> usize {
         let s = self.state.lock().expect("batch lock");
-        s.current.min(configured).max(1)
+        s.get(service)
+            .map_or(configured, |b| b.current.min(configured))
+            .max(1)
     }
     /// A batch of `n` was refused: halve, and stay below `n` for a while.
-    pub fn refused(&self, n: usize) -> usize {
-        let mut s = self.state.lock().expect("batch lock");
-        s.ceiling = s.ceiling.min(n.saturating_sub(1)).max(1);
-        s.current = (n / 2).max(1);
-        s.refused_at = Some(std::time::Instant::now());
-        s.current
+    pub fn refused(&self, service: &str, n: usize) -> usize {
+        self.lower(service, n.saturating_sub(1), n / 2)
     }
-    pub fn succeeded(&self) {
-        let mut s = self.state.lock().expect("batch lock");
-        if s.refused_at.is_some_and(|at| at.elapsed() > CEILING_MEMORY) {
-            s.ceiling = usize::MAX;
-            s.refused_at = None;
+    /// A batch of `n` came back with only `served` items and a total that
+    /// says more exist: the service pages; stay at `served`.
+    pub fn paged(&self, service: &str, served: usize) -> usize {
+        self.lower(service, served, served)
+    }
+    fn lower(&self, service: &str, ceiling: usize, current: usize) -> usize {
+        self.with(service, |s| {
+            s.ceiling = s.ceiling.min(ceiling).max(1);
+            s.current = current.clamp(1, s.ceiling);
+            s.lowered_at = Some(std::time::Instant::now());
+            s.current
+        })
+    }
+    pub fn succeeded(&self, service: &str) {
+        let mut all = self.state.lock().expect("batch lock");
+        let Some(s) = all.get_mut(service) else {
+            return;
+        };
+        if s.lowered_at.is_some_and(|at| at.elapsed() > CEILING_MEMORY) {
+            all.remove(service);
+            return;
         }
         s.current = s.current.saturating_add(1).min(s.ceiling);
     }
-}
-
-impl Default for BatchSize {
-    fn default() -> Self {
-        Self::new()
+    /// Services whose batch size is lowered now.
+    fn lowered(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .expect("batch lock")
+            .keys()
+            .cloned()
+            .collect()
     }
 }
 
 fn ms(d: Duration) -> Millis {
     d.as_millis().min(i64::MAX as u128) as Millis
+}
+
+/// The IDs one request for `service` carries now.
+fn batch_for(cfg: &Config, batches: &Batches, service: &str) -> usize {
+    let profile = cfg.upstream.profiles.for_task(service);
+    batches.get(service, cfg.upstream.batch_size.min(profile.max_batch))
+}
+
+/// How many tasks one claim takes: enough to fill every request slot with
+/// a full batch of the claimed service.
+fn claim_limits(cfg: &Config, batches: &Batches) -> ClaimLimits {
+    let slots = cfg.upstream.max_concurrent_requests;
+    let mut limits = ClaimLimits::from(cfg.upstream.batch_size * slots);
+    let services: Vec<String> = cfg
+        .upstream
+        .profiles
+        .names()
+        .map(str::to_string)
+        .chain(batches.lowered())
+        .collect();
+    for s in services {
+        let n = batch_for(cfg, batches, &s) * slots;
+        if n != limits.default {
+            limits.per_service.insert(s, n);
+        }
+    }
+    limits
 }
 
 /// How far ahead of its due time a task may be polled to fill a batch.
@@ -147,11 +204,10 @@ impl Poller {
             let window_end = now + ms(coalesce_window(&cfg));
             // One claim feeds every request slot: claims go through the
             // store's single writer, so each one must carry a lot.
-            let batch = self.batch.get(cfg.upstream.batch_size);
-            let limit = batch * cfg.upstream.max_concurrent_requests;
+            let limits = claim_limits(&cfg, &self.batches);
             let claim = match self
                 .store
-                .claim_poll_batch(now, window_end, limit, lease)
+                .claim_poll_batch(now, window_end, limits, lease)
                 .await
             {
                 Ok(c) => c,
@@ -177,6 +233,7 @@ impl Poller {
                 continue;
             }
             let mut tasks = claim.tasks;
+            let batch = batch_for(&cfg, &self.batches, &claim.service);
             while !tasks.is_empty() {
                 let rest = tasks.split_off(batch.min(tasks.len()));
                 let slot = tokio::select! {
@@ -188,7 +245,7 @@ impl Poller {
                     upstream: self.upstream.clone(),
                     cfg: cfg.clone(),
                     deliveries_ready: self.deliveries_ready.clone(),
-                    batch: self.batch.clone(),
+                    batches: self.batches.clone(),
                     poller_wake: self.wake.clone(),
                     metrics: self.metrics.clone(),
                     handoff: self.handoff.clone(),
@@ -211,7 +268,7 @@ struct Round {
     upstream: Arc<UpstreamClient>,
     cfg: Arc<Config>,
     deliveries_ready: Arc<Notify>,
-    batch: Arc<BatchSize>,
+    batches: Arc<Batches>,
     metrics: Arc<crate::metrics::Metrics>,
     handoff: tokio::sync::mpsc::UnboundedSender<Vec<crate::store::ClaimedDelivery>>,
     /// The poll loop's wake-up: a round may make tasks due sooner than the
@@ -228,9 +285,10 @@ impl Round {
         tasks: Vec<ClaimedTask>,
         slot: tokio::sync::OwnedSemaphorePermit,
     ) {
+        let profile = self.cfg.upstream.profiles.for_task(&service).clone();
         let ids: Vec<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
         self.upstream.pace().await;
-        let result = self.upstream.retrieve_batch(&service, &ids).await;
+        let result = self.upstream.retrieve(&service, &profile, &ids).await;
         drop(slot);
         let now = now_ms();
         let retry_at = |t: &ClaimedTask, at: Millis| PollUpdate::Reschedule {
@@ -243,37 +301,9 @@ impl Round {
             upstream_state: None,
         };
         let updates: Vec<PollUpdate> = match &result {
-            Ok(answer) => {
-                self.batch.succeeded();
-                tracing::debug!(
-                    service,
-                    ids = ids.len(),
-                    answered = answer.records.len(),
-                    "polled a batch"
-                );
-                // An item we could not read may be any of the absent IDs:
-                // this answer then counts no misses.
-                let complete = answer.unattributed == 0;
-                if !complete {
-                    tracing::warn!(
-                        service,
-                        items = answer.unattributed,
-                        "upstream items without a readable id were skipped; retrying their tasks"
-                    );
-                }
-                tasks
-                    .iter()
-                    .map(|t| match answer.records.get(&t.id) {
-                        None if !complete => retry_at(
-                            t,
-                            now + ms(self.cfg.poll.schedule().delay_after(t.polls.max(1))),
-                        ),
-                        record => decide(&self.cfg, t, record, now, rand::random()),
-                    })
-                    .collect()
-            }
+            Ok(answer) => self.decide_answer(&service, &tasks, answer, now),
             Err(UpstreamError::BadRequest { code, message }) if tasks.len() > 1 => {
-                let smaller = self.batch.refused(tasks.len());
+                let smaller = self.batches.refused(&service, tasks.len());
                 tracing::warn!(
                     service,
                     ids = tasks.len(),
@@ -315,8 +345,7 @@ impl Round {
                     .as_ref()
                     .ok()
                     .and_then(|a| a.records.get(id))
-                    .and_then(|r| r.value.get("finished_at"))
-                    .and_then(serde_json::Value::as_f64);
+                    .and_then(|r| finished_at_secs(profile.record(&r.value)));
                 if let Some(at) = finished_at {
                     let lag = now as f64 / 1000.0 - at;
                     if lag >= 0.0 {
@@ -345,29 +374,115 @@ impl Round {
             self.deliveries_ready.notify_one();
         }
     }
-}
 
-static UNKNOWN_STATES: Mutex<Option<HashSet<String>>> = Mutex::new(None);
-
-fn log_unknown_states(task_id: &str, words: &[String]) {
-    let mut seen = UNKNOWN_STATES.lock().expect("unknown-state lock");
-    let seen = seen.get_or_insert_with(HashSet::new);
-    for w in words {
-        if seen.insert(w.clone()) {
-            tracing::warn!(task_id, state = %w, "unknown item state; treating it as running");
+    /// What an answer means for each task of the batch. An answer whose
+    /// total says items were left out counts no misses: its absent tasks
+    /// are asked again, in smaller batches when the service pages.
+    fn decide_answer(
+        &self,
+        service: &str,
+        tasks: &[ClaimedTask],
+        answer: &BatchAnswer,
+        now: Millis,
+    ) -> Vec<PollUpdate> {
+        self.batches.succeeded(service);
+        tracing::debug!(
+            service,
+            ids = tasks.len(),
+            answered = answer.records.len(),
+            "polled a batch"
+        );
+        let complete = answer.complete();
+        // Ask the absent ones again at once when a smaller batch can help.
+        let mut again_now = false;
+        if !complete {
+            if answer.unattributed > 0 {
+                tracing::warn!(
+                    service,
+                    items = answer.unattributed,
+                    "upstream items without a readable id were skipped; retrying their tasks"
+                );
+            }
+            let pages = answer.count.is_some_and(|c| c > answer.items as u64);
+            if pages && answer.items < tasks.len() {
+                let page = self.batches.paged(service, answer.items);
+                tracing::warn!(
+                    service,
+                    asked = tasks.len(),
+                    items = answer.items,
+                    total = answer.count,
+                    next_batch = page,
+                    "the upstream left items out of its answer (it pages); asking again in smaller batches"
+                );
+                again_now = true;
+            }
         }
+        let cfg = &self.cfg;
+        tasks
+            .iter()
+            .map(|t| match answer.records.get(&t.id) {
+                None if !complete => PollUpdate::Reschedule {
+                    id: t.id.clone(),
+                    claim: t.claim,
+                    next_poll_at: if again_now {
+                        now
+                    } else {
+                        now + ms(cfg.poll.schedule().delay_after(t.polls.max(1)))
+                    },
+                    polled: false,
+                    misses: t.misses,
+                    fail_seen: t.fail_seen,
+                    upstream_state: None,
+                },
+                record => {
+                    let (update, unknown) = decide(cfg, t, record, now, rand::random());
+                    for w in unknown {
+                        self.metrics.unknown_state(service, &w);
+                    }
+                    update
+                }
+            })
+            .collect()
     }
 }
 
-/// Decides what one poll means for one task. `r` is a uniform draw in [0, 1)
-/// for jitter. Pure apart from logging unknown state words.
+/// A record's `finished_at` in unix seconds: a number, or an RFC 3339 /
+/// ISO-8601 string.
+pub fn finished_at_secs(record: &serde_json::Value) -> Option<f64> {
+    match record.get("finished_at")? {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => humantime::parse_rfc3339_weak(s)
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs_f64()),
+        _ => None,
+    }
+}
+
+/// Decides what one poll means for one task, reading the record with its
+/// service's profile. `r` is a uniform draw in [0, 1) for jitter. Returns
+/// the update and the state words the profile does not know. Pure.
 pub fn decide(
     cfg: &Config,
     task: &ClaimedTask,
     record: Option<&Record>,
     now: Millis,
     r: f64,
-) -> PollUpdate {
+) -> (PollUpdate, Vec<String>) {
+    let profile = cfg.upstream.profiles.for_task(&task.service);
+    let (update, a) = decide_with(cfg, profile, task, record, now, r);
+    (update, a.map(|a| a.unknown_states).unwrap_or_default())
+}
+
+/// [`decide`] under an explicit profile; also returns the assessment.
+fn decide_with(
+    cfg: &Config,
+    profile: &Profile,
+    task: &ClaimedTask,
+    record: Option<&Record>,
+    now: Millis,
+    r: f64,
+) -> (PollUpdate, Option<crate::terminal::Assessment>) {
     let poll = &cfg.poll;
     let schedule = poll.schedule();
     let polls = task.polls + 1;
@@ -378,28 +493,26 @@ pub fn decide(
     };
     let Some(record) = record else {
         let misses = task.misses + 1;
-        if misses >= poll.missing_grace {
-            return finish(Outcome::NotFound, "not found".into(), None);
-        }
-        if expired {
-            return finish(Outcome::Expired, "expired".into(), None);
-        }
-        return PollUpdate::Reschedule {
-            id: task.id.clone(),
-            claim: task.claim,
-            next_poll_at: next,
-            polled: true,
-            misses,
-            fail_seen: 0,
-            upstream_state: Some("not found yet".into()),
+        let update = if misses >= poll.missing_grace {
+            finish(Outcome::NotFound, "not found".into(), None)
+        } else if expired {
+            finish(Outcome::Expired, "expired".into(), None)
+        } else {
+            PollUpdate::Reschedule {
+                id: task.id.clone(),
+                claim: task.claim,
+                next_poll_at: next,
+                polled: true,
+                misses,
+                fail_seen: 0,
+                upstream_state: Some("not found yet".into()),
+            }
         };
+        return (update, None);
     };
-    let a = assess(&record.value);
-    if !a.unknown_states.is_empty() {
-        log_unknown_states(&task.id, &a.unknown_states);
-    }
-    match a.verdict {
-        Verdict::Finished(outcome) => finish(outcome, a.state, Some(record)),
+    let a = assess(profile, &record.value);
+    let update = match &a.verdict {
+        Verdict::Finished(outcome) => finish(*outcome, a.state.clone(), Some(record)),
         Verdict::FailureSighted => {
             let seen = task.fail_seen + 1;
             if seen >= poll.failure_confirmations {
@@ -415,7 +528,7 @@ pub fn decide(
                     polled: true,
                     misses: 0,
                     fail_seen: seen,
-                    upstream_state: Some(a.state),
+                    upstream_state: Some(a.state.clone()),
                 }
             }
         }
@@ -427,9 +540,10 @@ pub fn decide(
             polled: true,
             misses: 0,
             fail_seen: 0,
-            upstream_state: Some(a.state),
+            upstream_state: Some(a.state.clone()),
         },
-    }
+    };
+    (update, Some(a))
 }
 
 /// The event for a finished task, routed to every webhook that wants it.
@@ -521,6 +635,10 @@ mod tests {
         }
     }
 
+    fn d(c: &Config, t: &ClaimedTask, r: Option<&Record>, now: Millis, draw: f64) -> PollUpdate {
+        decide(c, t, r, now, draw).0
+    }
+
     fn outcome(u: &PollUpdate) -> Option<Outcome> {
         match u {
             PollUpdate::Finish { outcome, .. } => Some(*outcome),
@@ -533,15 +651,14 @@ mod tests {
         let c = cfg();
         let mut t = task();
         let hiccup = rec(json!({"id": "t1", "response": {"success": false, "error": "blip"}}));
-        let u = decide(&c, &t, Some(&hiccup), 1000, 0.5);
+        let u = d(&c, &t, Some(&hiccup), 1000, 0.5);
         let PollUpdate::Reschedule { fail_seen, .. } = u else {
             panic!("{u:?}")
         };
         assert_eq!(fail_seen, 1);
         t.fail_seen = fail_seen;
         let running = rec(json!({"id": "t1", "response": {"data": [{"state": "running"}]}}));
-        let PollUpdate::Reschedule { fail_seen, .. } = decide(&c, &t, Some(&running), 2000, 0.5)
-        else {
+        let PollUpdate::Reschedule { fail_seen, .. } = d(&c, &t, Some(&running), 2000, 0.5) else {
             panic!()
         };
         assert_eq!(fail_seen, 0);
@@ -550,7 +667,7 @@ mod tests {
             json!({"id": "t1", "finished_at": 3.0, "response": {"data": [{"state": "succeeded"}]}}),
         );
         assert_eq!(
-            outcome(&decide(&c, &t, Some(&done), 3000, 0.5)),
+            outcome(&d(&c, &t, Some(&done), 3000, 0.5)),
             Some(Outcome::Succeeded)
         );
     }
@@ -564,7 +681,7 @@ mod tests {
             json!({"id": "t1", "response": {"success": false, "error": {"code": "x", "message": "y"}}}),
         );
         assert_eq!(
-            outcome(&decide(&c, &t, Some(&fail), 1000, 0.5)),
+            outcome(&d(&c, &t, Some(&fail), 1000, 0.5)),
             Some(Outcome::Failed)
         );
     }
@@ -574,10 +691,10 @@ mod tests {
         let c = cfg();
         let mut t = task();
         t.misses = 1;
-        assert!(outcome(&decide(&c, &t, None, 1000, 0.5)).is_none());
+        assert!(outcome(&d(&c, &t, None, 1000, 0.5)).is_none());
         t.misses = 2;
         assert_eq!(
-            outcome(&decide(&c, &t, None, 1000, 0.5)),
+            outcome(&d(&c, &t, None, 1000, 0.5)),
             Some(Outcome::NotFound)
         );
     }
@@ -588,9 +705,9 @@ mod tests {
         let t = task();
         let running = rec(json!({"id": "t1", "response": null}));
         let hour = 3_600_000;
-        assert!(outcome(&decide(&c, &t, Some(&running), hour, 0.5)).is_none());
+        assert!(outcome(&d(&c, &t, Some(&running), hour, 0.5)).is_none());
         assert_eq!(
-            outcome(&decide(&c, &t, Some(&running), hour + 1, 0.5)),
+            outcome(&d(&c, &t, Some(&running), hour + 1, 0.5)),
             Some(Outcome::Expired)
         );
     }
@@ -602,7 +719,7 @@ mod tests {
         let done = rec(
             json!({"id": "t1", "finished_at": 3.0, "response": {"data": [{"state": "succeeded"}]}}),
         );
-        let PollUpdate::Finish { event, .. } = decide(&c, &t, Some(&done), 3000, 0.5) else {
+        let PollUpdate::Finish { event, .. } = d(&c, &t, Some(&done), 3000, 0.5) else {
             panic!()
         };
         let names: Vec<_> = event
@@ -615,7 +732,7 @@ mod tests {
         let failed = rec(
             json!({"id": "t1", "finished_at": 3.0, "response": {"success": false, "error": "x"}}),
         );
-        let PollUpdate::Finish { event, .. } = decide(&c, &t, Some(&failed), 3000, 0.5) else {
+        let PollUpdate::Finish { event, .. } = d(&c, &t, Some(&failed), 3000, 0.5) else {
             panic!()
         };
         assert_eq!(event.deliveries.len(), 3);
@@ -623,18 +740,52 @@ mod tests {
 
     #[test]
     fn refused_batches_halve_and_never_regrow_to_the_refused_size() {
-        let b = BatchSize::new();
-        assert_eq!(b.get(50), 50);
-        assert_eq!(b.refused(50), 25);
+        let b = Batches::new();
+        assert_eq!(b.get("p", 50), 50);
+        assert_eq!(b.refused("p", 50), 25);
+        assert_eq!(b.get("other", 50), 50, "other services keep their size");
         for _ in 0..100 {
-            b.succeeded();
+            b.succeeded("p");
         }
-        assert_eq!(b.get(50), 49);
-        assert_eq!(b.refused(49), 24);
-        assert_eq!(b.refused(2), 1);
-        assert_eq!(b.get(50), 1);
-        b.succeeded();
-        assert_eq!(b.get(50), 1, "the ceiling is now 1");
+        assert_eq!(b.get("p", 50), 49);
+        assert_eq!(b.refused("p", 49), 24);
+        assert_eq!(b.refused("p", 2), 1);
+        assert_eq!(b.get("p", 50), 1);
+        b.succeeded("p");
+        assert_eq!(b.get("p", 50), 1, "the ceiling is now 1");
+        assert_eq!(b.paged("q", 12), 12);
+        b.succeeded("q");
+        assert_eq!(b.get("q", 50), 12, "a paging service stays at its page");
+    }
+
+    #[test]
+    fn claim_limits_follow_each_service_s_batch() {
+        let c = cfg();
+        let b = Batches::new();
+        let l = claim_limits(&c, &b);
+        assert_eq!(l.default, 50 * 4);
+        assert_eq!(l.of("producer"), 200);
+        assert_eq!(l.of("captcha"), 4, "one task per request");
+        b.paged("openai", 12);
+        assert_eq!(claim_limits(&c, &b).of("openai"), 48);
+    }
+
+    #[test]
+    fn unknown_words_are_reported_with_the_update() {
+        let c = cfg();
+        let t = task();
+        let r = rec(json!({"id": "t1", "response": {"data": [{"state": "Thinking"}]}}));
+        let (u, unknown) = decide(&c, &t, Some(&r), 0, 0.5);
+        assert!(outcome(&u).is_none());
+        assert_eq!(unknown, vec!["thinking".to_string()]);
+    }
+
+    #[test]
+    fn iso_8601_finished_at_gives_a_detection_time() {
+        let at = finished_at_secs(&json!({"finished_at": "2025-05-02T10:30:05.456Z"})).unwrap();
+        assert!((at - 1_746_181_805.456).abs() < 1e-3, "{at}");
+        assert_eq!(finished_at_secs(&json!({"finished_at": 12.5})), Some(12.5));
+        assert_eq!(finished_at_secs(&json!({"finished_at": "soon"})), None);
     }
 
     #[test]
@@ -643,8 +794,7 @@ mod tests {
         let mut t = task();
         t.polls = 30;
         let running = rec(json!({"id": "t1", "response": {}}));
-        let PollUpdate::Reschedule { next_poll_at, .. } = decide(&c, &t, Some(&running), 0, 0.0)
-        else {
+        let PollUpdate::Reschedule { next_poll_at, .. } = d(&c, &t, Some(&running), 0, 0.0) else {
             panic!()
         };
         assert_eq!(next_poll_at, 60_000);

@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
 
 use crate::config::{Secret, UpstreamConfig};
+use crate::profile::{Profile, RequestMode};
 use crate::schedule::upstream_backoff;
 use crate::webhook::parse_retry_after;
 
@@ -34,28 +35,34 @@ pub enum UpstreamError {
     Malformed(String),
 }
 
-/// One record of a batch answer: its ID, the parsed JSON for the terminal
-/// rule, and the exact bytes to forward.
+/// One record of an answer: the parsed JSON for the terminal rule, and the
+/// exact bytes to forward.
 #[derive(Debug)]
 pub struct Record {
     pub value: serde_json::Value,
     pub raw: Box<RawValue>,
 }
 
-/// A parsed batch answer, keyed by task ID. Records without an ID are
-/// dropped (logged); of two records for one ID the later wins unless only
-/// the earlier is settled.
+/// A parsed answer, keyed by task ID. Records without an ID are counted,
+/// not used; of two records for one ID the later wins unless only the
+/// earlier is settled.
 #[derive(Debug, Default)]
 pub struct BatchAnswer {
     pub records: HashMap<String, Record>,
-    /// Items that could not be attributed to a task (no `id`).
+    /// Items that could not be attributed to a task (unreadable, or no ID).
     pub unattributed: usize,
+    /// Items the answer carried.
+    pub items: usize,
+    /// The answer's own total (`count`, or the profile's count field).
+    pub count: Option<u64>,
 }
 
-/// A `retrieve_batch` answer, items kept raw.
-#[derive(Deserialize)]
-struct BatchBody {
-    items: Vec<Box<RawValue>>,
+impl BatchAnswer {
+    /// True when every item is attributed and the answer's total says none
+    /// was left out: only then is an absent ID a miss.
+    pub fn complete(&self) -> bool {
+        self.unattributed == 0 && self.count.is_none_or(|c| c <= self.items as u64)
+    }
 }
 
 /// The upstream's error shape.
@@ -64,13 +71,24 @@ struct ErrorBody {
     error: Option<serde_json::Value>,
 }
 
-/// Parses a `retrieve_batch` answer. Items are parsed one by one so a bad
-/// item never spoils the rest.
-pub fn parse_batch(body: &[u8]) -> Result<BatchAnswer, UpstreamError> {
-    let parsed: BatchBody = serde_json::from_slice(body)
+/// Parses a `retrieve_batch` answer under `profile`. Items are parsed one by
+/// one so a bad item never spoils the rest.
+pub fn parse_batch(body: &[u8], profile: &Profile) -> Result<BatchAnswer, UpstreamError> {
+    let top: HashMap<String, Box<RawValue>> = serde_json::from_slice(body)
         .map_err(|e| UpstreamError::Malformed(format!("batch answer: {e}")))?;
-    let mut answer = BatchAnswer::default();
-    for raw in parsed.items {
+    let items: Vec<Box<RawValue>> = match top.get("items") {
+        Some(raw) => serde_json::from_str(raw.get())
+            .map_err(|e| UpstreamError::Malformed(format!("batch answer: items: {e}")))?,
+        None => return Err(UpstreamError::Malformed("batch answer: no `items`".into())),
+    };
+    let mut answer = BatchAnswer {
+        items: items.len(),
+        count: top
+            .get(&profile.count_field)
+            .and_then(|c| serde_json::from_str::<u64>(c.get()).ok()),
+        ..BatchAnswer::default()
+    };
+    for raw in items {
         let value: serde_json::Value = match serde_json::from_str(raw.get()) {
             Ok(v) => v,
             Err(_) => {
@@ -78,20 +96,46 @@ pub fn parse_batch(body: &[u8]) -> Result<BatchAnswer, UpstreamError> {
                 continue;
             }
         };
-        let Some(id) = value.get("id").and_then(|v| v.as_str()).map(str::to_owned) else {
+        let Some(id) = profile.record_id(&value).map(str::to_owned) else {
             answer.unattributed += 1;
             continue;
         };
-        let settled = |v: &serde_json::Value| v.get("finished_at").is_some_and(|f| !f.is_null());
-        if let Some(prev) = answer.records.get(&id)
-            && settled(&prev.value)
-            && !settled(&value)
-        {
-            continue;
-        }
-        answer.records.insert(id, Record { value, raw });
+        answer.insert(profile, id, Record { value, raw });
     }
     Ok(answer)
+}
+
+/// Parses the answer to a single `retrieve` of task `id`: the body is the
+/// record. An empty object means the upstream knows no such task.
+pub fn parse_single(body: &[u8], id: &str) -> Result<BatchAnswer, UpstreamError> {
+    let raw: Box<RawValue> = serde_json::from_slice(body)
+        .map_err(|e| UpstreamError::Malformed(format!("answer: {e}")))?;
+    let value: serde_json::Value = serde_json::from_str(raw.get())
+        .map_err(|e| UpstreamError::Malformed(format!("answer: {e}")))?;
+    let mut answer = BatchAnswer::default();
+    if value.as_object().is_some_and(|o| !o.is_empty()) {
+        answer.items = 1;
+        answer.records.insert(id.to_owned(), Record { value, raw });
+    }
+    Ok(answer)
+}
+
+impl BatchAnswer {
+    fn insert(&mut self, profile: &Profile, id: String, record: Record) {
+        let settled = |v: &serde_json::Value| {
+            profile
+                .record(v)
+                .get("finished_at")
+                .is_some_and(|f| !f.is_null())
+        };
+        if let Some(prev) = self.records.get(&id)
+            && settled(&prev.value)
+            && !settled(&record.value)
+        {
+            return;
+        }
+        self.records.insert(id, record);
+    }
 }
 
 fn error_code(body: &[u8]) -> (String, String) {
@@ -234,15 +278,17 @@ impl UpstreamClient {
         p.paused_until.saturating_duration_since(Instant::now())
     }
 
-    /// One `retrieve_batch` for `ids` of `service`, within the concurrency cap.
-    pub async fn retrieve_batch(
+    /// Asks about `ids` of `service` (one `retrieve_batch`, or one
+    /// `retrieve` for a single-task profile), within the concurrency cap.
+    pub async fn retrieve(
         &self,
         service: &str,
+        profile: &Profile,
         ids: &[&str],
     ) -> Result<BatchAnswer, UpstreamError> {
         let _permit = self.in_flight.acquire().await.expect("never closed");
         let started = Instant::now();
-        let result = self.request(service, ids).await;
+        let result = self.request(service, profile, ids).await;
         self.metrics
             .upstream_duration
             .observe(started.elapsed().as_secs_f64());
@@ -260,20 +306,33 @@ impl UpstreamClient {
         result
     }
 
-    async fn request(&self, service: &str, ids: &[&str]) -> Result<BatchAnswer, UpstreamError> {
-        #[derive(Serialize)]
-        struct Req<'a> {
-            ids: &'a [&'a str],
-            action: &'static str,
-        }
+    async fn request(
+        &self,
+        service: &str,
+        profile: &Profile,
+        ids: &[&str],
+    ) -> Result<BatchAnswer, UpstreamError> {
+        let single = match (profile.request, ids) {
+            (RequestMode::Single, [id]) => Some(*id),
+            _ => None,
+        };
+        let body = match single {
+            Some(id) => {
+                let mut b = serde_json::Map::new();
+                b.insert(profile.id_key.clone(), id.into());
+                if !profile.action.is_empty() {
+                    b.insert("action".into(), profile.action.clone().into());
+                }
+                serde_json::Value::Object(b)
+            }
+            None => serde_json::json!({"ids": ids, "action": "retrieve_batch", "limit": ids.len()}),
+        };
+        let base = self.cfg.base_url.as_str().trim_end_matches('/');
         let mut req = self
             .http
-            .post(self.cfg.tasks_url(service))
+            .post(format!("{base}{}", profile.tasks_path(service)))
             .header("accept", "application/json")
-            .json(&Req {
-                ids,
-                action: "retrieve_batch",
-            });
+            .json(&body);
         let token = self.token.read().expect("token lock").clone();
         if let Some(token) = token {
             req = req.bearer_auth(token.expose());
@@ -293,7 +352,17 @@ impl UpstreamClient {
             .await
             .map_err(|e| UpstreamError::Transport(crate::webhook::describe_reqwest_error(&e)))?;
         match status {
-            200..=299 => parse_batch(&body),
+            200..=299 => match single {
+                Some(id) => parse_single(&body, id),
+                None => parse_batch(&body, profile),
+            },
+            // A single task the upstream does not know: absent, like a
+            // batch answer that leaves it out.
+            404 if single.is_some()
+                && matches!(error_code(&body).0.as_str(), "not_found" | "no_task") =>
+            {
+                Ok(BatchAnswer::default())
+            }
             401 | 403 => Err(UpstreamError::Unauthorized {
                 code: error_code(&body).0,
             }),
@@ -359,30 +428,66 @@ impl UpstreamClient {
 mod tests {
     use super::*;
 
+    fn profiles() -> crate::profile::Profiles {
+        crate::profile::Profiles::new(&Default::default(), false, "producer").unwrap()
+    }
+
     #[test]
     fn a_bad_item_does_not_spoil_the_batch() {
+        let p = profiles();
         let body = br#"{"items": [{"id": "a", "response": {}}, {"no_id": 1}, 5, {"id": "b"}], "count": 4}"#;
-        let a = parse_batch(body).unwrap();
+        let a = parse_batch(body, p.get("producer").unwrap()).unwrap();
         assert_eq!(a.records.len(), 2);
         assert_eq!(a.unattributed, 2);
+        assert!(!a.complete());
         assert_eq!(a.records["a"].raw.get(), r#"{"id": "a", "response": {}}"#);
     }
 
     #[test]
     fn duplicates_keep_the_settled_record() {
+        let p = profiles();
         let body = br#"{"items": [{"id": "a", "finished_at": 1}, {"id": "a"}], "count": 2}"#;
-        let a = parse_batch(body).unwrap();
+        let a = parse_batch(body, p.get("producer").unwrap()).unwrap();
         assert!(a.records["a"].value.get("finished_at").is_some());
+        assert!(a.complete());
+    }
+
+    #[test]
+    fn a_count_above_the_items_says_the_answer_is_incomplete() {
+        let p = profiles();
+        let producer = p.get("producer").unwrap();
+        let a = parse_batch(br#"{"items": [{"id": "a"}], "count": 2}"#, producer).unwrap();
+        assert_eq!((a.items, a.count, a.complete()), (1, Some(2), false));
+        // minimax says `total`, and its items are bare task objects.
+        let minimax = p.get("minimax").unwrap();
+        let a = parse_batch(
+            br#"{"items": [{"id": "m", "status": "running"}], "total": 3}"#,
+            minimax,
+        )
+        .unwrap();
+        assert_eq!((a.records.len(), a.complete()), (1, false));
+        let a = parse_batch(br#"{"items": [], "count": 0}"#, producer).unwrap();
+        assert!(a.complete());
+    }
+
+    #[test]
+    fn a_single_answer_is_the_record_and_an_empty_object_is_absent() {
+        let a = parse_single(br#"{"task_id": "c", "status": "ready"}"#, "c").unwrap();
+        assert_eq!(a.records["c"].value["status"], "ready");
+        assert!(parse_single(b"{}", "c").unwrap().records.is_empty());
+        assert!(parse_single(b"<html>", "c").is_err());
     }
 
     #[test]
     fn truncated_and_html_bodies_are_errors() {
+        let p = profiles();
+        let producer = p.get("producer").unwrap();
         assert!(matches!(
-            parse_batch(br#"{"items": [{"id": "a""#),
+            parse_batch(br#"{"items": [{"id": "a""#, producer),
             Err(UpstreamError::Malformed(_))
         ));
         assert!(matches!(
-            parse_batch(b"<html>502 Bad Gateway</html>"),
+            parse_batch(b"<html>502 Bad Gateway</html>", producer),
             Err(UpstreamError::Malformed(_))
         ));
         assert_eq!(

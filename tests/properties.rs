@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
+use taskhook::profile::Profiles;
 use taskhook::schedule::{
     MAX_UPSTREAM_PAUSE, POLL_JITTER, PollSchedule, RETRY_JITTER, Retry, retry_after_attempt,
     upstream_backoff,
@@ -237,7 +238,33 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------
-// Terminal rule
+// Terminal rule (the producer profile: items in `response.data[]` with a
+// `state` word, a URL settling an item that has none)
+
+const SUCCESS: [&str; 9] = [
+    "succeeded",
+    "succeed",
+    "success",
+    "successful",
+    "completed",
+    "complete",
+    "done",
+    "ready",
+    "finished",
+];
+const FAILURE: [&str; 10] = [
+    "failed",
+    "failure",
+    "fail",
+    "error",
+    "errored",
+    "cancelled",
+    "canceled",
+    "rejected",
+    "timeout",
+    "expired",
+];
+const RUNNING: [&str; 4] = ["pending", "running", "queued", "processing"];
 
 #[derive(Debug, Clone)]
 enum StateWord {
@@ -257,6 +284,7 @@ enum Progress {
 struct Item {
     state: StateWord,
     progress: Progress,
+    url: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -301,21 +329,19 @@ struct Rec {
     response: Response,
 }
 
-const KNOWN_WORDS: [&str; 7] = [
-    "pending",
-    "running",
-    "succeeded",
-    "error",
-    "failed",
-    "complete",
-    "completed",
-];
-
 fn word() -> impl Strategy<Value = StateWord> {
+    let known: Vec<&str> = SUCCESS
+        .iter()
+        .chain(&FAILURE)
+        .chain(&RUNNING)
+        .copied()
+        .collect();
     prop_oneof![
-        6 => prop::sample::select(&KNOWN_WORDS[..]).prop_map(|w| StateWord::Text(w.to_string())),
+        6 => prop::sample::select(known).prop_map(|w| StateWord::Text(w.to_string())),
+        1 => prop::sample::select(&["Succeeded", " FAILED ", "Running"][..])
+            .prop_map(|w| StateWord::Text(w.to_string())),
         2 => "[a-z_]{0,10}".prop_map(StateWord::Text),
-        1 => Just(StateWord::Missing),
+        2 => Just(StateWord::Missing),
         1 => Just(StateWord::NotAString),
     ]
 }
@@ -330,7 +356,11 @@ fn progress() -> impl Strategy<Value = Progress> {
 }
 
 fn item() -> impl Strategy<Value = Item> {
-    (word(), progress()).prop_map(|(state, progress)| Item { state, progress })
+    (word(), progress(), any::<bool>()).prop_map(|(state, progress, url)| Item {
+        state,
+        progress,
+        url,
+    })
 }
 
 fn response() -> impl Strategy<Value = Response> {
@@ -389,12 +419,26 @@ fn item_json(i: &Item) -> Value {
             o.insert("progress".into(), json!(n));
         }
     }
+    o.insert(
+        "audio_url".into(),
+        if i.url {
+            json!("https://cdn.example/a.mp3")
+        } else {
+            Value::Null
+        },
+    );
     Value::Object(o)
 }
 
 fn record_json(r: &Rec) -> Value {
     let mut o = Map::new();
     o.insert("id".into(), json!("task"));
+    // A platform record always carries its request (with URLs, which are
+    // inputs, never results).
+    o.insert(
+        "request".into(),
+        json!({"image_url": "https://in.example/i.png", "callback_url": "https://cb.example/"}),
+    );
     match r.finished_at {
         FinishedAt::Missing => {}
         FinishedAt::Null => {
@@ -458,14 +502,46 @@ fn record_json(r: &Rec) -> Value {
     Value::Object(o)
 }
 
-fn state_word(i: &Item) -> Option<&str> {
-    match &i.state {
-        StateWord::Text(w) => Some(w.as_str()),
-        _ => None,
-    }
+/// What an item's word means, `None` when it has no string state.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Class {
+    Success,
+    Failure,
+    Running,
+    Unknown,
 }
 
-/// The contract's rule, restated over the generator's own model.
+fn class_of(i: &Item) -> Option<Class> {
+    let StateWord::Text(w) = &i.state else {
+        return None;
+    };
+    let w = w.trim().to_lowercase();
+    Some(if FAILURE.contains(&w.as_str()) {
+        Class::Failure
+    } else if SUCCESS.contains(&w.as_str()) {
+        Class::Success
+    } else if RUNNING.contains(&w.as_str()) || w == "unknown" || w == "generating" {
+        Class::Running
+    } else {
+        Class::Unknown
+    })
+}
+
+/// An item without a word settles once it has its URL and its progress,
+/// if it shows one, is not below 100%.
+fn has_result(i: &Item) -> bool {
+    let below = match &i.progress {
+        Progress::Missing => false,
+        Progress::Text(s) => s
+            .trim_end_matches('%')
+            .parse::<u32>()
+            .is_ok_and(|n| s.ends_with('%') && n < 100),
+        Progress::Number(n) => *n > 1 && *n < 100,
+    };
+    i.url && !below
+}
+
+/// The contract's rule (§2), restated over the generator's own model.
 fn oracle(r: &Rec) -> Verdict {
     let (success, error, items): (Option<bool>, bool, &[Item]) = match &r.response {
         Response::Missing | Response::Null | Response::Empty => (None, false, &[]),
@@ -476,45 +552,45 @@ fn oracle(r: &Rec) -> Verdict {
             data,
         } => (
             *success,
-            !matches!(error, ErrorField::Missing | ErrorField::Null),
+            match error {
+                ErrorField::Missing | ErrorField::Null => false,
+                ErrorField::Object => true,
+                ErrorField::Text(s) => !s.trim().is_empty(),
+            },
             match data {
                 Data::Array(items) => items,
                 _ => &[],
             },
         ),
     };
-    let in_set = |i: &Item, set: &[&str]| state_word(i).is_some_and(|w| set.contains(&w));
-    const FAILED: [&str; 2] = ["error", "failed"];
-    const SUCCEEDED: [&str; 3] = ["succeeded", "complete", "completed"];
-    const TERMINAL: [&str; 5] = ["succeeded", "complete", "completed", "error", "failed"];
-
+    let settled = |i: &Item| match class_of(i) {
+        Some(Class::Success) | Some(Class::Failure) => true,
+        Some(_) => false,
+        None => has_result(i),
+    };
+    let all_terminal = !items.is_empty() && items.iter().all(settled);
+    let any_failed = items.iter().any(|i| class_of(i) == Some(Class::Failure));
+    let failure = (success == Some(false) && error)
+        || (any_failed
+            && (all_terminal || !matches!(r.finished_at, FinishedAt::Missing | FinishedAt::Null)));
     let finished = !matches!(r.finished_at, FinishedAt::Missing | FinishedAt::Null);
     if finished {
-        let ok = success != Some(false)
-            && !error
-            && !items.is_empty()
-            && !items.iter().any(|i| in_set(i, &FAILED));
-        return Verdict::Finished(if ok {
-            Outcome::Succeeded
-        } else {
+        return Verdict::Finished(if failure || success == Some(false) {
             Outcome::Failed
+        } else {
+            Outcome::Succeeded
         });
     }
-    if success == Some(false) && error {
+    if failure {
         return Verdict::FailureSighted;
     }
-    if !items.is_empty() && items.iter().all(|i| in_set(i, &TERMINAL)) {
-        let ok = items.iter().all(|i| in_set(i, &SUCCEEDED));
-        return Verdict::Finished(if ok {
-            Outcome::Succeeded
-        } else {
-            Outcome::Failed
-        });
+    if all_terminal {
+        return Verdict::Finished(Outcome::Succeeded);
     }
     Verdict::Running
 }
 
-/// Distinct unknown state words, in order of first appearance.
+/// Distinct unknown state words, lower-cased, in order of first appearance.
 fn unknown_words(r: &Rec) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     if let Response::Object {
@@ -523,22 +599,29 @@ fn unknown_words(r: &Rec) -> Vec<String> {
     } = &r.response
     {
         for i in items {
-            if let StateWord::Text(w) = &i.state
-                && !KNOWN_WORDS.contains(&w.as_str())
-                && !out.contains(w)
+            if class_of(i) == Some(Class::Unknown)
+                && let StateWord::Text(w) = &i.state
             {
-                out.push(w.clone());
+                let w = w.trim().to_lowercase();
+                if !out.contains(&w) {
+                    out.push(w);
+                }
             }
         }
     }
     out
 }
 
+fn profiles() -> Profiles {
+    Profiles::new(&Default::default(), true, "producer").unwrap()
+}
+
 proptest! {
     #[test]
     fn terminal_rule_matches_the_contract(r in record()) {
         let v = record_json(&r);
-        let a = assess(&v);
+        let p = profiles();
+        let a = assess(p.get("producer").unwrap(), &v);
         prop_assert_eq!(&a.verdict, &oracle(&r), "record {}", v);
         prop_assert!(!a.state.is_empty(), "empty state label for {}", v);
         prop_assert_eq!(&a.unknown_states, &unknown_words(&r), "record {}", v);
@@ -546,7 +629,10 @@ proptest! {
             Verdict::Finished(o) => prop_assert_eq!(a.state.as_str(), o.as_str()),
             Verdict::FailureSighted => prop_assert_eq!(a.state.as_str(), "failing"),
             Verdict::Running => {}
-            }
+        }
+        // The generic profile (an unknown service) reads the platform
+        // record family the same way.
+        prop_assert_eq!(&assess(p.generic(), &v).verdict, &a.verdict, "generic, record {}", v);
     }
 
     #[test]
@@ -559,32 +645,47 @@ proptest! {
         if let Some(s) = success {
             resp["success"] = json!(s);
         }
-        let mut lone = json!({"id": "task", "response": resp});
+        let mut lone = json!({"id": "task", "request": {}, "response": resp});
         if finished {
             lone["finished_at"] = json!(1.0);
         }
         let mut as_array = lone.clone();
         as_array["response"]["data"] = json!([item_json(&it)]);
-        prop_assert_eq!(assess(&lone), assess(&as_array));
+        let p = profiles();
+        let producer = p.get("producer").unwrap();
+        prop_assert_eq!(assess(producer, &lone), assess(producer, &as_array));
     }
 }
 
 #[test]
 fn an_empty_lone_data_object_is_no_item() {
-    let a = assess(&json!({"response": {"data": {}}}));
+    let p = profiles();
+    let producer = p.get("producer").unwrap();
+    let a = assess(producer, &json!({"request": {}, "response": {"data": {}}}));
     assert_eq!(a.verdict, Verdict::Running);
-    let a = assess(&json!({"finished_at": 1, "response": {"data": {}}}));
-    assert_eq!(a.verdict, Verdict::Finished(Outcome::Failed));
+    let a = assess(
+        producer,
+        &json!({"finished_at": 1, "response": {"data": {}}}),
+    );
+    assert_eq!(a.verdict, Verdict::Finished(Outcome::Succeeded));
 }
 
 #[test]
 fn a_blank_state_word_still_gets_a_label() {
     // Found by fuzzing: `{"state": ""}` used to give an empty label.
+    let p = profiles();
+    let producer = p.get("producer").unwrap();
     for w in ["", " "] {
-        let a = assess(&json!({"response": {"data": [{"state": w}, {"id": "x"}]}}));
+        let a = assess(
+            producer,
+            &json!({"response": {"data": [{"state": w}, {"id": "x"}]}}),
+        );
         assert_eq!(a.verdict, Verdict::Running);
         assert_eq!(a.state, "running");
-        let a = assess(&json!({"response": {"data": [{"state": w, "progress": "50%"}]}}));
+        let a = assess(
+            producer,
+            &json!({"response": {"data": [{"state": w, "progress": "50%"}]}}),
+        );
         assert_eq!(a.state, "running 50%");
     }
 }

@@ -94,7 +94,7 @@ mod suite {
     async fn finished_a(s: &Arc<dyn Store>, hooks: &[&str]) {
         s.enqueue(0, 0, vec![task("a")]).await.unwrap();
         let t = s
-            .claim_poll_batch(0, 0, 10, 1000)
+            .claim_poll_batch(0, 0, 10.into(), 1000)
             .await
             .unwrap()
             .tasks
@@ -133,7 +133,7 @@ mod suite {
     pub async fn handed_off_deliveries_are_leased_until_given_back(s: Arc<dyn Store>) {
         s.enqueue(0, 0, vec![task("a")]).await.unwrap();
         let t = s
-            .claim_poll_batch(0, 0, 10, 1000)
+            .claim_poll_batch(0, 0, 10.into(), 1000)
             .await
             .unwrap()
             .tasks
@@ -199,7 +199,11 @@ mod suite {
 
     pub async fn finished_events_leave_nothing_behind_but_dead_letters(s: Arc<dyn Store>) {
         s.enqueue(0, 0, vec![task("a"), task("b")]).await.unwrap();
-        let ts = s.claim_poll_batch(0, 0, 10, 1000).await.unwrap().tasks;
+        let ts = s
+            .claim_poll_batch(0, 0, 10.into(), 1000)
+            .await
+            .unwrap()
+            .tasks;
         s.record_polls(
             10,
             ts.iter().map(|t| finish(t, &["ok", "down"])).collect(),
@@ -234,7 +238,7 @@ mod suite {
         );
         // A dead letter outlives its task until its TTL.
         let t = s
-            .claim_poll_batch(40, 40, 10, 1000)
+            .claim_poll_batch(40, 40, 10.into(), 1000)
             .await
             .unwrap()
             .tasks
@@ -277,7 +281,10 @@ mod suite {
         assert_eq!(v.status, TaskStatus::Watching);
         assert_eq!(v.next_poll_at, Some(1100));
         // Finish "a" with no receivers: done at once; a new enqueue rewatches it.
-        let c = s.claim_poll_batch(1100, 1100, 10, 9000).await.unwrap();
+        let c = s
+            .claim_poll_batch(1100, 1100, 10.into(), 9000)
+            .await
+            .unwrap();
         let a = c.tasks.iter().find(|t| t.id == "a").unwrap();
         s.record_polls(1200, vec![finish(a, &[])], None)
             .await
@@ -301,18 +308,24 @@ mod suite {
         s.enqueue(500, 1000, vec![mj]).await.unwrap();
         s.enqueue(900, 1000, vec![task("p3")]).await.unwrap();
 
-        let c = s.claim_poll_batch(999, 999, 10, 5000).await.unwrap();
+        let c = s.claim_poll_batch(999, 999, 10.into(), 5000).await.unwrap();
         assert!(c.tasks.is_empty());
         assert_eq!(c.next_due, Some(1000));
 
         // Due at 1000: p1, p2. The window pulls p3 (due 1900) but never m1.
-        let c = s.claim_poll_batch(1000, 2000, 10, 5000).await.unwrap();
+        let c = s
+            .claim_poll_batch(1000, 2000, 10.into(), 5000)
+            .await
+            .unwrap();
         let mut ids: Vec<_> = c.tasks.iter().map(|t| t.id.as_str()).collect();
         ids.sort();
         assert_eq!(c.service, "producer");
         assert_eq!(ids, vec!["p1", "p2", "p3"]);
 
-        let c = s.claim_poll_batch(1500, 1500, 10, 5000).await.unwrap();
+        let c = s
+            .claim_poll_batch(1500, 1500, 10.into(), 5000)
+            .await
+            .unwrap();
         assert_eq!(c.service, "midjourney");
         assert_eq!(c.tasks.len(), 1);
 
@@ -320,28 +333,28 @@ mod suite {
         s.enqueue(0, 0, (0..7).map(|i| task(&format!("x{i}"))).collect())
             .await
             .unwrap();
-        let c = s.claim_poll_batch(10, 10, 5, 5000).await.unwrap();
+        let c = s.claim_poll_batch(10, 10, 5.into(), 5000).await.unwrap();
         assert_eq!(c.tasks.len(), 5);
     }
 
     pub async fn leases_fence_stale_writers(s: Arc<dyn Store>) {
         s.enqueue(0, 0, vec![task("a")]).await.unwrap();
         let first = s
-            .claim_poll_batch(0, 0, 10, 1000)
+            .claim_poll_batch(0, 0, 10.into(), 1000)
             .await
             .unwrap()
             .tasks
             .remove(0);
         // Leased: not handed out again before the lease ends.
         assert!(
-            s.claim_poll_batch(999, 999, 10, 2000)
+            s.claim_poll_batch(999, 999, 10.into(), 2000)
                 .await
                 .unwrap()
                 .tasks
                 .is_empty()
         );
         let second = s
-            .claim_poll_batch(1000, 1000, 10, 5000)
+            .claim_poll_batch(1000, 1000, 10.into(), 5000)
             .await
             .unwrap()
             .tasks
@@ -446,7 +459,11 @@ mod suite {
 
     pub async fn dead_letters_list_replay_and_purge(s: Arc<dyn Store>) {
         s.enqueue(0, 0, vec![task("a"), task("b")]).await.unwrap();
-        let ts = s.claim_poll_batch(0, 0, 10, 1000).await.unwrap().tasks;
+        let ts = s
+            .claim_poll_batch(0, 0, 10.into(), 1000)
+            .await
+            .unwrap()
+            .tasks;
         s.record_polls(10, ts.iter().map(|t| finish(t, &["w"])).collect(), None)
             .await
             .unwrap();
@@ -567,7 +584,11 @@ mod suite {
 
     pub async fn delete_stops_watching(s: Arc<dyn Store>) {
         s.enqueue(0, 0, vec![task("a"), task("b")]).await.unwrap();
-        let ts = s.claim_poll_batch(0, 0, 10, 1000).await.unwrap().tasks;
+        let ts = s
+            .claim_poll_batch(0, 0, 10.into(), 1000)
+            .await
+            .unwrap()
+            .tasks;
         let b = ts.iter().find(|t| t.id == "b").unwrap();
         s.record_polls(10, vec![finish(b, &["w"])], None)
             .await
@@ -599,11 +620,19 @@ async fn sqlite_restart_takes_back_leases() {
     {
         let s = SqliteStore::open(&path, SyncMode::Full, 0).unwrap();
         s.enqueue(0, 0, vec![task("a")]).await.unwrap();
-        let t = s.claim_poll_batch(0, 0, 10, 1_000_000).await.unwrap().tasks;
+        let t = s
+            .claim_poll_batch(0, 0, 10.into(), 1_000_000)
+            .await
+            .unwrap()
+            .tasks;
         assert_eq!(t.len(), 1);
     }
     let s = SqliteStore::open(&path, SyncMode::Full, 50).unwrap();
-    let t = s.claim_poll_batch(50, 50, 10, 1000).await.unwrap().tasks;
+    let t = s
+        .claim_poll_batch(50, 50, 10.into(), 1000)
+        .await
+        .unwrap()
+        .tasks;
     assert_eq!(t.len(), 1, "the dead process's lease is released at open");
 }
 

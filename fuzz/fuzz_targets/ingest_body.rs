@@ -6,17 +6,23 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use taskhook::ingest::{MAX_ID_BYTES, check_id, parse_enqueue};
+use taskhook::ingest::{MAX_ID_BYTES, Rules, check_id, parse_enqueue};
+use taskhook::profile::Profiles;
 
 fuzz_target!(|data: &[u8]| {
-    match parse_enqueue(data, "producer") {
+    let profiles = Profiles::new(&Default::default(), false, "producer").expect("built-ins load");
+    let rules = Rules {
+        default_service: "producer",
+        profiles: &profiles,
+    };
+    match parse_enqueue(data, rules) {
         Ok(tasks) => {
             assert!(!tasks.is_empty(), "accepted a body with no task");
             for t in &tasks {
                 assert!(check_id(&t.id).is_ok(), "accepted bad id {:?}", t.id);
                 assert!(!t.id.is_empty() && t.id.len() <= MAX_ID_BYTES, "{:?}", t.id);
                 assert!(!t.id.chars().any(char::is_control), "{:?}", t.id);
-                assert!(!t.service.is_empty(), "empty service");
+                assert!(profiles.get(&t.service).is_some(), "accepted unknown service {:?}", t.service);
                 for w in &t.webhooks {
                     assert!(
                         w.starts_with("http://") || w.starts_with("https://"),

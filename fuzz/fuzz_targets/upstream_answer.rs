@@ -1,18 +1,24 @@
-//! Fuzzes the batch-answer parser and the terminal rule behind it.
+//! Fuzzes the batch-answer parser and the terminal rule behind it, under
+//! every built-in service profile (the first byte picks one).
 //!
 //! Invariants: neither panics; a record with a non-null `finished_at` is
-//! always `Finished`; the state label is never empty.
+//! always `Finished`; the state label is never empty; every record is
+//! filed under the ID it names.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
+use taskhook::profile::{Profile, Profiles};
 use taskhook::terminal::{Verdict, assess};
 use taskhook::upstream::parse_batch;
 
-fn check(record: &Value) {
-    let a = assess(record);
-    let finished_at = record.get("finished_at").is_some_and(|f| !f.is_null());
+fn check(profile: &Profile, record: &Value) {
+    let a = assess(profile, record);
+    let finished_at = profile
+        .record(record)
+        .get("finished_at")
+        .is_some_and(|f| !f.is_null());
     if finished_at {
         assert!(
             matches!(a.verdict, Verdict::Finished(_)),
@@ -24,19 +30,25 @@ fn check(record: &Value) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(answer) = parse_batch(data) {
+    let Some((pick, data)) = data.split_first() else {
+        return;
+    };
+    let profiles = Profiles::new(&Default::default(), true, "producer").expect("built-ins load");
+    let names: Vec<&str> = profiles.names().collect();
+    let profile = match names.get(*pick as usize) {
+        Some(name) => profiles.get(name).expect("known"),
+        None => profiles.generic(),
+    };
+    if let Ok(answer) = parse_batch(data, profile) {
         for (id, record) in &answer.records {
-            assert_eq!(
-                record.value.get("id").and_then(Value::as_str),
-                Some(id.as_str())
-            );
+            assert_eq!(profile.record_id(&record.value), Some(id.as_str()));
             // The forwarded bytes must be the same JSON as the parsed value.
             let reparsed: Value = serde_json::from_str(record.raw.get()).expect("raw reparses");
             assert_eq!(reparsed, record.value);
-            check(&record.value);
+            check(profile, &record.value);
         }
     }
     if let Ok(v @ Value::Object(_)) = serde_json::from_slice::<Value>(data) {
-        check(&v);
+        check(profile, &v);
     }
 });

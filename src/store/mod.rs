@@ -93,6 +93,34 @@ pub struct ClaimedTask {
     pub webhooks: Vec<String>,
 }
 
+/// How many tasks one poll claim may take: per service where it differs
+/// (a smaller page, a single-task profile), else the default.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClaimLimits {
+    pub default: usize,
+    pub per_service: std::collections::HashMap<String, usize>,
+}
+
+impl ClaimLimits {
+    /// The limit for `service`'s tasks.
+    pub fn of(&self, service: &str) -> usize {
+        self.per_service
+            .get(service)
+            .copied()
+            .unwrap_or(self.default)
+            .max(1)
+    }
+}
+
+impl From<usize> for ClaimLimits {
+    fn from(default: usize) -> Self {
+        ClaimLimits {
+            default,
+            per_service: Default::default(),
+        }
+    }
+}
+
 /// One batch for the poller: tasks of a single service.
 #[derive(Debug, Clone, Default)]
 pub struct PollClaim {
@@ -287,14 +315,15 @@ pub trait Store: Send + Sync + 'static {
         tasks: Vec<NewTask>,
     ) -> StoreResult<EnqueueOutcome>;
 
-    /// Leases up to `limit` tasks of one service: the service of the earliest
-    /// due task, taking its tasks due by `window_end` (≥ now) so batches fill.
-    /// Leased tasks are not handed out again before `lease_until`.
+    /// Leases tasks of one service, at most `limits.of(service)`: the service
+    /// of the earliest due task, taking its tasks due by `window_end` (≥ now)
+    /// so batches fill. Leased tasks are not handed out again before
+    /// `lease_until`.
     async fn claim_poll_batch(
         &self,
         now: Millis,
         window_end: Millis,
-        limit: usize,
+        limits: ClaimLimits,
         lease_until: Millis,
     ) -> StoreResult<PollClaim>;
 

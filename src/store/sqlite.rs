@@ -463,7 +463,7 @@ impl Store for SqliteStore {
         &self,
         now: Millis,
         window_end: Millis,
-        limit: usize,
+        limits: ClaimLimits,
         lease_until: Millis,
     ) -> StoreResult<PollClaim> {
         self.write(move |tx| {
@@ -489,8 +489,9 @@ impl Store for SqliteStore {
                               AND next_poll_at <= ?3 ORDER BY next_poll_at LIMIT ?4) \
                  RETURNING id, service, claim, enqueued_at, polls, misses, fail_seen, metadata, webhooks",
             )?;
+            let limit = limits.of(&service) as i64;
             let tasks = stmt
-                .query_map(params![lease_until, service, window_end.max(now), limit as i64], claimed_task)?
+                .query_map(params![lease_until, service, window_end.max(now), limit], claimed_task)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(PollClaim {
                 service,
