@@ -100,6 +100,13 @@ async fn bad_input_is_refused_by_name_and_never_disturbs_the_queue() {
             "invalid_field",
             "metadata",
         ),
+        // A misspelled service is refused, naming the services it knows.
+        (
+            r#"{"tasks": [{"id": "ok-3"}, {"id": "x", "service": "midjouney"}]}"#,
+            422,
+            "unknown_service",
+            "tasks[1].service: \"midjouney\" is not a known service (known: captcha, ",
+        ),
     ];
     for (body, status, code, field) in cases {
         let (s, v) = send(M::POST, &tasks, tok, Some(body)).await;
@@ -121,8 +128,10 @@ async fn bad_input_is_refused_by_name_and_never_disturbs_the_queue() {
     );
 
     // Nothing of the refused requests was stored; the queue is as it was.
-    let (s, _) = send(M::GET, &format!("{tasks}/ok-2"), tok, None).await;
-    assert_eq!(s, 404);
+    for refused in ["ok-2", "ok-3"] {
+        let (s, _) = send(M::GET, &format!("{tasks}/{refused}"), tok, None).await;
+        assert_eq!(s, 404, "{refused}");
+    }
     let (s, v) = send(M::GET, &format!("{tasks}/keep-1"), tok, None).await;
     assert_eq!(s, 200);
     assert_eq!(v["status"], "watching");

@@ -26,6 +26,18 @@ fn check_config_names_the_bad_key_and_exits_2() {
             "poll.interval: invalid duration \"soon\"",
         ),
         ("[upstream]\nbatchsize = 5\n", "batchsize"),
+        (
+            "[upstream.services.kling]\nsettle_without_finished_at = \"maybe\"\n",
+            "upstream.services.kling.settle_without_finished_at must be",
+        ),
+        (
+            "[upstream.services.kling]\nsucess_words = [\"ok\"]\n",
+            "sucess_words",
+        ),
+        (
+            "[upstream]\ndefault_service = \"nonesuch\"\n",
+            "upstream.default_service: \"nonesuch\" is not a known service",
+        ),
     ] {
         std::fs::write(&path, text).unwrap();
         let out = taskhook(&["check-config", "-c", path.to_str().unwrap()]);
@@ -249,4 +261,31 @@ fn the_bench_smoke_run_completes_and_writes_results() {
         text.contains("| throughput | signatures checked bad | 0 |"),
         "{text}"
     );
+}
+
+#[test]
+fn check_config_prints_each_configured_service_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ok.toml");
+    std::fs::write(
+        &path,
+        "[upstream]\ndefault_service = \"kling\"\n\
+         [upstream.services.kling]\nsuccess_words = [\"Succeed\", \"ok\"]\n\
+         [upstream.services.in-house]\ntasks_path = \"/v2/in-house/tasks\"\nitems = \"response.outputs\"\n",
+    )
+    .unwrap();
+    let out = taskhook(&["check-config", "-c", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let table: toml::Table = text.parse().unwrap();
+    let services = &table["upstream"]["services"];
+    let kling = &services["kling"];
+    assert_eq!(kling["success_words"], toml::Value::Array(vec!["succeed".into(), "ok".into()]));
+    assert_eq!(kling["items"].as_str(), Some("response"), "built-in keys stay");
+    assert_eq!(kling["tasks_path"].as_str(), Some("/kling/tasks"));
+    let own = &services["in-house"];
+    assert_eq!(own["tasks_path"].as_str(), Some("/v2/in-house/tasks"));
+    assert_eq!(own["items"].as_str(), Some("response.outputs"));
+    assert_eq!(own["settle_without_finished_at"].as_str(), Some("result"), "new services start generic");
+    assert!(services.get("producer").is_none(), "only configured services and the default are shown");
 }
