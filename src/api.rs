@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -32,7 +32,16 @@ pub struct ApiState {
     /// Wakes the dispatcher after a replay.
     pub dispatcher_wake: Arc<Notify>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The last store write check and when it ran: `/readyz` writes at most
+    /// once a second however often it is asked.
+    pub write_check: Arc<tokio::sync::Mutex<Option<WriteCheck>>>,
 }
+
+/// One store write check: when it ran and what it found.
+pub type WriteCheck = (std::time::Instant, Result<(), String>);
+
+/// How long a store write check answers for `/readyz`.
+const WRITE_CHECK_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// An API error: status, machine code and message.
 #[derive(Debug)]
@@ -69,6 +78,18 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        ApiError::new(400, "invalid_query", e.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        ApiError::new(400, "invalid_path", e.body_text())
+    }
+}
+
 impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> Self {
         ApiError::new(e.status, e.code, e.message)
@@ -95,6 +116,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(404, "not_found", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                405,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -153,6 +181,7 @@ async fn enqueue(
         Rules {
             default_service: &cfg.upstream.default_service,
             profiles: &cfg.upstream.profiles,
+            max_webhooks: cfg.api.max_webhooks_per_task,
         },
     )?;
     if !cfg.delivery.allow_private_networks {
@@ -176,6 +205,7 @@ async fn enqueue(
         }
     }
     let n = tasks.len();
+    let receives = tasks.iter().all(|t| !t.webhooks.is_empty());
     let first = cfg.poll.first_poll_after.as_millis() as i64;
     let out = s.store.enqueue(now_ms(), first, tasks).await?;
     tracing::info!(
@@ -186,10 +216,21 @@ async fn enqueue(
     );
     s.metrics.enqueued.inc_by(out.accepted as u64);
     s.poller_wake.notify_one();
-    Ok((StatusCode::ACCEPTED, Json(out)))
+    let mut answer = json!(out);
+    if cfg.webhooks.is_empty() && !receives {
+        answer["warning"] = json!(
+            "no webhook is configured and some tasks name none: their results reach no receiver \
+             (they stay visible through GET /v1/tasks/ID for store.done_retention)"
+        );
+    }
+    Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 
-async fn get_task(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
+async fn get_task(
+    State(s): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    let Path(id) = path?;
     match s.store.get_task(id.clone()).await? {
         Some(t) => Ok(Json(t).into_response()),
         None => Err(ApiError::new(
@@ -200,7 +241,11 @@ async fn get_task(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResul
     }
 }
 
-async fn delete_task(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn delete_task(
+    State(s): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<StatusCode> {
+    let Path(id) = path?;
     if s.store.delete_task(id.clone()).await? {
         tracing::info!(task_id = %id, "stopped watching on request");
         Ok(StatusCode::NO_CONTENT)
@@ -218,7 +263,8 @@ async fn stats(State(s): State<ApiState>) -> ApiResult<Response> {
     let up = s.upstream.health();
     Ok(Json(json!({
         "tasks": {"watching": st.watching, "delivering": st.delivering, "done": st.done},
-        "deliveries": {"pending": st.deliveries_pending, "dead_letters": st.dead_letters},
+        "deliveries": {"pending": st.deliveries_pending, "dead_letters": st.dead_letters,
+                       "webhook_removed": st.webhook_removed},
         "dead_letters": st.dead_letters,
         "oldest_watching_enqueued_at": st.oldest_watching_enqueued_at.map(crate::store::rfc3339),
         "upstream": up,
@@ -235,15 +281,16 @@ struct ListQuery {
 
 async fn list_deliveries(
     State(s): State<ApiState>,
-    Query(q): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
+    let Query(q) = query?;
     let state = match q.state.as_deref() {
         None => None,
         Some(w) => Some(DeliveryState::parse(w).ok_or_else(|| {
             ApiError::new(
                 400,
                 "invalid_field",
-                format!("state: {w:?} is not one of pending, delivered, failed, gone"),
+                format!("state: {w:?} is not one of {}", DeliveryState::NAMES),
             )
         })?),
     };
@@ -252,7 +299,11 @@ async fn list_deliveries(
     Ok(Json(json!({"deliveries": list})).into_response())
 }
 
-async fn replay(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
+async fn replay(
+    State(s): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    let Path(id) = path?;
     let n: i64 = id.parse().map_err(|_| {
         ApiError::new(
             400,
@@ -267,7 +318,7 @@ async fn replay(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<
         Err(ApiError::new(
             404,
             "not_found",
-            format!("delivery {n} is not a failed (dead-lettered) delivery"),
+            format!("delivery {n} is not a failed (dead-lettered) or parked delivery"),
         ))
     }
 }
@@ -299,20 +350,53 @@ async fn healthz() -> Response {
 
 async fn readyz(State(s): State<ApiState>) -> Response {
     let mut problems = Vec::new();
-    if let Err(e) = s.store.check_writable(now_ms()).await {
+    if let Err(e) = write_check(&s).await {
         problems.push(format!("store: {e}"));
     }
     let up = s.upstream.health();
     if !up.token_accepted {
         problems.push("upstream: the token is refused (401); fix upstream.token".to_string());
     }
-    if problems.is_empty() {
-        Json(json!({"status": "ready"})).into_response()
+    // Not reasons to stop taking work, but an operator should see them.
+    let mut warnings: Vec<String> = up
+        .broken_services
+        .iter()
+        .map(|b| {
+            format!(
+                "service {}: the upstream refuses it ({} {}: {}); its tasks wait",
+                b.service, b.status, b.code, b.message
+            )
+        })
+        .collect();
+    warnings.extend(crate::daemon::nothing_receives(&s.config.borrow()));
+    let status = if problems.is_empty() {
+        StatusCode::OK
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "problems": problems})),
-        )
-            .into_response()
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut body = json!({"status": if problems.is_empty() { "ready" } else { "not ready" }});
+    if !problems.is_empty() {
+        body["problems"] = json!(problems);
     }
+    if !warnings.is_empty() {
+        body["warnings"] = json!(warnings);
+    }
+    (status, Json(body)).into_response()
+}
+
+/// Proves the store takes writes, at most once per [`WRITE_CHECK_TTL`].
+async fn write_check(s: &ApiState) -> Result<(), String> {
+    let mut last = s.write_check.lock().await;
+    if let Some((at, result)) = last.as_ref()
+        && at.elapsed() < WRITE_CHECK_TTL
+    {
+        return result.clone();
+    }
+    let result = s
+        .store
+        .check_writable(now_ms())
+        .await
+        .map_err(|e| e.to_string());
+    *last = Some((std::time::Instant::now(), result.clone()));
+    result
 }

@@ -89,6 +89,18 @@ impl Serialize for SigningKey {
 fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&humantime::format_duration(*d).to_string())
 }
+fn ser_opt_url<S: Serializer>(u: &Option<Url>, s: S) -> Result<S::Ok, S::Error> {
+    match u {
+        Some(u) => s.serialize_str(&crate::redact::url(u.as_str())),
+        None => s.serialize_none(),
+    }
+}
+fn ser_url<S: Serializer>(u: &Url, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::redact::url(u.as_str()))
+}
+fn ser_headers<S: Serializer>(h: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(h.keys().map(|k| (k, crate::redact::REDACTED)))
+}
 fn ser_durations<S: Serializer>(d: &[Duration], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(d.iter().map(|d| humantime::format_duration(*d).to_string()))
 }
@@ -108,6 +120,7 @@ pub struct Config {
 /// The `[upstream]` section: where and how fast to poll.
 #[derive(Debug, Clone, Serialize)]
 pub struct UpstreamConfig {
+    #[serde(serialize_with = "ser_url")]
     pub base_url: Url,
     pub token: Option<Secret>,
     pub default_service: String,
@@ -127,6 +140,15 @@ pub struct UpstreamConfig {
     pub backoff_initial: Duration,
     #[serde(serialize_with = "ser_duration")]
     pub backoff_max: Duration,
+    /// While the upstream refuses the token, it is tried again this often.
+    #[serde(serialize_with = "ser_duration")]
+    pub token_retry: Duration,
+    /// A service the upstream refuses (404, 405, ...) is asked again this
+    /// often; other services carry on.
+    #[serde(serialize_with = "ser_duration")]
+    pub broken_service_retry: Duration,
+    /// The largest answer read; a larger one fails its batch.
+    pub max_response_bytes: usize,
 }
 
 impl UpstreamConfig {
@@ -188,6 +210,7 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
     pub token: Option<Secret>,
     pub max_body_bytes: usize,
+    pub max_webhooks_per_task: usize,
 }
 
 /// The `[delivery]` section: retries, timeouts, limits, the per-task secret.
@@ -204,6 +227,9 @@ pub struct DeliveryConfig {
     pub dead_letter_ttl: Duration,
     pub secret: Option<SigningKey>,
     pub allow_private_networks: bool,
+    /// Every webhook request goes through this proxy (http, https, socks5).
+    #[serde(serialize_with = "ser_opt_url")]
+    pub proxy: Option<Url>,
 }
 
 /// How logs are written.
@@ -227,10 +253,13 @@ pub struct DaemonConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct WebhookConfig {
     pub name: String,
+    #[serde(serialize_with = "ser_url")]
     pub url: Url,
     pub secret: Option<SigningKey>,
     /// Event types sent to this webhook; `None` means all.
     pub events: Option<Vec<String>>,
+    /// Extra request headers; their values are shown redacted.
+    #[serde(serialize_with = "ser_headers")]
     pub headers: BTreeMap<String, String>,
 }
 
@@ -276,6 +305,9 @@ struct RawUpstream {
     request_timeout: String,
     backoff_initial: String,
     backoff_max: String,
+    token_retry: String,
+    broken_service_retry: String,
+    max_response_bytes: i64,
 }
 
 /// As written: `[poll]`.
@@ -308,6 +340,7 @@ struct RawApi {
     token: Option<String>,
     token_file: Option<PathBuf>,
     max_body_bytes: i64,
+    max_webhooks_per_task: i64,
 }
 
 /// As written: `[delivery]`.
@@ -322,6 +355,7 @@ struct RawDelivery {
     secret: Option<String>,
     secret_file: Option<PathBuf>,
     allow_private_networks: bool,
+    proxy: Option<String>,
 }
 
 /// As written: `[daemon]`.
@@ -452,6 +486,17 @@ impl Config {
             request_timeout: positive("upstream.request_timeout", &u.request_timeout)?,
             backoff_initial: positive("upstream.backoff_initial", &u.backoff_initial)?,
             backoff_max: positive("upstream.backoff_max", &u.backoff_max)?,
+            token_retry: positive("upstream.token_retry", &u.token_retry)?,
+            broken_service_retry: positive(
+                "upstream.broken_service_retry",
+                &u.broken_service_retry,
+            )?,
+            max_response_bytes: range(
+                "upstream.max_response_bytes",
+                u.max_response_bytes,
+                64 * 1024,
+                1 << 30,
+            )? as usize,
         };
         if upstream.backoff_max < upstream.backoff_initial {
             return err(
@@ -520,6 +565,12 @@ impl Config {
             })?,
             token: secret("api.token", a.token, a.token_file.as_deref(), None)?,
             max_body_bytes: range("api.max_body_bytes", a.max_body_bytes, 1024, 1 << 30)? as usize,
+            max_webhooks_per_task: range(
+                "api.max_webhooks_per_task",
+                a.max_webhooks_per_task,
+                0,
+                1000,
+            )? as usize,
         };
 
         let d = raw.delivery;
@@ -547,6 +598,27 @@ impl Config {
             )? as usize,
             dead_letter_ttl: positive("delivery.dead_letter_ttl", &d.dead_letter_ttl)?,
             allow_private_networks: d.allow_private_networks,
+            proxy: match d.proxy.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(p) => {
+                    let u = Url::parse(p).or_else(|e| {
+                        err(
+                            "delivery.proxy",
+                            format!("invalid URL {:?}: {e}", crate::redact::url(p)),
+                        )
+                    })?;
+                    if !matches!(u.scheme(), "http" | "https" | "socks5" | "socks5h") {
+                        return err(
+                            "delivery.proxy",
+                            format!(
+                                "must be http://, https:// or socks5://, got {:?}",
+                                crate::redact::url(p)
+                            ),
+                        );
+                    }
+                    Some(u)
+                }
+            },
             secret: signing_key(
                 "delivery.secret",
                 secret("delivery.secret", d.secret, d.secret_file.as_deref(), None)?,

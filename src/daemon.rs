@@ -32,6 +32,8 @@ pub struct Daemon {
 pub struct Reloader {
     config: Arc<watch::Sender<Arc<Config>>>,
     upstream: Arc<UpstreamClient>,
+    store: Arc<dyn Store>,
+    dispatcher_wake: Arc<Notify>,
 }
 
 impl Reloader {
@@ -71,8 +73,51 @@ impl Reloader {
         if new.upstream.token != old.upstream.token || self.upstream.token_refused() {
             self.upstream.set_token(new.upstream.token.clone());
         }
+        self.upstream
+            .set_broken_service_retry(new.upstream.broken_service_retry);
+        let names: Vec<String> = new.webhooks.iter().map(|w| w.name.clone()).collect();
+        warn_if_nothing_receives(&new);
         self.config.send_replace(Arc::new(new));
+        // Deliveries parked because their webhook had left the
+        // configuration go out again now that it is back.
+        let (store, wake) = (self.store.clone(), self.dispatcher_wake.clone());
+        tokio::spawn(resume_parked(store, wake, names));
         restart
+    }
+}
+
+/// Makes deliveries parked for a missing webhook pending again, for the
+/// webhooks configured now.
+async fn resume_parked(store: Arc<dyn Store>, wake: Arc<Notify>, names: Vec<String>) {
+    match store.resume_parked(now_ms(), names).await {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(
+                deliveries = n,
+                "deliveries parked for a removed webhook resume: the webhook is configured again"
+            );
+            wake.notify_one();
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot resume parked deliveries; replay them by hand")
+        }
+    }
+}
+
+/// Without a webhook, a finished task's result reaches nobody unless the
+/// task named its own URL: say so where an operator looks.
+pub fn nothing_receives(cfg: &Config) -> Option<String> {
+    cfg.webhooks.is_empty().then(|| {
+        "no [[webhooks]] configured: results reach only tasks that name their own \
+         webhooks (events are kept for store.done_retention, visible through \
+         GET /v1/tasks/ID)"
+            .to_string()
+    })
+}
+
+fn warn_if_nothing_receives(cfg: &Config) {
+    if let Some(w) = nothing_receives(cfg) {
+        tracing::warn!("{w}");
     }
 }
 
@@ -136,14 +181,24 @@ impl Daemon {
             metrics.clone(),
         )?);
         let (config_tx, config_rx) = watch::channel(Arc::new(config));
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let poller_wake = Arc::new(Notify::new());
+        let dispatcher_wake = Arc::new(Notify::new());
         let reloader = Reloader {
             config: Arc::new(config_tx),
             upstream: upstream.clone(),
+            store: store.clone(),
+            dispatcher_wake: dispatcher_wake.clone(),
         };
-        let shutdown = CancellationToken::new();
-        let poller_wake = Arc::new(Notify::new());
-        let dispatcher_wake = Arc::new(Notify::new());
-        let mut tasks = JoinSet::new();
+        warn_if_nothing_receives(&config_rx.borrow());
+        let names: Vec<String> = config_rx
+            .borrow()
+            .webhooks
+            .iter()
+            .map(|w| w.name.clone())
+            .collect();
+        tasks.spawn(resume_parked(store.clone(), dispatcher_wake.clone(), names));
 
         let mut watchdog_usec = 0;
         let watchdog_timeout = sd_notify::watchdog_enabled(false, &mut watchdog_usec)
@@ -186,6 +241,7 @@ impl Daemon {
             poller_wake,
             dispatcher_wake,
             metrics,
+            write_check: Default::default(),
         });
         let stop = shutdown.clone();
         tasks.spawn(async move {
@@ -272,10 +328,24 @@ async fn purge_loop(
         let now = now_ms();
         let done_before = now - cfg.store.done_retention.as_millis() as i64;
         let dead_before = now - cfg.delivery.dead_letter_ttl.as_millis() as i64;
-        match store.purge(done_before, dead_before).await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(rows = n, "purged finished work"),
-            Err(e) => tracing::warn!(error = %e, "purge failed; will try again"),
+        // Chunk after chunk until nothing is left, yielding between, so the
+        // purge keeps up with any finishing rate without holding the writer.
+        loop {
+            match store.purge(done_before, dead_before).await {
+                Ok(p) => {
+                    if p.rows > 0 {
+                        tracing::debug!(rows = p.rows, "purged finished work");
+                    }
+                    if !p.more || shutdown.is_cancelled() {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "purge failed; will try again");
+                    break;
+                }
+            }
         }
     }
 }

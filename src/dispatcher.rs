@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SigningKey};
 use crate::schedule::{Retry, retry_after_attempt};
-use crate::store::{ClaimedDelivery, DeliveryReport, DeliveryVerdict, Millis, Store, now_ms};
+use crate::store::{
+    ClaimedDelivery, DeliveryKind, DeliveryReport, DeliveryVerdict, Millis, Store, now_ms,
+};
 use crate::webhook::{self, Attempt, AttemptResult};
 
 /// Deliveries leased per claim.
@@ -43,19 +45,33 @@ pub struct Clients {
 }
 
 impl Clients {
+    /// Both clients send through `delivery.proxy` when it is set. Without
+    /// it, the trusted client honours the environment's proxy variables
+    /// and the guarded one never does: a proxy would resolve names the
+    /// guard never sees.
     pub fn new(cfg: &Config) -> reqwest::Result<Clients> {
         let builder = || {
-            reqwest::Client::builder()
+            let b = reqwest::Client::builder()
                 .timeout(cfg.delivery.request_timeout)
                 .connect_timeout(cfg.delivery.connect_timeout)
                 .redirect(reqwest::redirect::Policy::none())
                 .user_agent(webhook::user_agent())
-                .pool_max_idle_per_host(cfg.delivery.max_concurrent_per_webhook)
+                .pool_max_idle_per_host(cfg.delivery.max_concurrent_per_webhook);
+            match &cfg.delivery.proxy {
+                Some(p) => reqwest::Proxy::all(p.as_str()).map(|p| b.proxy(p)),
+                None => Ok(b),
+            }
         };
-        let trusted = builder().build()?;
-        let guarded = builder()
-            .dns_resolver(Arc::new(crate::ssrf::PublicOnly))
-            .build()?;
+        let trusted = builder()?.build()?;
+        let guarded = match cfg.delivery.proxy {
+            // The proxy resolves the receiver's name; only literal
+            // addresses can be checked here (see `delivery.proxy`).
+            Some(_) => builder()?.build()?,
+            None => builder()?
+                .no_proxy()
+                .dns_resolver(Arc::new(crate::ssrf::PublicOnly))
+                .build()?,
+        };
         Ok(Clients { trusted, guarded })
     }
 }
@@ -74,11 +90,40 @@ pub fn delivery_lease(cfg: &Config, now: Millis) -> Millis {
 /// timeout), well inside the lease of 40 request timeouts.
 const LANE_QUEUE_PER_SLOT: usize = 32;
 
-/// One webhook's concurrency: its slots and how many attempts wait for one.
+/// One webhook's concurrency: its slots, their number, and how many
+/// attempts wait for one.
 #[derive(Clone)]
 struct Lane {
     slots: Arc<Semaphore>,
+    cap: usize,
     waiting: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Lane {
+    fn new(cap: usize) -> Lane {
+        Lane {
+            slots: Arc::new(Semaphore::new(cap)),
+            cap,
+            waiting: Arc::default(),
+        }
+    }
+
+    /// Follows a reloaded `max_concurrent_per_webhook`: more slots at once;
+    /// fewer as attempts in flight give theirs back.
+    fn resize(&mut self, cap: usize) {
+        if cap > self.cap {
+            self.slots.add_permits(cap - self.cap);
+        } else if cap < self.cap {
+            let slots = self.slots.clone();
+            let excess = (self.cap - cap) as u32;
+            tokio::spawn(async move {
+                if let Ok(p) = slots.acquire_many_owned(excess).await {
+                    p.forget();
+                }
+            });
+        }
+        self.cap = cap;
+    }
 }
 
 /// The dispatch loop's working state.
@@ -101,11 +146,11 @@ impl Work {
         let lane = self
             .lanes
             .entry(d.webhook.clone())
-            .or_insert_with(|| Lane {
-                slots: Arc::new(Semaphore::new(cap)),
-                waiting: Arc::default(),
-            })
-            .clone();
+            .or_insert_with(|| Lane::new(cap));
+        if lane.cap != cap {
+            lane.resize(cap);
+        }
+        let lane = lane.clone();
         if lane.waiting.load(Ordering::Relaxed) >= LANE_QUEUE_PER_SLOT * cap {
             return false;
         }
@@ -130,9 +175,9 @@ impl Work {
     }
 
     /// Webhooks whose slots are all taken.
-    fn saturated(&mut self, cap: usize) -> Vec<String> {
+    fn saturated(&mut self) -> Vec<String> {
         self.lanes.retain(|_, l| {
-            l.slots.available_permits() < cap
+            l.slots.available_permits() < l.cap
                 || l.waiting.load(std::sync::atomic::Ordering::Relaxed) > 0
         });
         self.lanes
@@ -191,7 +236,7 @@ impl Dispatcher {
                     _ = shutdown.cancelled() => break,
                 }
             }
-            let exclude = work.saturated(cfg.delivery.max_concurrent_per_webhook);
+            let exclude = work.saturated();
             let now = now_ms();
             let saturated = !exclude.is_empty();
             let claim = match self
@@ -263,27 +308,49 @@ struct Job {
 
 impl Job {
     async fn attempt(self, d: ClaimedDelivery) {
-        let configured = self.cfg.webhooks.iter().find(|w| w.name == d.webhook);
-        let (key, headers): (Option<&SigningKey>, Vec<(String, String)>) = match configured {
-            Some(w) => (
-                w.secret.as_ref(),
-                w.headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            ),
-            None => (self.cfg.delivery.secret.as_ref(), Vec::new()),
-        };
         let attempt_no = d.attempts + 1;
+        // A configured webhook is whatever its name means now: its current
+        // URL, secret and headers. Gone from the configuration: parked,
+        // never sent unsigned to a stale URL.
+        let target = match d.kind {
+            DeliveryKind::Webhook => match self.cfg.webhooks.iter().find(|w| w.name == d.webhook) {
+                Some(w) => Target {
+                    url: w.url.to_string(),
+                    key: w.secret.as_ref(),
+                    headers: w
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    guarded: false,
+                },
+                None => {
+                    tracing::warn!(task_id = %d.task_id, webhook = %d.webhook, "the delivery's webhook is no longer configured; parked as webhook_removed (it resumes when a webhook of that name is configured again)");
+                    self.report(
+                        &d,
+                        DeliveryVerdict::WebhookRemoved,
+                        None,
+                        Some(format!("webhook {:?} is not configured", d.webhook)),
+                    )
+                    .await;
+                    return;
+                }
+            },
+            DeliveryKind::TaskUrl => Target {
+                url: d.url.clone(),
+                key: self.cfg.delivery.secret.as_ref(),
+                headers: Vec::new(),
+                guarded: !self.cfg.delivery.allow_private_networks,
+            },
+        };
         let started = std::time::Instant::now();
-        let guarded = configured.is_none() && !self.cfg.delivery.allow_private_networks;
-        let client = if guarded {
+        let client = if target.guarded {
             &self.client.guarded
         } else {
             &self.client.trusted
         };
-        let literal_blocked = if guarded {
-            url::Url::parse(&d.url)
+        let literal_blocked = if target.guarded {
+            url::Url::parse(&target.url)
                 .map_err(|e| e.to_string())
                 .and_then(|u| crate::ssrf::check_url(&u))
                 .err()
@@ -296,11 +363,11 @@ impl Job {
             webhook::send(
                 client,
                 &Attempt {
-                    url: &d.url,
+                    url: &target.url,
                     event_id: &d.event_id,
                     body: d.body.as_bytes(),
-                    key,
-                    headers: &headers,
+                    key: target.key,
+                    headers: &target.headers,
                 },
             )
             .await
@@ -363,20 +430,40 @@ impl Job {
             DeliveryVerdict::Retry { .. } => "retry",
             DeliveryVerdict::DeadLetter => "dead_letter",
             DeliveryVerdict::Gone => "gone",
+            DeliveryVerdict::WebhookRemoved => "webhook_removed",
         });
+        self.report(&d, verdict, status, error).await;
+    }
+
+    async fn report(
+        &self,
+        d: &ClaimedDelivery,
+        verdict: DeliveryVerdict,
+        status: Option<u16>,
+        error: Option<String>,
+    ) {
         let _ = self
             .report
             .send(DeliveryReport {
                 id: d.id,
                 claim: d.claim,
-                task_id: d.task_id,
-                event_id: d.event_id,
+                task_id: d.task_id.clone(),
+                event_id: d.event_id.clone(),
                 verdict,
                 status,
                 error,
             })
             .await;
     }
+}
+
+/// Where one attempt goes and how it is signed.
+struct Target<'a> {
+    url: String,
+    key: Option<&'a SigningKey>,
+    headers: Vec<(String, String)>,
+    /// A per-task URL: the SSRF guard applies.
+    guarded: bool,
 }
 
 /// Collects attempt reports and writes them in batches, one transaction

@@ -41,6 +41,8 @@ fn unprocessable(code: &'static str, message: String) -> IngestError {
 pub struct Rules<'a> {
     pub default_service: &'a str,
     pub profiles: &'a Profiles,
+    /// The most webhook URLs one task may name.
+    pub max_webhooks: usize,
 }
 
 /// Parses `{"id", ...}` or `{"tasks": [{"id", ...}, ...]}`.
@@ -151,6 +153,16 @@ fn parse_task(o: &Map<String, Value>, at: &str, rules: Rules<'_>) -> Result<NewT
     };
     let webhooks = match o.get("webhooks") {
         None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(list)) if list.len() > rules.max_webhooks => {
+            return Err(unprocessable(
+                "too_many_webhooks",
+                format!(
+                    "{at}webhooks: {} URLs, more than api.max_webhooks_per_task ({})",
+                    list.len(),
+                    rules.max_webhooks
+                ),
+            ));
+        }
         Some(Value::Array(list)) => {
             let mut out = Vec::with_capacity(list.len());
             for (i, w) in list.iter().enumerate() {
@@ -196,6 +208,7 @@ mod tests {
             Rules {
                 default_service: "producer",
                 profiles: &p,
+                max_webhooks: 3,
             },
         )
     }
@@ -249,6 +262,11 @@ mod tests {
         );
         assert_eq!(err(r#"{"id": "a", "service": "../x"}"#).status, 422);
         assert_eq!(err(r#"{"tasks": []}"#).status, 422);
+        let e = err(
+            r#"{"id": "a", "webhooks": ["https://a.example", "https://b.example", "https://c.example", "https://d.example"]}"#,
+        );
+        assert_eq!((e.status, e.code), (422, "too_many_webhooks"));
+        assert!(e.message.starts_with("webhooks: 4 URLs"), "{}", e.message);
     }
 
     #[test]
@@ -268,6 +286,7 @@ mod tests {
             Rules {
                 default_service: "producer",
                 profiles: &p,
+                max_webhooks: 3,
             },
         )
         .unwrap();

@@ -18,6 +18,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod poller;
 pub mod profile;
+pub mod redact;
 pub mod schedule;
 pub mod sim;
 pub mod ssrf;

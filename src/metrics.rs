@@ -31,6 +31,12 @@ pub struct UnknownStateLabel {
     pub word: String,
 }
 
+/// The `service` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabel {
+    pub service: String,
+}
+
 /// Distinct (service, word) pairs counted under their own labels; beyond
 /// this, a word an upstream invents counts as `(other)`, so a misbehaving
 /// upstream cannot grow the metric without bound.
@@ -57,6 +63,7 @@ pub struct Metrics {
     pub enqueue_to_delivered: Histogram,
     pub detection_lag: Histogram,
     pub unknown_states: Family<UnknownStateLabel, Counter>,
+    pub service_broken: Family<ServiceLabel, Gauge>,
     /// The (service, word) pairs seen, each logged once.
     unknown_seen: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
@@ -85,6 +92,7 @@ impl Metrics {
             enqueue_to_delivered: Histogram::new(exponential_buckets(0.1, 2.0, 18)),
             detection_lag: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
             unknown_states: Family::default(),
+            service_broken: Family::default(),
             unknown_seen: Default::default(),
             registry: Registry::default(),
         };
@@ -159,6 +167,11 @@ impl Metrics {
             "State words a service's profile does not know (read as still running), by service and word",
             m.unknown_states.clone(),
         );
+        r.register(
+            "upstream_service_broken",
+            "1 while the upstream refuses a service (404, 405, api_not_implemented, ...), else 0",
+            m.service_broken.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -210,6 +223,15 @@ impl Metrics {
         self.unknown_states
             .get_or_create(&UnknownStateLabel { service, word })
             .inc();
+    }
+
+    /// Marks `service` broken (refused by the upstream) or answering again.
+    pub fn service_broken(&self, service: &str, broken: bool) {
+        self.service_broken
+            .get_or_create(&ServiceLabel {
+                service: service.to_string(),
+            })
+            .set(broken as i64);
     }
 
     pub fn delivery(&self, o: &'static str) {

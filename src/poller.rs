@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::profile::Profile;
 use crate::store::{
-    ClaimLimits, ClaimedTask, Millis, NewDelivery, NewEvent, PollUpdate, Store, now_ms,
+    ClaimLimits, ClaimedTask, DeliveryKind, Millis, NewDelivery, NewEvent, PollUpdate, Store,
+    now_ms,
 };
 use crate::terminal::{Outcome, Verdict, assess};
 use crate::upstream::{BatchAnswer, Record, UpstreamClient, UpstreamError};
@@ -135,8 +136,8 @@ fn batch_for(cfg: &Config, batches: &Batches, service: &str) -> usize {
 }
 
 /// How many tasks one claim takes: enough to fill every request slot with
-/// a full batch of the claimed service.
-fn claim_limits(cfg: &Config, batches: &Batches) -> ClaimLimits {
+/// a full batch of the claimed service; none of a service that must wait.
+fn claim_limits(cfg: &Config, batches: &Batches, paused: &[(String, Duration)]) -> ClaimLimits {
     let slots = cfg.upstream.max_concurrent_requests;
     let mut limits = ClaimLimits::from(cfg.upstream.batch_size * slots);
     let services: Vec<String> = cfg
@@ -151,6 +152,9 @@ fn claim_limits(cfg: &Config, batches: &Batches) -> ClaimLimits {
         if n != limits.default {
             limits.per_service.insert(s, n);
         }
+    }
+    for (s, _) in paused {
+        limits.per_service.insert(s.clone(), 0);
     }
     limits
 }
@@ -167,22 +171,31 @@ impl Poller {
         ));
         let mut batches = JoinSet::new();
         let mut paused_since: Option<std::time::Instant> = None;
+        let mut last_sweep: Option<std::time::Instant> = None;
         'run: loop {
             self.heartbeat.beat();
             while batches.try_join_next().is_some() {}
+            if last_sweep.is_none_or(|at| at.elapsed() >= EXPIRY_SWEEP_EVERY) {
+                last_sweep = Some(std::time::Instant::now());
+                let cfg = self.config.borrow().clone();
+                self.expire_overdue(&cfg).await;
+            }
             if self.upstream.token_refused() {
+                let retry = self.config.borrow().upstream.token_retry;
                 if paused_since.is_none() {
                     tracing::error!(
+                        retry_every = ?retry,
                         "polling paused: the upstream refuses the token (401 invalid_token); \
                          every task stays queued. Fix upstream.token and send SIGHUP (or restart); \
-                         the token is tried again every minute meanwhile"
+                         the token is tried again meanwhile"
                     );
                 }
                 let since = *paused_since.get_or_insert_with(std::time::Instant::now);
+                let left = retry.saturating_sub(since.elapsed());
                 tokio::select! {
                     _ = self.config.changed() => {}
-                    _ = tokio::time::sleep(self.heartbeat.max_idle()) => {
-                        if since.elapsed() < TOKEN_PROBE_EVERY {
+                    _ = tokio::time::sleep(left.min(self.heartbeat.max_idle())) => {
+                        if since.elapsed() < retry {
                             continue;
                         }
                     }
@@ -195,16 +208,33 @@ impl Poller {
                         .set_token(self.config.borrow().upstream.token.clone());
                 }
             }
+            // While the whole upstream asked for a pause, claim nothing: a
+            // claim would only wait, and its lease could run out.
+            let pause = self.upstream.pause_remaining();
+            if !pause.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(pause.min(self.heartbeat.max_idle())) => continue,
+                    _ = shutdown.cancelled() => break,
+                }
+            }
             // Claim first, then wait for request slots: the claim's commit
             // overlaps with requests in flight. At most one claim's batches
             // wait here; their lease covers the wait.
             let cfg = self.config.borrow().clone();
             let now = now_ms();
-            let lease = now + ms(cfg.upstream.request_timeout * 2) + 30_000;
             let window_end = now + ms(coalesce_window(&cfg));
             // One claim feeds every request slot: claims go through the
             // store's single writer, so each one must carry a lot.
-            let limits = claim_limits(&cfg, &self.batches);
+            let paused = self.upstream.paused_services();
+            let limits = claim_limits(&cfg, &self.batches, &paused);
+            // The lease covers pacing every request of the claim, then the
+            // slowest answer, with room to spare.
+            let lease = now
+                + ms(self
+                    .upstream
+                    .time_for(cfg.upstream.max_concurrent_requests * 2))
+                + ms(cfg.upstream.request_timeout * 2)
+                + 30_000;
             let claim = match self
                 .store
                 .claim_poll_batch(now, window_end, limits, lease)
@@ -220,10 +250,12 @@ impl Poller {
                 }
             };
             if claim.tasks.is_empty() {
+                let unpause = paused.iter().map(|(_, d)| *d).min();
                 let sleep = match claim.next_due {
                     Some(due) => Duration::from_millis((due - now).max(1) as u64),
                     None => self.heartbeat.max_idle(),
                 }
+                .min(unpause.unwrap_or(Duration::MAX))
                 .min(self.heartbeat.max_idle());
                 tokio::select! {
                     _ = tokio::time::sleep(sleep) => {}
@@ -257,10 +289,61 @@ impl Poller {
         // Requests in flight may finish; their leases protect them if not.
         while batches.join_next().await.is_some() {}
     }
+
+    /// Finishes as `task.expired` every task watched longer than
+    /// `poll.task_ttl`, whatever keeps it from being polled (a refused
+    /// token, a refused service, an upstream that keeps failing).
+    async fn expire_overdue(&self, cfg: &Config) {
+        let ttl = ms(cfg.poll.task_ttl);
+        loop {
+            let now = now_ms();
+            let lease = now + 60_000;
+            let tasks = match self
+                .store
+                .claim_expired(now, now - ttl, EXPIRY_BATCH, lease)
+                .await
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot look for expired tasks; will try again");
+                    return;
+                }
+            };
+            let full = tasks.len() == EXPIRY_BATCH;
+            if tasks.is_empty() {
+                return;
+            }
+            let updates: Vec<PollUpdate> = tasks
+                .iter()
+                .map(|t| {
+                    tracing::info!(task_id = %t.id, service = %t.service, outcome = "expired", "task finished");
+                    self.metrics.task_finished("expired");
+                    finish_update(cfg, t, Outcome::Expired, "expired".into(), None, now)
+                })
+                .collect();
+            let handoff = crate::dispatcher::delivery_lease(cfg, now);
+            match self.store.record_polls(now, updates, Some(handoff)).await {
+                Ok(handed) if !handed.is_empty() => {
+                    let _ = self.handoff.send(handed);
+                    self.deliveries_ready.notify_one();
+                }
+                Ok(_) => self.deliveries_ready.notify_one(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot record expired tasks; will try again");
+                    return;
+                }
+            }
+            if !full {
+                return;
+            }
+        }
+    }
 }
 
-/// How often a paused poller (token refused) tries the token again.
-const TOKEN_PROBE_EVERY: Duration = Duration::from_secs(60);
+/// How often tasks past `poll.task_ttl` are looked for.
+const EXPIRY_SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// Tasks expired per statement.
+const EXPIRY_BATCH: usize = 500;
 
 /// One batch: request, decide, record.
 struct Round {
@@ -291,38 +374,38 @@ impl Round {
         let result = self.upstream.retrieve(&service, &profile, &ids).await;
         drop(slot);
         let now = now_ms();
-        let retry_at = |t: &ClaimedTask, at: Millis| PollUpdate::Reschedule {
-            id: t.id.clone(),
-            claim: t.claim,
-            next_poll_at: at,
-            polled: false,
-            misses: t.misses,
-            fail_seen: t.fail_seen,
-            upstream_state: None,
+        let cfg = &self.cfg;
+        let again = |at: Millis| -> Vec<PollUpdate> {
+            tasks
+                .iter()
+                .map(|t| retry_or_expire(cfg, t, at, now))
+                .collect()
         };
         let updates: Vec<PollUpdate> = match &result {
             Ok(answer) => self.decide_answer(&service, &tasks, answer, now),
-            Err(UpstreamError::BadRequest { code, message }) if tasks.len() > 1 => {
+            Err(e @ UpstreamError::TooLarge { .. }) if tasks.len() > 1 => {
                 let smaller = self.batches.refused(&service, tasks.len());
-                tracing::warn!(
-                    service,
-                    ids = tasks.len(),
-                    code,
-                    message,
-                    next_batch = smaller,
-                    "the upstream refused a batch (400); halving the batch size"
-                );
-                tasks.iter().map(|t| retry_at(t, now)).collect()
+                tracing::warn!(service, ids = tasks.len(), error = %e, next_batch = smaller, "the upstream refused a batch as too large; halving this service's batch size");
+                again(now)
             }
-            Err(UpstreamError::BadRequest { code, message }) => {
+            Err(e @ UpstreamError::TooLarge { .. }) => {
                 let t = &tasks[0];
-                let delay = self.cfg.poll.schedule().delay_after(t.polls.max(1));
-                tracing::warn!(task_id = %t.id, service, code, message, retry_in = ?delay, "the upstream refused this task's poll (400); it stays queued");
-                vec![retry_at(t, now + ms(delay))]
+                let delay = cfg.poll.schedule().delay_after(t.polls.max(1));
+                tracing::warn!(task_id = %t.id, service, error = %e, retry_in = ?delay, "the upstream refused this task's poll; it stays queued");
+                again(now + ms(delay))
+            }
+            Err(UpstreamError::ServiceRefused { .. }) => {
+                // Logged once by the client when the service turned broken.
+                // The rest of its tasks wait too, off the claim's path.
+                let until = now + ms(cfg.upstream.broken_service_retry);
+                if let Err(e) = self.store.defer_service(service.clone(), until).await {
+                    tracing::warn!(service, error = %e, "cannot defer a refused service's tasks");
+                }
+                again(until)
             }
             Err(e @ UpstreamError::Unauthorized { .. }) => {
                 tracing::error!(service, ids = ids.len(), error = %e, "the upstream refuses the token; polling pauses, every task stays queued");
-                tasks.iter().map(|t| retry_at(t, now)).collect()
+                again(now)
             }
             Err(e) => {
                 let wait = self
@@ -330,7 +413,7 @@ impl Round {
                     .pause_remaining()
                     .max(self.upstream.config().backoff_initial);
                 tracing::warn!(service, ids = ids.len(), error = %e, retry_in = ?wait, "batch poll failed; its tasks stay queued");
-                tasks.iter().map(|t| retry_at(t, now + ms(wait))).collect()
+                again(now + ms(wait))
             }
         };
         let finished = updates
@@ -418,22 +501,18 @@ impl Round {
             }
         }
         let cfg = &self.cfg;
+        let later = |t: &ClaimedTask| now + ms(cfg.poll.schedule().delay_after(t.polls.max(1)));
         tasks
             .iter()
             .map(|t| match answer.records.get(&t.id) {
-                None if !complete => PollUpdate::Reschedule {
-                    id: t.id.clone(),
-                    claim: t.claim,
-                    next_poll_at: if again_now {
-                        now
-                    } else {
-                        now + ms(cfg.poll.schedule().delay_after(t.polls.max(1)))
-                    },
-                    polled: false,
-                    misses: t.misses,
-                    fail_seen: t.fail_seen,
-                    upstream_state: None,
-                },
+                // Its record is there but unreadable: only this task waits.
+                None if answer.unreadable.contains(&t.id) => {
+                    tracing::warn!(task_id = %t.id, service, "the upstream's record of this task is not valid JSON; asking again later");
+                    retry_or_expire(cfg, t, later(t), now)
+                }
+                None if !complete => {
+                    retry_or_expire(cfg, t, if again_now { now } else { later(t) }, now)
+                }
                 record => {
                     let (update, unknown) = decide(cfg, t, record, now, rand::random());
                     for w in unknown {
@@ -443,6 +522,23 @@ impl Round {
                 }
             })
             .collect()
+    }
+}
+
+/// A task the upstream did not answer for: asked again at `at`, unless it
+/// has been watched longer than `poll.task_ttl` (then it expires now).
+fn retry_or_expire(cfg: &Config, t: &ClaimedTask, at: Millis, now: Millis) -> PollUpdate {
+    if now - t.enqueued_at > ms(cfg.poll.task_ttl) {
+        return finish_update(cfg, t, Outcome::Expired, "expired".into(), None, now);
+    }
+    PollUpdate::Reschedule {
+        id: t.id.clone(),
+        claim: t.claim,
+        next_poll_at: at,
+        polled: false,
+        misses: t.misses,
+        fail_seen: t.fail_seen,
+        upstream_state: None,
     }
 }
 
@@ -574,13 +670,18 @@ fn finish_update(
         .filter(|w| w.wants(outcome))
         .map(|w| NewDelivery {
             webhook: w.name.clone(),
+            kind: DeliveryKind::Webhook,
             url: w.url.to_string(),
         })
         .collect();
     for url in &task.webhooks {
-        if !deliveries.iter().any(|d| &d.url == url) {
+        let taken = deliveries
+            .iter()
+            .any(|d| d.kind == DeliveryKind::TaskUrl && &d.url == url);
+        if !taken {
             deliveries.push(NewDelivery {
-                webhook: url.clone(),
+                webhook: crate::redact::url(url),
+                kind: DeliveryKind::TaskUrl,
                 url: url.clone(),
             });
         }
@@ -762,12 +863,18 @@ mod tests {
     fn claim_limits_follow_each_service_s_batch() {
         let c = cfg();
         let b = Batches::new();
-        let l = claim_limits(&c, &b);
+        let l = claim_limits(&c, &b, &[]);
         assert_eq!(l.default, 50 * 4);
         assert_eq!(l.of("producer"), 200);
         assert_eq!(l.of("captcha"), 4, "one task per request");
         b.paged("openai", 12);
-        assert_eq!(claim_limits(&c, &b).of("openai"), 48);
+        assert_eq!(claim_limits(&c, &b, &[]).of("openai"), 48);
+        let paused = [("kling".to_string(), Duration::from_secs(5))];
+        assert_eq!(
+            claim_limits(&c, &b, &paused).of("kling"),
+            0,
+            "a refused service waits"
+        );
     }
 
     #[test]

@@ -15,15 +15,35 @@ use crate::profile::{Profile, RequestMode};
 use crate::schedule::upstream_backoff;
 use crate::webhook::parse_retry_after;
 
-/// Why a batch request produced no records.
+/// Why a request produced no records. Each class is handled differently:
+/// see the poller.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum UpstreamError {
+    /// 429: the whole client slows down and pauses.
     #[error("429 too many requests")]
     RateLimited { retry_after: Option<Duration> },
-    #[error("401 the upstream refuses the token ({code})")]
-    Unauthorized { code: String },
-    #[error("400 bad request ({code}: {message})")]
-    BadRequest { code: String, message: String },
+    /// 401, or a 403 that says `invalid_token`: polling pauses until the
+    /// token is fixed.
+    #[error("{status} the upstream refuses the token ({code})")]
+    Unauthorized { status: u16, code: String },
+    /// 413, a 400 that says the batch is too big, or an answer over
+    /// `upstream.max_response_bytes`: that service's batches halve.
+    #[error("{status} the batch is too large ({code}: {message})")]
+    TooLarge {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// Any other 4xx (404, 405, `api_not_implemented`, `token_mismatched`,
+    /// a 403 from a firewall...): this service cannot be polled as
+    /// configured; it backs off on its own, other services carry on.
+    #[error("{status} the upstream refuses this service ({code}: {message})")]
+    ServiceRefused {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// 5xx: the whole client backs off.
     #[error("HTTP {status} from the upstream")]
     Server {
         status: u16,
@@ -33,6 +53,64 @@ pub enum UpstreamError {
     Transport(String),
     #[error("unreadable answer: {0}")]
     Malformed(String),
+}
+
+impl UpstreamError {
+    /// The `outcome` label of `taskhook_upstream_requests_total`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            UpstreamError::RateLimited { .. } => "rate_limited",
+            UpstreamError::Unauthorized { .. } => "unauthorized",
+            UpstreamError::TooLarge { .. } => "too_large",
+            UpstreamError::ServiceRefused { .. } => "service_refused",
+            UpstreamError::Server { .. } => "server_error",
+            UpstreamError::Transport(_) => "transport_error",
+            UpstreamError::Malformed(_) => "malformed",
+        }
+    }
+}
+
+/// Sorts a non-2xx answer into its class. `body` is the (capped) body.
+pub fn classify_status(status: u16, retry_after: Option<Duration>, body: &[u8]) -> UpstreamError {
+    let (code, message) = error_code(body);
+    let says = |words: &[&str]| {
+        let text = format!("{code} {message}").to_ascii_lowercase();
+        words.iter().any(|w| text.contains(w))
+    };
+    match status {
+        401 => UpstreamError::Unauthorized { status, code },
+        403 if code == "invalid_token" => UpstreamError::Unauthorized { status, code },
+        429 => UpstreamError::RateLimited { retry_after },
+        413 => UpstreamError::TooLarge {
+            status,
+            code,
+            message,
+        },
+        400 if says(&[
+            "too many",
+            "too large",
+            "too long",
+            "exceed",
+            "maximum",
+            "batch",
+        ]) =>
+        {
+            UpstreamError::TooLarge {
+                status,
+                code,
+                message,
+            }
+        }
+        400..=499 => UpstreamError::ServiceRefused {
+            status,
+            code,
+            message,
+        },
+        _ => UpstreamError::Server {
+            status,
+            retry_after,
+        },
+    }
 }
 
 /// One record of an answer: the parsed JSON for the terminal rule, and the
@@ -49,20 +127,46 @@ pub struct Record {
 #[derive(Debug, Default)]
 pub struct BatchAnswer {
     pub records: HashMap<String, Record>,
-    /// Items that could not be attributed to a task (unreadable, or no ID).
+    /// IDs whose record could not be read (invalid JSON inside it): each is
+    /// retried on its own schedule, and the rest of the answer is used.
+    pub unreadable: Vec<String>,
+    /// Items that could not be attributed to any task (no ID at all).
     pub unattributed: usize,
     /// Items the answer carried.
     pub items: usize,
     /// The answer's own total (`count`, or the profile's count field).
     pub count: Option<u64>,
+    /// The answer was an empty object: it says nothing about any ID.
+    pub empty: bool,
 }
 
 impl BatchAnswer {
     /// True when every item is attributed and the answer's total says none
     /// was left out: only then is an absent ID a miss.
     pub fn complete(&self) -> bool {
-        self.unattributed == 0 && self.count.is_none_or(|c| c <= self.items as u64)
+        !self.empty && self.unattributed == 0 && self.count.is_none_or(|c| c <= self.items as u64)
     }
+}
+
+/// Just the ID of a record that does not parse as a whole. Unknown fields
+/// are skipped without checking their strings, so an invalid escape
+/// elsewhere in the record does not hide whose it is.
+#[derive(Deserialize)]
+struct IdOnly {
+    id: Option<String>,
+    task_id: Option<String>,
+    task: Option<Box<RawValue>>,
+}
+
+fn id_of_unreadable(raw: &RawValue, profile: &Profile) -> Option<String> {
+    let r: IdOnly = serde_json::from_str(raw.get()).ok()?;
+    if !profile.unwrap.is_empty()
+        && let Some(inner) = &r.task
+        && let Some(id) = id_of_unreadable(inner, profile)
+    {
+        return Some(id);
+    }
+    r.id.or(r.task_id)
 }
 
 /// The upstream's error shape.
@@ -76,6 +180,13 @@ struct ErrorBody {
 pub fn parse_batch(body: &[u8], profile: &Profile) -> Result<BatchAnswer, UpstreamError> {
     let top: HashMap<String, Box<RawValue>> = serde_json::from_slice(body)
         .map_err(|e| UpstreamError::Malformed(format!("batch answer: {e}")))?;
+    if top.is_empty() {
+        // Some services answer `{}` when nothing matched.
+        return Ok(BatchAnswer {
+            empty: true,
+            ..BatchAnswer::default()
+        });
+    }
     let items: Vec<Box<RawValue>> = match top.get("items") {
         Some(raw) => serde_json::from_str(raw.get())
             .map_err(|e| UpstreamError::Malformed(format!("batch answer: items: {e}")))?,
@@ -92,7 +203,11 @@ pub fn parse_batch(body: &[u8], profile: &Profile) -> Result<BatchAnswer, Upstre
         let value: serde_json::Value = match serde_json::from_str(raw.get()) {
             Ok(v) => v,
             Err(_) => {
-                answer.unattributed += 1;
+                match id_of_unreadable(&raw, profile) {
+                    Some(id) if !answer.unreadable.contains(&id) => answer.unreadable.push(id),
+                    Some(_) => {}
+                    None => answer.unattributed += 1,
+                }
                 continue;
             }
         };
@@ -159,7 +274,8 @@ fn error_code(body: &[u8]) -> (String, String) {
 /// Paces requests to at most `rate` per second and holds them back while
 /// the upstream asked us to back off. `rate` follows AIMD: halved on every
 /// 429, raised by [`RATE_STEP`] per success, never above the configured
-/// `max_requests_per_second`.
+/// `max_requests_per_second`. (A fixed-quota limiter such as `governor`
+/// cannot change its rate on the fly, which AIMD needs.)
 #[derive(Debug)]
 struct Pacer {
     next_slot: Instant,
@@ -186,6 +302,33 @@ pub struct UpstreamHealth {
     pub last_success_at: Option<i64>,
     pub requests: u64,
     pub failures: u64,
+    /// Services the upstream refuses (404, 405, ...), each backing off on
+    /// its own schedule.
+    pub broken_services: Vec<ServiceHealth>,
+}
+
+/// A service the upstream refuses: since when, why, and when it is asked
+/// again. Other services are not affected.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ServiceHealth {
+    pub service: String,
+    #[serde(serialize_with = "crate::store::ser_time")]
+    pub broken_since: i64,
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+    /// Refused requests in a row.
+    pub failures: u32,
+    #[serde(serialize_with = "crate::store::ser_time")]
+    pub retry_at: i64,
+}
+
+/// One service's standing: its health, and the instant before which its
+/// tasks are not polled.
+#[derive(Debug)]
+struct ServiceState {
+    health: ServiceHealth,
+    paused_until: Instant,
 }
 
 /// The client. One per daemon; shared by the poller's batch tasks.
@@ -197,6 +340,10 @@ pub struct UpstreamClient {
     pacer: Mutex<Pacer>,
     in_flight: Semaphore,
     health: Mutex<UpstreamHealth>,
+    /// Services the upstream refuses, by name.
+    broken: Mutex<HashMap<String, ServiceState>>,
+    /// How long a refused service waits before it is asked again.
+    broken_retry: std::sync::RwLock<Duration>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
@@ -227,6 +374,8 @@ impl UpstreamClient {
                 requests_per_second: cfg.max_requests_per_second,
                 ..Default::default()
             }),
+            broken: Mutex::default(),
+            broken_retry: std::sync::RwLock::new(cfg.broken_service_retry),
             token: std::sync::RwLock::new(cfg.token.clone()),
             metrics,
             cfg,
@@ -240,7 +389,34 @@ impl UpstreamClient {
     pub fn health(&self) -> UpstreamHealth {
         let mut h = self.health.lock().expect("health lock").clone();
         h.requests_per_second = self.pacer.lock().expect("pacer lock").rate;
+        h.broken_services = self.broken_services();
         h
+    }
+
+    /// The services the upstream refuses now, by name.
+    pub fn broken_services(&self) -> Vec<ServiceHealth> {
+        let mut v: Vec<ServiceHealth> = self
+            .broken
+            .lock()
+            .expect("broken lock")
+            .values()
+            .map(|s| s.health.clone())
+            .collect();
+        v.sort_by(|a, b| a.service.cmp(&b.service));
+        v
+    }
+
+    /// Services whose tasks must wait, with how long until they may be
+    /// polled again.
+    pub fn paused_services(&self) -> Vec<(String, Duration)> {
+        let now = Instant::now();
+        self.broken
+            .lock()
+            .expect("broken lock")
+            .iter()
+            .filter(|(_, s)| s.paused_until > now)
+            .map(|(k, s)| (k.clone(), s.paused_until - now))
+            .collect()
     }
 
     /// True after the upstream refused the token (401), until a new one is set.
@@ -254,6 +430,11 @@ impl UpstreamClient {
         self.health.lock().expect("health lock").token_accepted = true;
         let mut p = self.pacer.lock().expect("pacer lock");
         p.paused_until = Instant::now();
+    }
+
+    /// Applies a reloaded `upstream.broken_service_retry`.
+    pub fn set_broken_service_retry(&self, d: Duration) {
+        *self.broken_retry.write().expect("retry lock") = d;
     }
 
     /// Reserves the next request slot and waits for it. Returns how long
@@ -278,6 +459,15 @@ impl UpstreamClient {
         p.paused_until.saturating_duration_since(Instant::now())
     }
 
+    /// How long `requests` more requests take at the rate in force, after
+    /// any pause: what a claim's lease must cover.
+    pub fn time_for(&self, requests: usize) -> Duration {
+        let p = self.pacer.lock().expect("pacer lock");
+        let start = Instant::now().max(p.next_slot).max(p.paused_until);
+        start.saturating_duration_since(Instant::now())
+            + Duration::from_secs_f64(requests as f64 / p.rate)
+    }
+
     /// Asks about `ids` of `service` (one `retrieve_batch`, or one
     /// `retrieve` for a single-task profile), within the concurrency cap.
     pub async fn retrieve(
@@ -295,14 +485,9 @@ impl UpstreamClient {
         self.metrics.ids_per_request.observe(ids.len() as f64);
         self.metrics.upstream_request(match &result {
             Ok(_) => "ok",
-            Err(UpstreamError::RateLimited { .. }) => "rate_limited",
-            Err(UpstreamError::Unauthorized { .. }) => "unauthorized",
-            Err(UpstreamError::BadRequest { .. }) => "bad_request",
-            Err(UpstreamError::Server { .. }) => "server_error",
-            Err(UpstreamError::Transport(_)) => "transport_error",
-            Err(UpstreamError::Malformed(_)) => "malformed",
+            Err(e) => e.outcome(),
         });
-        self.observe(&result);
+        self.observe(service, &result);
         result
     }
 
@@ -325,7 +510,9 @@ impl UpstreamClient {
                 }
                 serde_json::Value::Object(b)
             }
-            None => serde_json::json!({"ids": ids, "action": "retrieve_batch", "limit": ids.len()}),
+            None => {
+                serde_json::json!({"ids": ids, "action": "retrieve_batch", "limit": ids.len()})
+            }
         };
         let base = self.cfg.base_url.as_str().trim_end_matches('/');
         let mut req = self
@@ -347,10 +534,26 @@ impl UpstreamClient {
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| UpstreamError::Transport(crate::webhook::describe_reqwest_error(&e)))?;
+        let cap = self.cfg.max_response_bytes;
+        let body = match crate::webhook::read_capped(resp, cap).await {
+            Ok((body, false)) => body,
+            Ok((_, true)) if (200..300).contains(&status) => {
+                return Err(UpstreamError::TooLarge {
+                    status,
+                    code: "answer_too_large".into(),
+                    message: format!(
+                        "the answer is over upstream.max_response_bytes ({cap} bytes)"
+                    ),
+                });
+            }
+            // An error page that large: its first bytes are enough.
+            Ok((body, true)) => body,
+            Err(e) => {
+                return Err(UpstreamError::Transport(
+                    crate::webhook::describe_reqwest_error(&e),
+                ));
+            }
+        };
         match status {
             200..=299 => match single {
                 Some(id) => parse_single(&body, id),
@@ -363,23 +566,13 @@ impl UpstreamClient {
             {
                 Ok(BatchAnswer::default())
             }
-            401 | 403 => Err(UpstreamError::Unauthorized {
-                code: error_code(&body).0,
-            }),
-            429 => Err(UpstreamError::RateLimited { retry_after }),
-            400..=499 => {
-                let (code, message) = error_code(&body);
-                Err(UpstreamError::BadRequest { code, message })
-            }
-            _ => Err(UpstreamError::Server {
-                status,
-                retry_after,
-            }),
+            _ => Err(classify_status(status, retry_after, &body)),
         }
     }
 
-    /// Updates health and the back-off pause from one request's result.
-    fn observe(&self, result: &Result<BatchAnswer, UpstreamError>) {
+    /// Updates health, the service's standing and the back-off pause from
+    /// one request's result.
+    fn observe(&self, service: &str, result: &Result<BatchAnswer, UpstreamError>) {
         let mut h = self.health.lock().expect("health lock");
         h.requests += 1;
         match result {
@@ -387,13 +580,31 @@ impl UpstreamClient {
                 h.consecutive_failures = 0;
                 h.token_accepted = true;
                 h.last_success_at = Some(crate::store::now_ms());
+                drop(h);
                 let mut p = self.pacer.lock().expect("pacer lock");
                 p.rate = (p.rate + RATE_STEP).min(p.max_rate);
+                drop(p);
+                self.service_answered(service);
             }
-            // A refused batch says nothing about the upstream's load.
-            Err(UpstreamError::BadRequest { .. }) => {
+            // A batch or a service refused says nothing about the
+            // upstream's load: no global pause.
+            Err(e @ UpstreamError::TooLarge { .. }) => {
                 h.failures += 1;
-                h.last_error = result.as_ref().err().map(ToString::to_string);
+                h.last_error = Some(e.to_string());
+                drop(h);
+                self.service_answered(service);
+            }
+            Err(
+                e @ UpstreamError::ServiceRefused {
+                    status,
+                    code,
+                    message,
+                },
+            ) => {
+                h.failures += 1;
+                h.last_error = Some(format!("{service}: {e}"));
+                drop(h);
+                self.service_refused(service, *status, code, message);
             }
             Err(e) => {
                 h.failures += 1;
@@ -421,6 +632,71 @@ impl UpstreamClient {
                 }
             }
         }
+    }
+
+    /// The service answered (it is not broken, whatever else went wrong).
+    fn service_answered(&self, service: &str) {
+        if let Some(was) = self.broken.lock().expect("broken lock").remove(service) {
+            tracing::warn!(
+                service,
+                broken_for = ?Duration::from_millis(
+                    (crate::store::now_ms() - was.health.broken_since).max(0) as u64
+                ),
+                "the upstream answers this service again; polling it resumes"
+            );
+            self.metrics.service_broken(service, false);
+        }
+    }
+
+    /// The upstream refused `service`: its tasks wait for
+    /// `upstream.broken_service_retry`, then one batch asks again.
+    fn service_refused(&self, service: &str, status: u16, code: &str, message: &str) {
+        let retry = *self.broken_retry.read().expect("retry lock");
+        let now_ms = crate::store::now_ms();
+        let until = Instant::now() + retry;
+        let mut all = self.broken.lock().expect("broken lock");
+        let state = all.entry(service.to_string()).or_insert_with(|| {
+            let hint = match (status, code) {
+                (_, "token_mismatched") => "the token is not enabled for this service",
+                (_, "api_not_implemented") => {
+                    "the upstream does not implement this call for this service"
+                }
+                (404, _) => "no such endpoint: check the service name and its tasks_path",
+                (405, _) => "the endpoint does not take POST: check its tasks_path",
+                (403, _) => {
+                    "forbidden (not a token refusal): a firewall, or the service is not enabled"
+                }
+                _ => "the upstream refuses this service's requests",
+            };
+            tracing::error!(
+                service,
+                status,
+                code,
+                message,
+                retry_every = ?retry,
+                "the upstream refuses this service ({hint}); its tasks stay queued and are asked \
+                 about again on their own schedule, other services carry on"
+            );
+            self.metrics.service_broken(service, true);
+            ServiceState {
+                health: ServiceHealth {
+                    service: service.to_string(),
+                    broken_since: now_ms,
+                    status,
+                    code: code.to_string(),
+                    message: message.to_string(),
+                    failures: 0,
+                    retry_at: now_ms,
+                },
+                paused_until: until,
+            }
+        });
+        state.health.failures += 1;
+        state.health.status = status;
+        state.health.code = code.to_string();
+        state.health.message = message.to_string();
+        state.health.retry_at = now_ms + retry.as_millis() as i64;
+        state.paused_until = until;
     }
 }
 

@@ -120,6 +120,9 @@ pub enum AttemptResult {
     },
 }
 
+/// How much of a receiver's answer is read.
+pub const RECEIVER_ANSWER_CAP: usize = 4096;
+
 pub fn user_agent() -> String {
     format!("taskhook/{}", env!("CARGO_PKG_VERSION"))
 }
@@ -149,8 +152,10 @@ pub async fn send(client: &reqwest::Client, a: &Attempt<'_>) -> AttemptResult {
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after);
-            // Drain a little of the body so the connection can be reused.
-            let _ = resp.bytes().await;
+            // Read at most a few KiB of the answer (a receiver that streams
+            // without end must not exhaust memory); a short answer is read
+            // whole, so the connection can be reused.
+            let _ = read_capped(resp, RECEIVER_ANSWER_CAP).await;
             if status.is_success() {
                 AttemptResult::Delivered {
                     status: status.as_u16(),
@@ -183,6 +188,28 @@ pub async fn send(client: &reqwest::Client, a: &Attempt<'_>) -> AttemptResult {
             }
         }
     }
+}
+
+/// Reads at most `cap` bytes of a response body, chunk by chunk, so a peer
+/// that streams without end cannot exhaust memory. Returns the bytes read
+/// and whether the body went on past `cap` (the rest is never read).
+pub async fn read_capped(
+    mut resp: reqwest::Response,
+    cap: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Ok((Vec::new(), true));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = cap - out.len();
+        if chunk.len() > room {
+            out.extend_from_slice(&chunk[..room]);
+            return Ok((out, true));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok((out, false))
 }
 
 /// A short reason for a transport error, without URLs (which may carry

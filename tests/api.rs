@@ -67,9 +67,15 @@ async fn bad_input_is_refused_by_name_and_never_disturbs_the_queue() {
         Some(r#"{"id": "keep-1", "metadata": {"a": 1}}"#),
     )
     .await;
+    // No webhook is configured here, and the task names none: accepted,
+    // with a warning that its result reaches nobody.
     assert_eq!(
-        (s, v.clone()),
-        (202, json!({"accepted": 1, "duplicates": 0}))
+        (s, &v["accepted"], &v["duplicates"]),
+        (202, &json!(1), &json!(0))
+    );
+    assert!(
+        v["warning"].as_str().unwrap().contains("reach no receiver"),
+        "{v}"
     );
     let (s, v) = send(
         M::POST,
@@ -78,7 +84,22 @@ async fn bad_input_is_refused_by_name_and_never_disturbs_the_queue() {
         Some(r#"{"tasks": [{"id": "keep-1"}, {"id": "new-1"}, {"id": "new-1"}]}"#),
     )
     .await;
-    assert_eq!((s, v), (202, json!({"accepted": 1, "duplicates": 2})));
+    assert_eq!(
+        (s, &v["accepted"], &v["duplicates"]),
+        (202, &json!(1), &json!(2))
+    );
+    let (s, v) = send(
+        M::POST,
+        &tasks,
+        tok,
+        Some(r#"{"id": "own-hook-1", "webhooks": ["https://hooks.example.com/h"]}"#),
+    )
+    .await;
+    assert_eq!(
+        (s, v.get("warning")),
+        (202, None),
+        "a task with its own webhook: {v}"
+    );
 
     // Each bad body: status, code, and a message naming the field.
     let long_id = format!(r#"{{"id": "{}"}}"#, "x".repeat(300));
@@ -138,7 +159,7 @@ async fn bad_input_is_refused_by_name_and_never_disturbs_the_queue() {
     assert_eq!(v["service"], "producer");
     assert_eq!(v["metadata"], json!({"a": 1}));
     let (_, st) = send(M::GET, &format!("{}/v1/stats", daemon.url), tok, None).await;
-    assert_eq!(st["tasks"]["watching"], 2, "{st}");
+    assert_eq!(st["tasks"]["watching"], 3, "{st}");
 
     // The poller is working on it.
     eventually("a poll", Duration::from_secs(10), || async {

@@ -275,17 +275,36 @@ fn check_config_prints_each_configured_service_profile() {
     )
     .unwrap();
     let out = taskhook(&["check-config", "-c", path.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let table: toml::Table = text.parse().unwrap();
     let services = &table["upstream"]["services"];
     let kling = &services["kling"];
-    assert_eq!(kling["success_words"], toml::Value::Array(vec!["succeed".into(), "ok".into()]));
-    assert_eq!(kling["items"].as_str(), Some("response"), "built-in keys stay");
+    assert_eq!(
+        kling["success_words"],
+        toml::Value::Array(vec!["succeed".into(), "ok".into()])
+    );
+    assert_eq!(
+        kling["items"].as_str(),
+        Some("response"),
+        "built-in keys stay"
+    );
     assert_eq!(kling["tasks_path"].as_str(), Some("/kling/tasks"));
     let own = &services["in-house"];
     assert_eq!(own["tasks_path"].as_str(), Some("/v2/in-house/tasks"));
     assert_eq!(own["items"].as_str(), Some("response.outputs"));
-    assert_eq!(own["settle_without_finished_at"].as_str(), Some("result"), "new services start generic");
-    assert!(services.get("producer").is_none(), "only configured services and the default are shown");
+    assert_eq!(
+        own["settle_without_finished_at"].as_str(),
+        Some("result"),
+        "new services start generic"
+    );
+    assert!(
+        services.get("producer").is_none(),
+        "only configured services and the default are shown"
+    );
 }

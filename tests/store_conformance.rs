@@ -38,6 +38,7 @@ fn finish(t: &ClaimedTask, hooks: &[&str]) -> PollUpdate {
                 .iter()
                 .map(|h| NewDelivery {
                     webhook: h.to_string(),
+                    kind: DeliveryKind::Webhook,
                     url: format!("http://{h}.example/"),
                 })
                 .collect(),
@@ -641,7 +642,7 @@ fn sqlite_refuses_a_second_owner_missing_dirs_corrupt_and_newer_files() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.db");
     let first = SqliteStore::open(&path, SyncMode::Full, 0).unwrap();
-    assert_eq!(first.schema_version(), 1);
+    assert_eq!(first.schema_version(), 2);
     let err = SqliteStore::open(&path, SyncMode::Full, 0)
         .err()
         .unwrap()

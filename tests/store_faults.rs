@@ -204,8 +204,12 @@ async fn a_store_turning_read_only_refuses_new_work_and_recovers() {
         (s == 202).then_some(())
     })
     .await;
-    let (s, _) = get_json(&format!("{}/readyz", daemon.url)).await;
-    assert_eq!(s, 200);
+    // /readyz checks the store at most once a second.
+    eventually("ready again", Duration::from_secs(5), || async {
+        let (s, _) = get_json(&format!("{}/readyz", daemon.url)).await;
+        (s == 200).then_some(())
+    })
+    .await;
     let (_, st) = get_json(&format!("{}/v1/stats", daemon.url)).await;
     assert_eq!(st["tasks"]["watching"].as_u64(), Some(15), "{st}");
     drop(daemon);

@@ -14,6 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let rules = Rules {
         default_service: "producer",
         profiles: &profiles,
+        max_webhooks: 10,
     };
     match parse_enqueue(data, rules) {
         Ok(tasks) => {

@@ -94,7 +94,8 @@ pub struct ClaimedTask {
 }
 
 /// How many tasks one poll claim may take: per service where it differs
-/// (a smaller page, a single-task profile), else the default.
+/// (a smaller page, a single-task profile, 0 for a service that must
+/// wait), else the default.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClaimLimits {
     pub default: usize,
@@ -103,12 +104,21 @@ pub struct ClaimLimits {
 
 impl ClaimLimits {
     /// The limit for `service`'s tasks.
+    /// 0 means: claim none of this service's tasks now.
     pub fn of(&self, service: &str) -> usize {
         self.per_service
             .get(service)
             .copied()
             .unwrap_or(self.default)
-            .max(1)
+    }
+
+    /// Services not to claim now.
+    pub fn skipped(&self) -> Vec<String> {
+        self.per_service
+            .iter()
+            .filter(|(_, n)| **n == 0)
+            .map(|(s, _)| s.clone())
+            .collect()
     }
 }
 
@@ -163,11 +173,38 @@ pub struct NewEvent {
     pub deliveries: Vec<NewDelivery>,
 }
 
+/// Where a delivery goes: a configured webhook, looked up by name when it
+/// is sent (its URL, secret and headers as configured then), or a URL a
+/// task named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryKind {
+    Webhook,
+    TaskUrl,
+}
+
+impl DeliveryKind {
+    pub fn code(self) -> i64 {
+        match self {
+            DeliveryKind::Webhook => 0,
+            DeliveryKind::TaskUrl => 1,
+        }
+    }
+    pub fn from_code(c: i64) -> Self {
+        if c == 1 {
+            DeliveryKind::TaskUrl
+        } else {
+            DeliveryKind::Webhook
+        }
+    }
+}
+
 /// One receiver of an event: a configured webhook by name, or a per-task
-/// URL (whose `webhook` is the URL itself).
+/// URL (whose `webhook` is the URL with its secrets redacted).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewDelivery {
     pub webhook: String,
+    pub kind: DeliveryKind,
     pub url: String,
 }
 
@@ -179,6 +216,7 @@ pub struct ClaimedDelivery {
     pub event_id: String,
     pub task_id: String,
     pub webhook: String,
+    pub kind: DeliveryKind,
     pub url: String,
     /// Attempts made before this one.
     pub attempts: u32,
@@ -199,9 +237,13 @@ pub struct DeliveryClaim {
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeliveryVerdict {
     Delivered,
-    Retry { at: Millis },
+    Retry {
+        at: Millis,
+    },
     DeadLetter,
     Gone,
+    /// Not sent: its webhook is no longer configured.
+    WebhookRemoved,
 }
 
 /// The result of one attempt, to record.
@@ -227,7 +269,7 @@ pub enum TaskStatus {
 
 /// The lifecycle of one delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
     Pending,
     Delivered,
@@ -235,6 +277,9 @@ pub enum DeliveryState {
     Failed,
     /// The receiver answered 410: it wants no more of this event.
     Gone,
+    /// Parked: its webhook left the configuration. Resumed when a webhook
+    /// of that name is configured again; replayable like a dead letter.
+    WebhookRemoved,
 }
 
 impl DeliveryState {
@@ -244,9 +289,12 @@ impl DeliveryState {
             "delivered" => Self::Delivered,
             "failed" => Self::Failed,
             "gone" => Self::Gone,
+            "webhook_removed" => Self::WebhookRemoved,
             _ => return None,
         })
     }
+    /// Every state's name, for error messages.
+    pub const NAMES: &'static str = "pending, delivered, failed, gone, webhook_removed";
 }
 
 /// One delivery as the API shows it.
@@ -257,6 +305,8 @@ pub struct DeliveryView {
     pub task_id: String,
     pub event_type: String,
     pub webhook: String,
+    pub kind: DeliveryKind,
+    /// Secrets in it (userinfo, query values) are redacted.
     pub url: String,
     pub state: DeliveryState,
     pub attempts: u32,
@@ -287,7 +337,10 @@ pub struct TaskView {
     pub finished_at: Option<Millis>,
     pub event_id: Option<String>,
     pub metadata: Option<serde_json::Value>,
+    /// Per-task webhook URLs, secrets redacted.
     pub webhooks: Vec<String>,
+    /// The event body as signed and sent, while it is kept.
+    pub event: Option<serde_json::Value>,
     pub deliveries: Vec<DeliveryView>,
 }
 
@@ -298,8 +351,21 @@ pub struct StoreStats {
     pub done: u64,
     pub deliveries_pending: u64,
     pub dead_letters: u64,
+    /// Deliveries parked because their webhook left the configuration.
+    pub webhook_removed: u64,
     #[serde(serialize_with = "ser_opt_time")]
     pub oldest_watching_enqueued_at: Option<Millis>,
+}
+
+/// Rows removed per purge call and kind, so the writer is never held long.
+pub const PURGE_CHUNK: usize = 5_000;
+
+/// What one purge call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Purged {
+    pub rows: u64,
+    /// A chunk was full: more may be waiting.
+    pub more: bool,
 }
 
 /// The durable queue. See the module docs for the rules every backend keeps.
@@ -370,9 +436,27 @@ pub trait Store: Send + Sync + 'static {
     /// Makes a failed (dead-lettered) delivery pending again, due `now`.
     async fn replay_delivery(&self, now: Millis, id: i64) -> StoreResult<bool>;
     async fn replay_all_failed(&self, now: Millis) -> StoreResult<u64>;
+    /// Makes deliveries parked because their webhook left the
+    /// configuration pending again, for the webhooks in `names` (those
+    /// configured now). Returns how many.
+    async fn resume_parked(&self, now: Millis, names: Vec<String>) -> StoreResult<u64>;
+    /// Leases up to `limit` watched tasks enqueued before `enqueued_before`
+    /// (past their TTL), whatever their next poll, unless leased now.
+    async fn claim_expired(
+        &self,
+        now: Millis,
+        enqueued_before: Millis,
+        limit: usize,
+        lease_until: Millis,
+    ) -> StoreResult<Vec<ClaimedTask>>;
+    /// Pushes the next poll of `service`'s unleased tasks to `until` (at
+    /// the latest): the upstream refuses that service for now.
+    async fn defer_service(&self, service: String, until: Millis) -> StoreResult<u64>;
     /// Drops done tasks settled before `done_before` with their delivered
-    /// deliveries, and dead letters older than `dead_before`.
-    async fn purge(&self, done_before: Millis, dead_before: Millis) -> StoreResult<u64>;
+    /// deliveries, and dead letters (and parked deliveries) older than
+    /// `dead_before`, at most [`PURGE_CHUNK`] of each. Returns the rows
+    /// removed; call again while it says [`Purged::more`].
+    async fn purge(&self, done_before: Millis, dead_before: Millis) -> StoreResult<Purged>;
     /// Proves the store takes writes (for readiness).
     async fn check_writable(&self, now: Millis) -> StoreResult<()>;
 }

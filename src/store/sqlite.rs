@@ -18,7 +18,7 @@ use super::*;
 use crate::config::SyncMode;
 
 /// Schema migrations, in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql"), include_str!("schema_v2.sql")];
 
 /// The SQLite store. Cheap to clone.
 #[derive(Clone)]
@@ -130,6 +130,7 @@ const PENDING: i64 = 0;
 const DELIVERED: i64 = 1;
 const FAILED: i64 = 2;
 const GONE: i64 = 3;
+const REMOVED: i64 = 4;
 
 fn state_code(s: DeliveryState) -> i64 {
     match s {
@@ -137,6 +138,7 @@ fn state_code(s: DeliveryState) -> i64 {
         DeliveryState::Delivered => DELIVERED,
         DeliveryState::Failed => FAILED,
         DeliveryState::Gone => GONE,
+        DeliveryState::WebhookRemoved => REMOVED,
     }
 }
 
@@ -145,8 +147,16 @@ fn state_of(code: i64) -> DeliveryState {
         PENDING => DeliveryState::Pending,
         DELIVERED => DeliveryState::Delivered,
         FAILED => DeliveryState::Failed,
+        REMOVED => DeliveryState::WebhookRemoved,
         _ => DeliveryState::Gone,
     }
+}
+
+/// The next value of the claim counter: task claims only ever grow, across
+/// a task's deletion and re-enqueue too.
+fn next_claim(tx: &Connection) -> rusqlite::Result<i64> {
+    tx.prepare_cached("UPDATE counters SET value = value + 1 WHERE name = 'claim' RETURNING value")?
+        .query_row([], |r| r.get(0))
 }
 
 impl SqliteStore {
@@ -347,7 +357,7 @@ fn claimed_task(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClaimedTask> {
 }
 
 const DELIVERY_COLUMNS: &str = "d.id, d.event_id, d.task_id, e.type, d.webhook, d.url, d.state, \
-     d.attempts, d.next_attempt_at, d.last_status, d.last_error, d.created_at, d.updated_at";
+     d.attempts, d.next_attempt_at, d.last_status, d.last_error, d.created_at, d.updated_at, d.kind";
 
 fn delivery_view(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryView> {
     let state = state_of(r.get(6)?);
@@ -356,8 +366,9 @@ fn delivery_view(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryView> {
         event_id: r.get(1)?,
         task_id: r.get(2)?,
         event_type: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
-        webhook: r.get(4)?,
-        url: r.get(5)?,
+        webhook: crate::redact::url(&r.get::<_, String>(4)?),
+        kind: DeliveryKind::from_code(r.get(13)?),
+        url: crate::redact::url(&r.get::<_, String>(5)?),
         state,
         attempts: r.get(7)?,
         next_attempt_at: if state == DeliveryState::Pending {
@@ -405,8 +416,35 @@ fn drop_event(tx: &Connection, event_id: &str) -> rusqlite::Result<usize> {
     Ok(n)
 }
 
-/// Rows removed per purge statement, so the writer is never held long.
-const PURGE_CHUNK: i64 = 5_000;
+/// Removes the settled deliveries of an event whose task is gone (a dead
+/// letter replayed after its task was purged), and the event with the last.
+fn drop_orphaned(tx: &Connection, task_id: &str, event_id: &str) -> rusqlite::Result<()> {
+    let task_lives: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM tasks WHERE id = ?1 AND event_id = ?2)")?
+        .query_row([task_id, event_id], |r| r.get(0))?;
+    if !task_lives {
+        tx.prepare_cached("DELETE FROM deliveries WHERE event_id = ?1 AND state IN (1, 3)")?
+            .execute([event_id])?;
+        tx.prepare_cached(
+            "DELETE FROM events WHERE id = ?1 AND NOT EXISTS \
+             (SELECT 1 FROM deliveries WHERE event_id = ?1)",
+        )?
+        .execute([event_id])?;
+    }
+    Ok(())
+}
+
+/// `AND service NOT IN (?n, ...)` for the skipped services, numbered from
+/// `first`, and the values to bind.
+fn not_in(column: &str, skipped: &[String], first: usize) -> String {
+    if skipped.is_empty() {
+        return String::new();
+    }
+    let marks: Vec<String> = (0..skipped.len())
+        .map(|i| format!("?{}", first + i))
+        .collect();
+    format!(" AND {column} NOT IN ({})", marks.join(","))
+}
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -423,7 +461,7 @@ impl Store for SqliteStore {
                  VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6) \
                  ON CONFLICT (id) DO UPDATE SET service = excluded.service, status = 0, \
                    enqueued_at = excluded.enqueued_at, next_poll_at = excluded.next_poll_at, \
-                   leased = 0, claim = claim + 1, polls = 0, misses = 0, fail_seen = 0, \
+                   leased = 0, claim = 0, polls = 0, misses = 0, fail_seen = 0, \
                    upstream_state = NULL, outcome = NULL, event_id = NULL, finished_at = NULL, \
                    done_at = NULL, metadata = excluded.metadata, webhooks = excluded.webhooks \
                  WHERE tasks.status = 2",
@@ -467,12 +505,14 @@ impl Store for SqliteStore {
         lease_until: Millis,
     ) -> StoreResult<PollClaim> {
         self.write(move |tx| {
+            let skipped = limits.skipped();
+            let skip = not_in("service", &skipped, 1);
             let first: Option<(String, Millis)> = tx
-                .prepare_cached(
-                    "SELECT service, next_poll_at FROM tasks WHERE status = 0 \
-                     ORDER BY next_poll_at LIMIT 1",
-                )?
-                .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .prepare_cached(&format!(
+                    "SELECT service, next_poll_at FROM tasks WHERE status = 0{skip} \
+                     ORDER BY next_poll_at LIMIT 1"
+                ))?
+                .query_row(rusqlite::params_from_iter(&skipped), |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
             let Some((service, due)) = first else {
                 return Ok(PollClaim::default());
@@ -483,15 +523,19 @@ impl Store for SqliteStore {
                     ..Default::default()
                 });
             }
+            let claim = next_claim(tx)?;
             let mut stmt = tx.prepare_cached(
-                "UPDATE tasks SET leased = 1, claim = claim + 1, next_poll_at = ?1 \
-                 WHERE id IN (SELECT id FROM tasks WHERE status = 0 AND service = ?2 \
-                              AND next_poll_at <= ?3 ORDER BY next_poll_at LIMIT ?4) \
+                "UPDATE tasks SET leased = 1, claim = ?1, next_poll_at = ?2 \
+                 WHERE id IN (SELECT id FROM tasks WHERE status = 0 AND service = ?3 \
+                              AND next_poll_at <= ?4 ORDER BY next_poll_at LIMIT ?5) \
                  RETURNING id, service, claim, enqueued_at, polls, misses, fail_seen, metadata, webhooks",
             )?;
             let limit = limits.of(&service) as i64;
             let tasks = stmt
-                .query_map(params![lease_until, service, window_end.max(now), limit], claimed_task)?
+                .query_map(
+                    params![claim, lease_until, service, window_end.max(now), limit],
+                    claimed_task,
+                )?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(PollClaim {
                 service,
@@ -526,9 +570,9 @@ impl Store for SqliteStore {
             // Handed-off deliveries are inserted already leased (claim 1)
             // to the caller, who sends them without a claim round trip.
             let mut delivery = tx.prepare_cached(
-                "INSERT INTO deliveries (event_id, task_id, webhook, url, state, next_attempt_at, \
+                "INSERT INTO deliveries (event_id, task_id, webhook, kind, url, state, next_attempt_at, \
                    leased, claim, created_at, updated_at, task_enqueued_at) \
-                 VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?6, ?7, ?7, \
+                 VALUES (?1, ?2, ?3, ?8, ?4, 0, ?5, ?6, ?6, ?7, ?7, \
                    (SELECT enqueued_at FROM tasks WHERE id = ?2)) \
                  RETURNING id, task_enqueued_at",
             )?;
@@ -584,7 +628,7 @@ impl Store for SqliteStore {
                         let body: Option<Arc<str>> = (leased == 1).then(|| ev.body.as_str().into());
                         for d in &ev.deliveries {
                             let (row, enqueued_at): (i64, Millis) = delivery.query_row(
-                                params![ev.id, id, d.webhook, d.url, due, leased, now],
+                                params![ev.id, id, d.webhook, d.url, due, leased, now, d.kind.code()],
                                 |r| Ok((r.get(0)?, r.get(1)?)),
                             )?;
                             if let Some(body) = &body {
@@ -594,6 +638,7 @@ impl Store for SqliteStore {
                                     event_id: ev.id.clone(),
                                     task_id: id.clone(),
                                     webhook: d.webhook.clone(),
+                                    kind: d.kind,
                                     url: d.url.clone(),
                                     attempts: 0,
                                     enqueued_at,
@@ -647,7 +692,7 @@ impl Store for SqliteStore {
             }
             sql.push_str(
                 " ORDER BY next_attempt_at LIMIT ?3) \
-                 RETURNING id, claim, event_id, task_id, webhook, url, attempts, task_enqueued_at",
+                 RETURNING id, claim, event_id, task_id, webhook, url, attempts, task_enqueued_at, kind",
             );
             let mut args: Vec<rusqlite::types::Value> =
                 vec![lease_until.into(), now.into(), (limit as i64).into()];
@@ -664,13 +709,14 @@ impl Store for SqliteStore {
                         r.get::<_, String>(5)?,
                         r.get::<_, u32>(6)?,
                         r.get::<_, Millis>(7)?,
+                        r.get::<_, i64>(8)?,
                     ))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             let mut bodies: HashMap<String, Arc<str>> = HashMap::new();
             let mut body_stmt = tx.prepare_cached("SELECT body FROM events WHERE id = ?1")?;
             let mut deliveries = Vec::with_capacity(rows.len());
-            for (id, claim, event_id, task_id, webhook, url, attempts, enqueued_at) in rows {
+            for (id, claim, event_id, task_id, webhook, url, attempts, enqueued_at, kind) in rows {
                 let body = match bodies.get(&event_id) {
                     Some(b) => b.clone(),
                     None => {
@@ -686,6 +732,7 @@ impl Store for SqliteStore {
                     event_id,
                     task_id,
                     webhook,
+                    kind: DeliveryKind::from_code(kind),
                     url,
                     attempts,
                     enqueued_at,
@@ -732,6 +779,7 @@ impl Store for SqliteStore {
                     DeliveryVerdict::Delivered => DELIVERED,
                     DeliveryVerdict::DeadLetter => FAILED,
                     DeliveryVerdict::Gone => GONE,
+                    DeliveryVerdict::WebhookRemoved => REMOVED,
                 };
                 if settle.execute(params![state, r.status, r.error, now, r.id, r.claim])? == 1 {
                     touched.insert((&r.task_id, &r.event_id));
@@ -739,6 +787,7 @@ impl Store for SqliteStore {
             }
             for (task_id, event_id) in touched {
                 settle_task(tx, now, task_id, event_id)?;
+                drop_orphaned(tx, task_id, event_id)?;
             }
             Ok(())
         })
@@ -778,8 +827,12 @@ impl Store for SqliteStore {
                         event_id: r.get(9)?,
                         metadata: metadata.and_then(|m| serde_json::from_str(&m).ok()),
                         webhooks: webhooks
-                            .and_then(|w| serde_json::from_str(&w).ok())
-                            .unwrap_or_default(),
+                            .and_then(|w| serde_json::from_str::<Vec<String>>(&w).ok())
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|u| crate::redact::url(u))
+                            .collect(),
+                        event: None,
                         deliveries: Vec::new(),
                     })
                 })
@@ -788,6 +841,11 @@ impl Store for SqliteStore {
                 return Ok(None);
             };
             if let Some(event_id) = &task.event_id {
+                task.event = c
+                    .prepare_cached("SELECT body FROM events WHERE id = ?1")?
+                    .query_row([event_id], |r| r.get::<_, String>(0))
+                    .optional()?
+                    .and_then(|b| serde_json::from_str(&b).ok());
                 task.deliveries = c
                     .prepare_cached(&format!(
                         "SELECT {DELIVERY_COLUMNS} FROM deliveries d \
@@ -834,6 +892,7 @@ impl Store for SqliteStore {
                 done: count("SELECT count(*) FROM tasks WHERE status = 2")?,
                 deliveries_pending: count("SELECT count(*) FROM deliveries WHERE state = 0")?,
                 dead_letters: count("SELECT count(*) FROM deliveries WHERE state = 2")?,
+                webhook_removed: count("SELECT count(*) FROM deliveries WHERE state = 4")?,
                 oldest_watching_enqueued_at: c
                     .prepare_cached("SELECT min(enqueued_at) FROM tasks WHERE status = 0")?
                     .query_row([], |r| r.get(0))?,
@@ -868,7 +927,7 @@ impl Store for SqliteStore {
             let event: Option<(String, String)> = tx
                 .query_row(
                     "UPDATE deliveries SET state = 0, attempts = 0, next_attempt_at = ?1, \
-                       updated_at = ?1 WHERE id = ?2 AND state = 2 RETURNING task_id, event_id",
+                       updated_at = ?1 WHERE id = ?2 AND state IN (2, 4) RETURNING task_id, event_id",
                     params![now, id],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
@@ -906,8 +965,77 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn purge(&self, done_before: Millis, dead_before: Millis) -> StoreResult<u64> {
+    async fn resume_parked(&self, now: Millis, names: Vec<String>) -> StoreResult<u64> {
+        if names.is_empty() {
+            return Ok(0);
+        }
         self.write(move |tx| {
+            let marks: Vec<String> = (0..names.len()).map(|i| format!("?{}", i + 2)).collect();
+            let sql = format!(
+                "UPDATE deliveries SET state = 0, next_attempt_at = ?1, updated_at = ?1 \
+                 WHERE state = 4 AND kind = 0 AND webhook IN ({}) RETURNING task_id, event_id",
+                marks.join(",")
+            );
+            let mut args: Vec<rusqlite::types::Value> = vec![now.into()];
+            args.extend(names.into_iter().map(rusqlite::types::Value::from));
+            let resumed: Vec<(String, String)> = tx
+                .prepare(&sql)?
+                .query_map(rusqlite::params_from_iter(args), |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut reopen = tx.prepare_cached(
+                "UPDATE tasks SET status = 1, done_at = NULL \
+                 WHERE id = ?1 AND event_id = ?2 AND status = 2",
+            )?;
+            for (task, e) in &resumed {
+                reopen.execute([task, e])?;
+            }
+            Ok(resumed.len() as u64)
+        })
+        .await
+    }
+
+    async fn claim_expired(
+        &self,
+        now: Millis,
+        enqueued_before: Millis,
+        limit: usize,
+        lease_until: Millis,
+    ) -> StoreResult<Vec<ClaimedTask>> {
+        self.write(move |tx| {
+            let claim = next_claim(tx)?;
+            tx.prepare_cached(
+                "UPDATE tasks SET leased = 1, claim = ?1, next_poll_at = ?2 \
+                 WHERE id IN (SELECT id FROM tasks WHERE status = 0 AND enqueued_at < ?3 \
+                              AND (leased = 0 OR next_poll_at <= ?4) LIMIT ?5) \
+                 RETURNING id, service, claim, enqueued_at, polls, misses, fail_seen, metadata, webhooks",
+            )?
+            .query_map(
+                params![claim, lease_until, enqueued_before, now, limit as i64],
+                claimed_task,
+            )?
+            .collect()
+        })
+        .await
+    }
+
+    async fn defer_service(&self, service: String, until: Millis) -> StoreResult<u64> {
+        self.write(move |tx| {
+            let n = tx
+                .prepare_cached(
+                    "UPDATE tasks SET next_poll_at = ?1 WHERE status = 0 AND leased = 0 \
+                     AND next_poll_at < ?1 AND service = ?2",
+                )?
+                .execute(params![until, service])?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn purge(&self, done_before: Millis, dead_before: Millis) -> StoreResult<Purged> {
+        self.write(move |tx| {
+            let chunk = PURGE_CHUNK as i64;
             let mut n = 0;
             // Done tasks past their retention, with what their event leaves.
             let events: Vec<Option<String>> = tx
@@ -915,22 +1043,23 @@ impl Store for SqliteStore {
                     "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE status = 2 \
                      AND done_at < ?1 LIMIT ?2) RETURNING event_id",
                 )?
-                .query_map(params![done_before, PURGE_CHUNK], |r| r.get(0))?
+                .query_map(params![done_before, chunk], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
+            let more = events.len() == PURGE_CHUNK;
             n += events.len();
             for e in events.iter().flatten() {
                 n += drop_event(tx, e)?;
             }
-            // Dead letters past their TTL; their event goes with the last one.
+            // Dead letters and parked deliveries past their TTL; their event
+            // goes with the last one.
             let dead: Vec<(String, String)> = tx
                 .prepare_cached(
-                    "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE state = 2 \
-                     AND updated_at < ?1 LIMIT ?2) RETURNING task_id, event_id",
+                    "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries \
+                     WHERE state IN (2, 4) AND updated_at < ?1 LIMIT ?2) RETURNING task_id, event_id",
                 )?
-                .query_map(params![dead_before, PURGE_CHUNK], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?
+                .query_map(params![dead_before, chunk], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?;
+            let more = more || dead.len() == PURGE_CHUNK;
             n += dead.len();
             let mut orphan = tx.prepare_cached(
                 "DELETE FROM events WHERE id = ?2 \
@@ -940,7 +1069,10 @@ impl Store for SqliteStore {
             for (task, e) in &dead {
                 n += orphan.execute([task, e])?;
             }
-            Ok(n as u64)
+            Ok(Purged {
+                rows: n as u64,
+                more,
+            })
         })
         .await
     }
