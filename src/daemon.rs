@@ -123,10 +123,13 @@ fn warn_if_nothing_receives(cfg: &Config) {
 
 /// Proof of life from a loop: the last time it went round. The systemd
 /// watchdog is fed only while every loop keeps beating, so a loop never
-/// sleeps longer than [`Heartbeat::max_idle`].
+/// sleeps longer than [`Heartbeat::max_idle`]. Times are monotonic: a jump
+/// of the wall clock neither starves nor fools the watchdog.
 #[derive(Clone)]
 pub struct Heartbeat {
-    last: Arc<std::sync::atomic::AtomicI64>,
+    /// Nanoseconds since `origin` at the last beat.
+    last: Arc<std::sync::atomic::AtomicU64>,
+    origin: std::time::Instant,
     max_idle: Duration,
 }
 
@@ -134,21 +137,26 @@ impl Heartbeat {
     pub fn new(max_idle: Duration) -> Self {
         let h = Heartbeat {
             last: Arc::default(),
+            origin: std::time::Instant::now(),
             max_idle,
         };
         h.beat();
         h
     }
     pub fn beat(&self) {
-        self.last
-            .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+        let since = self.origin.elapsed().as_nanos() as u64;
+        self.last.store(since, std::sync::atomic::Ordering::Relaxed);
     }
     /// The longest the loop may sleep between beats.
     pub fn max_idle(&self) -> Duration {
         self.max_idle
     }
-    fn age_ms(&self) -> i64 {
-        now_ms() - self.last.load(std::sync::atomic::Ordering::Relaxed)
+    /// How long ago the loop last beat.
+    pub fn age(&self) -> Duration {
+        let last = self.last.load(std::sync::atomic::Ordering::Relaxed);
+        self.origin
+            .elapsed()
+            .saturating_sub(Duration::from_nanos(last))
     }
 }
 
@@ -300,13 +308,12 @@ impl Daemon {
 /// Feeds the systemd watchdog every `timeout / 2` while every loop has
 /// beaten within `timeout`; a stuck loop starves it and systemd restarts us.
 async fn watchdog(timeout: Duration, beats: Vec<Heartbeat>, shutdown: CancellationToken) {
-    let limit = timeout.as_millis() as i64;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(timeout / 2) => {}
             _ = shutdown.cancelled() => return,
         }
-        if beats.iter().all(|b| b.age_ms() < limit) {
+        if beats.iter().all(|b| b.age() < timeout) {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
         } else {
             tracing::error!("a worker loop is stuck; not feeding the systemd watchdog");

@@ -10,42 +10,109 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
-/// True for addresses on the public internet.
+/// True for addresses on the public internet: everything the IANA
+/// special-purpose registries do not mark as not globally reachable, and
+/// for IPv6 forms that carry an IPv4 address (mapped, compatible, NAT64,
+/// 6to4, Teredo), whatever that IPv4 address is.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+        IpAddr::V6(v6) => match embedded_v4(v6) {
             Some(v4) => is_public_v4(v4),
             None => is_public_v6(v6),
         },
     }
 }
 
+fn in_v4(ip: Ipv4Addr, net: [u8; 4], bits: u32) -> bool {
+    let mask = if bits == 0 {
+        0
+    } else {
+        u32::MAX << (32 - bits)
+    };
+    u32::from(ip) & mask == u32::from(Ipv4Addr::from(net)) & mask
+}
+
 fn is_public_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, c, _] = ip.octets();
-    !(ip.is_unspecified()
-        || ip.is_loopback()
-        || ip.is_private()
-        || ip.is_link_local() // 169.254/16, cloud metadata among them
-        || ip.is_broadcast()
-        || ip.is_multicast()
-        || ip.is_documentation()
-        || a == 0
-        || (a == 100 && (64..128).contains(&b)) // CGNAT 100.64/10
-        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
-        || (a == 198 && (b == 18 || b == 19)) // benchmarking
-        || a >= 240) // reserved
+    // Globally reachable exceptions inside the ranges below.
+    const GLOBAL: [([u8; 4], u32); 2] = [
+        ([192, 0, 0, 9], 32),  // Port Control Protocol anycast
+        ([192, 0, 0, 10], 32), // TURN anycast
+    ];
+    // The IANA IPv4 special-purpose registry's ranges that are not globally
+    // reachable, plus multicast.
+    const NOT_GLOBAL: [([u8; 4], u32); 16] = [
+        ([0, 0, 0, 0], 8),          // "this network"
+        ([10, 0, 0, 0], 8),         // private
+        ([100, 64, 0, 0], 10),      // shared address space (CGNAT)
+        ([127, 0, 0, 0], 8),        // loopback
+        ([169, 254, 0, 0], 16),     // link-local, cloud metadata among them
+        ([172, 16, 0, 0], 12),      // private
+        ([192, 0, 0, 0], 24),       // IETF protocol assignments, DS-Lite, NAT64 discovery
+        ([192, 0, 2, 0], 24),       // documentation (TEST-NET-1)
+        ([192, 88, 99, 0], 24),     // deprecated 6to4 relay anycast
+        ([192, 168, 0, 0], 16),     // private
+        ([198, 18, 0, 0], 15),      // benchmarking
+        ([198, 51, 100, 0], 24),    // documentation (TEST-NET-2)
+        ([203, 0, 113, 0], 24),     // documentation (TEST-NET-3)
+        ([224, 0, 0, 0], 4),        // multicast
+        ([240, 0, 0, 0], 4),        // reserved
+        ([255, 255, 255, 255], 32), // limited broadcast
+    ];
+    GLOBAL.iter().any(|(n, b)| in_v4(ip, *n, *b))
+        || !NOT_GLOBAL.iter().any(|(n, b)| in_v4(ip, *n, *b))
+}
+
+/// The IPv4 address an IPv6 address carries, for the forms that route to
+/// it: IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d`, NAT64
+/// `64:ff9b::a.b.c.d`, 6to4 `2002:AABB:CCDD::` and Teredo `2001:0::`
+/// (whose client address is stored inverted).
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let seg = ip.segments();
+    let o = ip.octets();
+    let last = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    if ip.is_unspecified() || ip.is_loopback() {
+        return None;
+    }
+    if seg[..6] == [0; 6] {
+        return Some(last); // IPv4-compatible (deprecated)
+    }
+    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some(last); // the well-known NAT64 prefix
+    }
+    if seg[0] == 0x2002 {
+        return Some(Ipv4Addr::new(o[2], o[3], o[4], o[5])); // 6to4
+    }
+    if seg[0] == 0x2001 && seg[1] == 0 {
+        return Some(Ipv4Addr::from(!u32::from(last))); // Teredo client
+    }
+    None
 }
 
 fn is_public_v6(ip: Ipv6Addr) -> bool {
     let seg = ip.segments();
-    !(ip.is_unspecified()
+    // Globally reachable exceptions inside 2001::/23.
+    let ietf_global = (seg[0] == 0x2001 && seg[1] == 0x1 && seg[2..7] == [0; 5] && (1..=3).contains(&seg[7]))
+        || (seg[0] == 0x2001 && seg[1] == 0x3) // AMT
+        || (seg[0] == 0x2001 && seg[1] == 0x4 && seg[2] == 0x112) // AS112-v6
+        || (seg[0] == 0x2001 && (0x20..0x40).contains(&seg[1])); // ORCHIDv2, drone DETs
+    let not_global = ip.is_unspecified()
         || ip.is_loopback()
-        || ip.is_multicast()
+        || (seg[0] & 0xff00) == 0xff00 // multicast
+        || (seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1) // local-use NAT64 64:ff9b:1::/48
+        || (seg[0] == 0x100 && seg[1..4] == [0; 3]) // discard-only 100::/64
+        || (seg[0] == 0x100 && seg[1..4] == [0, 0, 1]) // dummy prefix 100:0:0:1::/64
+        || (seg[0] == 0x2001 && seg[1] < 0x200 && !ietf_global) // IETF protocol assignments 2001::/23
+        || (seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
+        || (seg[0] & 0xfff0) == 0x3ff0 // documentation 3fff::/20
+        || seg[0] == 0x5f00 // SRv6 SIDs
         || (seg[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
         || (seg[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
-        || (seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
-        || (seg[0] == 0x0064 && seg[1] == 0xff9b)) // NAT64 to anything
+        || (seg[0] & 0xffc0) == 0xfec0; // site-local fec0::/10 (deprecated)
+    !not_global
 }
 
 /// Refuses a URL whose host is a literal non-public IP address (such a URL
@@ -103,30 +170,96 @@ impl Resolve for PublicOnly {
 mod tests {
     use super::*;
 
+    /// Every range of the IANA IPv4 and IPv6 special-purpose address
+    /// registries (and multicast), with an address inside it and whether
+    /// it is globally reachable.
     #[test]
-    fn private_and_special_ranges_are_refused() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "255.255.255.255",
-            "224.0.0.1",
-            "::1",
-            "::",
-            "fc00::1",
-            "fd00:ec2::254",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-            "::ffff:10.0.0.1",
-        ] {
-            assert!(!is_public(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "100.128.0.1"] {
-            assert!(is_public(ip.parse().unwrap()), "{ip}");
+    fn every_special_purpose_range_is_judged_as_the_registries_say() {
+        let table: &[(&str, &str, bool)] = &[
+            ("0.0.0.0/8", "0.1.2.3", false),
+            ("10.0.0.0/8", "10.1.2.3", false),
+            ("100.64.0.0/10", "100.100.1.1", false),
+            ("127.0.0.0/8", "127.0.0.1", false),
+            ("169.254.0.0/16", "169.254.169.254", false),
+            ("172.16.0.0/12", "172.31.255.1", false),
+            ("192.0.0.0/24", "192.0.0.1", false),
+            ("192.0.0.0/29 DS-Lite", "192.0.0.6", false),
+            ("192.0.0.8/32", "192.0.0.8", false),
+            ("192.0.0.9/32 PCP anycast", "192.0.0.9", true),
+            ("192.0.0.10/32 TURN anycast", "192.0.0.10", true),
+            ("192.0.0.170/32 NAT64 discovery", "192.0.0.170", false),
+            ("192.0.0.171/32 NAT64 discovery", "192.0.0.171", false),
+            ("192.0.2.0/24", "192.0.2.55", false),
+            ("192.31.196.0/24 AS112", "192.31.196.1", true),
+            ("192.52.193.0/24 AMT", "192.52.193.1", true),
+            ("192.88.99.0/24", "192.88.99.1", false),
+            ("192.168.0.0/16", "192.168.1.1", false),
+            ("192.175.48.0/24 AS112", "192.175.48.1", true),
+            ("198.18.0.0/15", "198.19.0.1", false),
+            ("198.51.100.0/24", "198.51.100.7", false),
+            ("203.0.113.0/24", "203.0.113.9", false),
+            ("224.0.0.0/4 multicast", "239.1.1.1", false),
+            ("240.0.0.0/4", "250.1.1.1", false),
+            ("255.255.255.255/32", "255.255.255.255", false),
+            ("public", "8.8.8.8", true),
+            ("public beside CGNAT", "100.128.0.1", true),
+            ("::1/128", "::1", false),
+            ("::/128", "::", false),
+            ("::ffff:0:0/96 private", "::ffff:10.0.0.1", false),
+            ("::ffff:0:0/96 public", "::ffff:8.8.8.8", true),
+            ("::/96 IPv4-compatible private", "::127.0.0.1", false),
+            ("::/96 IPv4-compatible metadata", "::169.254.169.254", false),
+            ("::/96 IPv4-compatible public", "::8.8.8.8", true),
+            ("64:ff9b::/96 NAT64 public", "64:ff9b::8.8.8.8", true),
+            ("64:ff9b::/96 NAT64 private", "64:ff9b::10.0.0.1", false),
+            (
+                "64:ff9b:1::/48 local-use NAT64",
+                "64:ff9b:1::8.8.8.8",
+                false,
+            ),
+            ("100::/64", "100::1", false),
+            ("100:0:0:1::/64", "100:0:0:1::1", false),
+            ("2001::/23", "2001:100::1", false),
+            ("2001:1::1/128 PCP anycast", "2001:1::1", true),
+            ("2001:1::2/128 TURN anycast", "2001:1::2", true),
+            ("2001:1::3/128 DNS-SD", "2001:1::3", true),
+            ("2001:2::/48 benchmarking", "2001:2::1", false),
+            ("2001:3::/32 AMT", "2001:3::1", true),
+            ("2001:4:112::/48 AS112-v6", "2001:4:112::1", true),
+            ("2001:10::/28 ORCHID", "2001:10::1", false),
+            ("2001:20::/28 ORCHIDv2", "2001:20::1", true),
+            ("2001:30::/28 drone DETs", "2001:30::1", true),
+            ("2001:db8::/32", "2001:db8::1", false),
+            // Teredo: the client's IPv4 address, inverted, in the last 32 bits.
+            (
+                "2001::/32 Teredo to 127.0.0.1",
+                "2001:0:4136:e378:8000:63bf:80ff:fffe",
+                false,
+            ),
+            (
+                "2001::/32 Teredo to 8.8.8.8",
+                "2001:0:4136:e378:8000:63bf:f7f7:f7f7",
+                true,
+            ),
+            ("2002::/16 6to4 to 10.0.0.1", "2002:a00:1::1", false),
+            (
+                "2002::/16 6to4 to 169.254.169.254",
+                "2002:a9fe:a9fe::1",
+                false,
+            ),
+            ("2002::/16 6to4 to 8.8.8.8", "2002:808:808::1", true),
+            ("2620:4f:8000::/48 AS112", "2620:4f:8000::1", true),
+            ("3fff::/20", "3fff:fff::1", false),
+            ("5f00::/16 SRv6", "5f00::1", false),
+            ("fc00::/7", "fd00:ec2::254", false),
+            ("fe80::/10", "fe80::1", false),
+            ("fec0::/10 site-local", "fec0::1", false),
+            ("ff00::/8 multicast", "ff02::1", false),
+            ("public v6", "2606:4700:4700::1111", true),
+        ];
+        for (range, ip, public) in table {
+            let addr: IpAddr = ip.parse().unwrap_or_else(|e| panic!("{ip}: {e}"));
+            assert_eq!(is_public(addr), *public, "{range}: {ip}");
         }
     }
 

@@ -85,6 +85,13 @@ conformance!(
     delete_stops_watching,
     finished_events_leave_nothing_behind_but_dead_letters,
     handed_off_deliveries_are_leased_until_given_back,
+    a_deleted_and_re_enqueued_task_never_takes_a_stale_write,
+    delivery_ids_are_never_reused,
+    tasks_past_their_ttl_are_claimed_whatever_their_next_poll,
+    a_refused_service_is_deferred_and_skipped_by_claims,
+    parked_deliveries_resume_when_their_webhook_returns,
+    purge_works_in_chunks_and_says_when_more_is_left,
+    a_dead_letter_replayed_after_its_task_was_purged_leaves_nothing,
 );
 
 mod suite {
@@ -609,6 +616,261 @@ mod suite {
             (st.watching, st.delivering, st.deliveries_pending),
             (0, 0, 0)
         );
+    }
+
+    fn report(d: &ClaimedDelivery, verdict: DeliveryVerdict) -> DeliveryReport {
+        DeliveryReport {
+            id: d.id,
+            claim: d.claim,
+            task_id: d.task_id.clone(),
+            event_id: d.event_id.clone(),
+            verdict,
+            status: None,
+            error: None,
+        }
+    }
+
+    pub async fn a_deleted_and_re_enqueued_task_never_takes_a_stale_write(s: Arc<dyn Store>) {
+        // Life one: claimed by a worker that then stalls.
+        s.enqueue(0, 0, vec![task("a")]).await.unwrap();
+        let stale = s
+            .claim_poll_batch(0, 0, 10.into(), 100)
+            .await
+            .unwrap()
+            .tasks
+            .remove(0);
+        assert!(s.delete_task("a".into()).await.unwrap());
+        // Life two: enqueued again and claimed as many times as life one was.
+        s.enqueue(1, 0, vec![task("a")]).await.unwrap();
+        let mut fresh = None;
+        for i in 0..3 {
+            let now = 10 + i * 1000;
+            let t = s
+                .claim_poll_batch(now, now, 10.into(), now + 100)
+                .await
+                .unwrap()
+                .tasks;
+            assert_eq!(t.len(), 1);
+            assert_ne!(
+                t[0].claim, stale.claim,
+                "a claim number is never handed out twice"
+            );
+            fresh = t.into_iter().next();
+        }
+        let fresh = fresh.unwrap();
+        // The stalled worker of life one reports: nothing happens.
+        s.record_polls(5000, vec![finish(&stale, &["w"])], None)
+            .await
+            .unwrap();
+        let v = s.get_task("a".into()).await.unwrap().unwrap();
+        assert_eq!(
+            v.status,
+            TaskStatus::Watching,
+            "the stale finish was ignored"
+        );
+        s.record_polls(5000, vec![finish(&fresh, &["w"])], None)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.get_task("a".into()).await.unwrap().unwrap().status,
+            TaskStatus::Delivering
+        );
+    }
+
+    pub async fn delivery_ids_are_never_reused(s: Arc<dyn Store>) {
+        finished_a(&s, &["w"]).await;
+        let old = s
+            .claim_deliveries(20, 10, 5000, vec![])
+            .await
+            .unwrap()
+            .deliveries
+            .remove(0);
+        // The task is deleted while its attempt is in flight, then a new
+        // event is stored.
+        assert!(s.delete_task("a".into()).await.unwrap());
+        s.enqueue(30, 0, vec![task("b")]).await.unwrap();
+        let t = s
+            .claim_poll_batch(30, 30, 10.into(), 1000)
+            .await
+            .unwrap()
+            .tasks
+            .remove(0);
+        s.record_polls(40, vec![finish(&t, &["w"])], None)
+            .await
+            .unwrap();
+        let new = s
+            .claim_deliveries(50, 10, 5000, vec![])
+            .await
+            .unwrap()
+            .deliveries
+            .remove(0);
+        assert!(new.id > old.id, "delivery {} reused as {}", old.id, new.id);
+        // The late report of the deleted delivery settles nothing.
+        s.record_deliveries(60, vec![report(&old, DeliveryVerdict::Delivered)])
+            .await
+            .unwrap();
+        let v = s.get_task("b".into()).await.unwrap().unwrap();
+        assert_eq!(v.deliveries[0].state, DeliveryState::Pending, "{v:?}");
+        assert_eq!(v.status, TaskStatus::Delivering);
+    }
+
+    pub async fn tasks_past_their_ttl_are_claimed_whatever_their_next_poll(s: Arc<dyn Store>) {
+        s.enqueue(0, 1_000_000, vec![task("old")]).await.unwrap();
+        s.enqueue(500, 1_000_000, vec![task("young")])
+            .await
+            .unwrap();
+        // Neither is due; only the old one is past a TTL of 1 s at 1200.
+        let t = s.claim_expired(1200, 1200 - 1000, 10, 2000).await.unwrap();
+        let ids: Vec<_> = t.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["old"]);
+        // Claimed once: not again while its lease runs.
+        assert!(
+            s.claim_expired(1300, 300, 10, 2000)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        s.record_polls(1300, vec![finish(&t[0], &[])], None)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.get_task("old".into()).await.unwrap().unwrap().status,
+            TaskStatus::Done
+        );
+    }
+
+    pub async fn a_refused_service_is_deferred_and_skipped_by_claims(s: Arc<dyn Store>) {
+        let mut broken = task("b1");
+        broken.service = "broken".into();
+        let mut broken2 = task("b2");
+        broken2.service = "broken".into();
+        s.enqueue(0, 0, vec![broken, broken2]).await.unwrap();
+        s.enqueue(10, 0, vec![task("p1")]).await.unwrap();
+        // The broken service's tasks are due first, but it is skipped.
+        let mut limits = ClaimLimits::from(10);
+        limits.per_service.insert("broken".into(), 0);
+        let c = s
+            .claim_poll_batch(20, 20, limits.clone(), 1000)
+            .await
+            .unwrap();
+        assert_eq!(c.service, "producer");
+        assert_eq!(c.tasks.len(), 1);
+        let c = s.claim_poll_batch(20, 20, limits, 1000).await.unwrap();
+        assert!(c.tasks.is_empty(), "{c:?}");
+        assert_eq!(
+            c.next_due,
+            Some(1000),
+            "the skipped service's due tasks do not count"
+        );
+        // Deferred: not due before 5000 even when no longer skipped.
+        assert_eq!(s.defer_service("broken".into(), 5000).await.unwrap(), 2);
+        let c = s.claim_poll_batch(30, 30, 10.into(), 1000).await.unwrap();
+        assert!(c.tasks.is_empty());
+        assert_eq!(
+            c.next_due,
+            Some(1000),
+            "the producer task's lease ends first"
+        );
+        let c = s
+            .claim_poll_batch(5000, 5000, 10.into(), 9000)
+            .await
+            .unwrap();
+        assert_eq!((c.service.as_str(), c.tasks.len()), ("broken", 2));
+    }
+
+    pub async fn parked_deliveries_resume_when_their_webhook_returns(s: Arc<dyn Store>) {
+        finished_a(&s, &["gone-hook", "kept"]).await;
+        let ds = s
+            .claim_deliveries(20, 10, 5000, vec![])
+            .await
+            .unwrap()
+            .deliveries;
+        let reports = ds
+            .iter()
+            .map(|d| {
+                report(
+                    d,
+                    if d.webhook == "gone-hook" {
+                        DeliveryVerdict::WebhookRemoved
+                    } else {
+                        DeliveryVerdict::Delivered
+                    },
+                )
+            })
+            .collect();
+        s.record_deliveries(30, reports).await.unwrap();
+        let v = s.get_task("a".into()).await.unwrap().unwrap();
+        assert_eq!(v.status, TaskStatus::Done, "parked is settled");
+        let parked = s
+            .list_deliveries(Some(DeliveryState::WebhookRemoved), 10)
+            .await
+            .unwrap();
+        assert_eq!(parked.len(), 1);
+        assert_eq!(parked[0].webhook, "gone-hook");
+        assert_eq!(s.stats().await.unwrap().webhook_removed, 1);
+        // Another webhook configured: nothing moves.
+        assert_eq!(s.resume_parked(40, vec!["kept".into()]).await.unwrap(), 0);
+        // Its name is back: pending again, the task delivering.
+        assert_eq!(
+            s.resume_parked(50, vec!["gone-hook".into()]).await.unwrap(),
+            1
+        );
+        assert_eq!(
+            s.get_task("a".into()).await.unwrap().unwrap().status,
+            TaskStatus::Delivering
+        );
+        let d = s
+            .claim_deliveries(60, 10, 5000, vec![])
+            .await
+            .unwrap()
+            .deliveries;
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].webhook, "gone-hook");
+        // A parked delivery also replays by hand.
+        s.record_deliveries(70, vec![report(&d[0], DeliveryVerdict::WebhookRemoved)])
+            .await
+            .unwrap();
+        assert!(s.replay_delivery(80, d[0].id).await.unwrap());
+    }
+
+    pub async fn purge_works_in_chunks_and_says_when_more_is_left(s: Arc<dyn Store>) {
+        let n = PURGE_CHUNK + 10;
+        let tasks: Vec<NewTask> = (0..n).map(|i| task(&format!("t{i}"))).collect();
+        s.enqueue(0, 0, tasks).await.unwrap();
+        let ts = s
+            .claim_poll_batch(0, 0, n.into(), 1000)
+            .await
+            .unwrap()
+            .tasks;
+        assert_eq!(ts.len(), n);
+        s.record_polls(10, ts.iter().map(|t| finish(t, &[])).collect(), None)
+            .await
+            .unwrap();
+        assert_eq!(s.stats().await.unwrap().done, n as u64);
+        let first = s.purge(100, 0).await.unwrap();
+        assert!(first.more, "{first:?}");
+        let second = s.purge(100, 0).await.unwrap();
+        assert!(!second.more, "{second:?}");
+        assert_eq!(s.stats().await.unwrap().done, 0);
+    }
+
+    pub async fn a_dead_letter_replayed_after_its_task_was_purged_leaves_nothing(
+        s: Arc<dyn Store>,
+    ) {
+        finished_a(&s, &["w"]).await;
+        settle_all(&s, 20, |_| DeliveryVerdict::DeadLetter).await;
+        // The task is purged (done retention over); the dead letter stays.
+        s.purge(100, 0).await.unwrap();
+        assert!(s.get_task("a".into()).await.unwrap().is_none());
+        let dead = s
+            .list_deliveries(Some(DeliveryState::Failed), 10)
+            .await
+            .unwrap();
+        assert_eq!(dead.len(), 1);
+        // Replayed and delivered: nothing is left behind to grow the store.
+        assert!(s.replay_delivery(200, dead[0].id).await.unwrap());
+        settle_all(&s, 210, |_| DeliveryVerdict::Delivered).await;
+        assert!(s.list_deliveries(None, 10).await.unwrap().is_empty());
     }
 }
 
