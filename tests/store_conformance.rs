@@ -755,6 +755,7 @@ mod suite {
             .unwrap();
         assert_eq!(c.service, "producer");
         assert_eq!(c.tasks.len(), 1);
+        let p1 = c.tasks[0].clone();
         let c = s.claim_poll_batch(20, 20, limits, 1000).await.unwrap();
         assert!(c.tasks.is_empty(), "{c:?}");
         assert_eq!(
@@ -771,6 +772,9 @@ mod suite {
             Some(1000),
             "the producer task's lease ends first"
         );
+        s.record_polls(40, vec![resched(&p1, 100_000)], None)
+            .await
+            .unwrap();
         let c = s
             .claim_poll_batch(5000, 5000, 10.into(), 9000)
             .await
