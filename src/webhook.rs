@@ -239,35 +239,18 @@ pub fn describe_reqwest_error(e: &reqwest::Error) -> String {
     }
 }
 
-/// `Retry-After` as delta-seconds or an HTTP date.
+/// `Retry-After` as delta-seconds or an HTTP date (any of the three forms
+/// HTTP allows); a date in the past means now.
 pub fn parse_retry_after(v: &str) -> Option<Duration> {
     let v = v.trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    let when = httpdate_parse(v)?;
+    let when = httpdate::parse_http_date(v).ok()?;
     Some(
         when.duration_since(std::time::SystemTime::now())
             .unwrap_or(Duration::ZERO),
     )
-}
-
-fn httpdate_parse(v: &str) -> Option<std::time::SystemTime> {
-    // IMF-fixdate only, e.g. "Wed, 21 Oct 2015 07:28:00 GMT"; humantime
-    // parses RFC 3339, so rewrite into that form.
-    let parts: Vec<&str> = v.split_whitespace().collect();
-    if parts.len() != 6 || parts[5] != "GMT" {
-        return None;
-    }
-    let month = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ]
-    .iter()
-    .position(|m| *m == parts[2])?
-        + 1;
-    let day: u32 = parts[1].parse().ok()?;
-    let rfc = format!("{}-{month:02}-{day:02}T{}Z", parts[3], parts[4]);
-    humantime::parse_rfc3339(&rfc).ok()
 }
 
 #[cfg(test)]
@@ -338,10 +321,17 @@ mod tests {
     #[test]
     fn retry_after_forms() {
         assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
+        // A date 90 s ahead gives about 90 s (a mis-parse gives None or 0).
+        let ahead = std::time::SystemTime::now() + Duration::from_secs(90);
+        let d = parse_retry_after(&httpdate::fmt_http_date(ahead)).unwrap();
+        assert!(
+            d > Duration::from_secs(85) && d <= Duration::from_secs(90),
+            "{d:?}"
         );
+        // The obsolete forms HTTP still allows.
+        let d = parse_retry_after("Sunday, 06-Nov-94 08:49:37 GMT").unwrap();
+        assert_eq!(d, Duration::ZERO, "a past date means now");
+        assert!(parse_retry_after("Sun Nov  6 08:49:37 1994").is_some());
         assert_eq!(parse_retry_after("soon"), None);
         assert!(new_event_id().starts_with("msg_"));
     }
