@@ -1,4 +1,5 @@
-//! `taskhook sim`: an in-memory simulator of AceData Cloud's task-retrieval API.
+//! taskhook-sim: an in-memory simulator of AceData Cloud's task-retrieval API
+//! (`taskhook sim` on the command line).
 //!
 //! It serves `POST /{service}/tasks` (actions `retrieve` and `retrieve_batch`)
 //! with faithful task records whose shape evolves over time, plus control
