@@ -32,10 +32,17 @@ pub(crate) async fn create_tasks(State(sh): State<Arc<Shared>>, body: Bytes) -> 
         }
     };
     let now = now_ms();
-    let tasks: Vec<Task> = specs
+    let tasks: Result<Vec<Task>, String> = specs
         .into_iter()
         .map(|s| sh.task_from_spec(s, now))
         .collect();
+    let tasks = match tasks {
+        Ok(t) => t,
+        Err(msg) => {
+            let msg = format!("invalid task spec: {msg}");
+            return error_response(StatusCode::BAD_REQUEST, "bad_request", &msg);
+        }
+    };
     let ids: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
     {
         let mut st = sh.lock();
@@ -50,11 +57,14 @@ pub(crate) async fn task_info(State(sh): State<Arc<Shared>>, Path(id): Path<Stri
     let Some(t) = sh.lock().tasks.get(&id).cloned() else {
         return error_response(StatusCode::NOT_FOUND, "not_found", "task not found");
     };
-    let finishes = (t.outcome != Outcome::Never).then_some(t.created_ms + t.duration_ms);
+    // A replayed record is served once the duration has passed, whatever the outcome.
+    let finishes =
+        (t.outcome != Outcome::Never || t.record.is_some()).then_some(t.created_ms + t.duration_ms);
     let v = json!({
-        "id": t.id, "service": t.service, "created_at_ms": t.created_ms,
-        "finishes_at_ms": finishes, "duration_ms": t.duration_ms, "items": t.items,
-        "outcome": t.outcome, "polls": t.polls,
+        "id": t.id, "service": t.service, "family": t.profile.family.name(),
+        "created_at_ms": t.created_ms, "finishes_at_ms": finishes,
+        "duration_ms": t.duration_ms, "items": t.items, "outcome": t.outcome,
+        "replay": t.record.is_some(), "polls": t.polls,
     });
     json_response(StatusCode::OK, to_json(&v))
 }

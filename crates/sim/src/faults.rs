@@ -10,6 +10,7 @@ use axum::response::Response;
 
 use crate::endpoint::{Call, answer, answer_body};
 use crate::reply::{error_response, html, invalid_token, json_response, too_many_requests};
+use crate::services::Profile;
 use crate::state::Shared;
 
 /// A way the simulated upstream can misbehave on one request.
@@ -89,6 +90,7 @@ impl FaultKind {
 pub(crate) async fn fault(
     sh: &Shared,
     service: &str,
+    profile: &Profile,
     call: Call,
     kind: FaultKind,
     slow_ms: u64,
@@ -109,15 +111,15 @@ pub(crate) async fn fault(
         FaultKind::Unauthorized => invalid_token(),
         FaultKind::Slow => {
             tokio::time::sleep(Duration::from_millis(slow_ms)).await;
-            answer(sh, service, call)
+            answer(sh, service, profile, call)
         }
         FaultKind::Truncated => {
-            let (_, mut body) = answer_body(sh, service, call);
+            let (_, mut body) = answer_body(sh, service, profile, call);
             body.truncate(body.len() / 2);
             json_response(StatusCode::OK, body)
         }
         FaultKind::Reset => {
-            let (_, body) = answer_body(sh, service, call);
+            let (_, body) = answer_body(sh, service, profile, call);
             let half = body.len() / 2;
             let mut body = body;
             body.truncate(half);

@@ -22,6 +22,11 @@ pub(crate) fn iso8601(ms: u64, us: u64) -> String {
     humantime::format_rfc3339_micros(at).to_string()
 }
 
+/// `YYYY-MM-DDTHH:MM:SS.fffZ` of `ms` (millisecond precision).
+pub(crate) fn iso8601_millis(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+}
+
 pub(crate) fn splitmix(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

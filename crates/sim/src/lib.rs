@@ -1,14 +1,17 @@
-//! taskhook-sim: an in-memory simulator of AceData Cloud's task-retrieval API
+//! taskhook-sim: an in-memory simulator of AceData Cloud's task-retrieval APIs
 //! (`taskhook sim` on the command line).
 //!
 //! It serves `POST /{service}/tasks` (actions `retrieve` and `retrieve_batch`)
-//! with faithful task records whose shape evolves over time, plus control
-//! endpoints under `/_sim/` to create tasks, script faults and read statistics.
-//! Used by tests, benchmarks and demos (in the spirit of stripe-mock).
+//! for every documented AceData Cloud service, each in its own record shapes,
+//! evolving over time from running to succeeded or failed; plus control
+//! endpoints under `/_sim/` to create tasks (or replay documented records),
+//! script faults and read statistics. Used by tests, benchmarks and demos (in
+//! the spirit of stripe-mock).
 //!
-//! Modules: `state` (tasks and the shared state), `endpoint` (the tasks
-//! API), `records` (what a task looks like over time), `faults`, `control`
-//! (`/_sim/`), `stats`, `reply` and `ids`.
+//! Modules: `services` (the per-service table), `families` (one record
+//! builder per family of shapes) and `records` (what they share), `state`
+//! (tasks and the shared state), `endpoint` (the tasks API), `faults`,
+//! `control` (`/_sim/`), `stats`, `reply` and `ids`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,10 +22,12 @@ use axum::routing::{get, post};
 
 mod control;
 mod endpoint;
+mod families;
 mod faults;
 mod ids;
 mod records;
 mod reply;
+mod services;
 mod state;
 mod stats;
 #[cfg(test)]
@@ -77,6 +82,11 @@ pub struct SimArgs {
     /// Fraction of items repeated twice in a batch answer.
     #[arg(long, default_value_t = 0.0)]
     pub duplicate_rate: f64,
+    /// Serve any service name with the producer shape (by default a name that
+    /// is not a documented AceData service answers 404, as a path that does
+    /// not exist).
+    #[arg(long)]
+    pub any_service: bool,
 }
 
 impl Default for SimArgs {
@@ -96,6 +106,7 @@ impl Default for SimArgs {
             faults: Vec::new(),
             slow_ms: 30000,
             duplicate_rate: 0.0,
+            any_service: false,
         }
     }
 }

@@ -16,9 +16,29 @@ pub(crate) struct Stats {
     pub(crate) faults: BTreeMap<&'static str, u64>,
     pub(crate) statuses: BTreeMap<u16, u64>,
     pub(crate) max_in_flight: usize,
+    /// Requests per path service name (unknown names included).
+    pub(crate) requests_by_service: BTreeMap<String, u64>,
+    /// Batch requests whose `limit` was absent or not the number of IDs.
+    pub(crate) limit_mismatches: u64,
 }
 
 impl Stats {
+    /// Counts a request to `/{service}/tasks`.
+    pub(crate) fn count_request(&mut self, service: &str) {
+        self.requests += 1;
+        match self.requests_by_service.get_mut(service) {
+            Some(n) => *n += 1,
+            None => {
+                self.requests_by_service.insert(service.to_owned(), 1);
+            }
+        }
+    }
+
+    /// Counts an answer's status.
+    pub(crate) fn count_status(&mut self, status: axum::http::StatusCode) {
+        *self.statuses.entry(status.as_u16()).or_default() += 1;
+    }
+
     /// The body of `GET /_sim/stats`; `tasks` is how many tasks exist.
     pub(crate) fn to_json(&self, tasks: usize) -> Value {
         let mean = if self.batch_requests == 0 {
@@ -36,6 +56,8 @@ impl Stats {
             "faults": self.faults,
             "statuses": self.statuses,
             "max_in_flight": self.max_in_flight,
+            "requests_by_service": self.requests_by_service,
+            "limit_mismatches": self.limit_mismatches,
             "tasks": tasks,
         })
     }
