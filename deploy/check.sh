@@ -74,12 +74,12 @@ done
 
 # ---------------------------------------------------------------------------
 step ".dockerignore keeps the build inputs"
-for needed in Cargo.toml Cargo.lock src config; do
+for needed in Cargo.toml Cargo.lock src crates config; do
     if grep -Eq "^[[:space:]]*/?$needed/?[[:space:]]*$" .dockerignore; then
         fail ".dockerignore excludes $needed, which the image build needs"
     fi
 done
-echo "Cargo.toml, Cargo.lock, src/ and config/ are in the build context"
+echo "Cargo.toml, Cargo.lock, src/, crates/ and config/ are in the build context"
 
 # ---------------------------------------------------------------------------
 step "systemd-analyze verify: deploy/taskhook.service"

@@ -229,8 +229,8 @@ struct Harness {
 }
 
 impl Harness {
-    async fn sim(&self, args: crate::sim::SimArgs) -> anyhow::Result<String> {
-        serve(crate::sim::router(args), self.stop.clone()).await
+    async fn sim(&self, args: taskhook_sim::SimArgs) -> anyhow::Result<String> {
+        serve(taskhook_sim::router(args), self.stop.clone()).await
     }
 
     async fn create_sim_tasks(&self, sim: &str, specs: Vec<Value>) -> anyhow::Result<()> {
@@ -377,8 +377,8 @@ shutdown_grace = "5s"
 
 /// A simulator enforcing the real upstream's limits: about 60 requests/s
 /// and 5 in flight per token.
-fn limited_upstream() -> crate::sim::SimArgs {
-    crate::sim::SimArgs {
+fn limited_upstream() -> taskhook_sim::SimArgs {
+    taskhook_sim::SimArgs {
         rate_limit: Some(60.0),
         max_concurrent: Some(5),
         ..Default::default()
@@ -673,7 +673,7 @@ async fn efficiency_and_lag(h: &Harness, plan: &Plan, out: &mut Vec<Figure>) -> 
     let per_request = stats["mean_ids_per_request"].as_f64().unwrap_or(0.0);
 
     // The baseline: one `retrieve` per task every 3 s until it is finished.
-    let sim = h.sim(crate::sim::SimArgs::default()).await?;
+    let sim = h.sim(taskhook_sim::SimArgs::default()).await?;
     let (ids, tasks) = specs("base");
     h.create_sim_tasks(&sim, tasks).await?;
     let base_lags = Arc::new(Mutex::new(Vec::with_capacity(n)));
@@ -776,7 +776,7 @@ async fn efficiency_and_lag(h: &Harness, plan: &Plan, out: &mut Vec<Figure>) -> 
 
 async fn scale(h: &Harness, plan: &Plan, out: &mut Vec<Figure>) -> anyhow::Result<()> {
     let n = plan.scale_tasks;
-    let sim = h.sim(crate::sim::SimArgs::default()).await?;
+    let sim = h.sim(taskhook_sim::SimArgs::default()).await?;
     let cfg = daemon_config(
         h,
         "scale",
@@ -877,7 +877,7 @@ async fn isolation(h: &Harness, plan: &Plan, out: &mut Vec<Figure>) -> anyhow::R
     for slow in [None, Some(9usize)] {
         h.reset();
         *h.seen.slow.lock().expect("lock") = slow;
-        let sim = h.sim(crate::sim::SimArgs::default()).await?;
+        let sim = h.sim(taskhook_sim::SimArgs::default()).await?;
         let name = if slow.is_some() {
             "isolation-slow"
         } else {

@@ -117,7 +117,7 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Run the upstream simulator.
-    Sim(crate::sim::SimArgs),
+    Sim(taskhook_sim::SimArgs),
     /// Simulator, daemon and a receiver on loopback: watch tasks flow.
     Demo(crate::demo::DemoArgs),
     /// Measure throughput, upstream efficiency, lag, scale and isolation.
@@ -155,7 +155,7 @@ pub fn main() -> ExitCode {
                     listener.local_addr()?
                 );
                 std::io::stdout().flush()?;
-                crate::sim::serve(listener, args, crate::daemon::signal()).await?;
+                taskhook_sim::serve(listener, args, crate::daemon::signal()).await?;
                 Ok(())
             })
         }

@@ -108,7 +108,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("creating a temporary store directory")?;
 
     let sim_url = serve_on_loopback(
-        crate::sim::router(crate::sim::SimArgs::default()),
+        taskhook_sim::router(taskhook_sim::SimArgs::default()),
         stop.clone(),
     )
     .await?;

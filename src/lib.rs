@@ -3,8 +3,8 @@
 //!
 //! The data path, one module per stage:
 //! [`ingest`] → [`store`] → [`poller`] → [`upstream`] → [`terminal`] →
-//! [`dispatcher`] → [`webhook`]; beside it the control [`api`], the
-//! upstream simulator [`sim`] and the [`demo`].
+//! [`dispatcher`] → [`webhook`]; beside it the control [`api`] and the
+//! [`demo`]. The upstream simulator is its own crate, `taskhook-sim`.
 
 pub mod api;
 pub mod bench;
@@ -20,7 +20,6 @@ pub mod poller;
 pub mod profile;
 pub mod redact;
 pub mod schedule;
-pub mod sim;
 pub mod ssrf;
 pub mod store;
 pub mod terminal;

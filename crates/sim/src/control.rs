@@ -1,0 +1,124 @@
+//! The control endpoints under `/_sim/`: create tasks, inspect one, script
+//! faults, read and reset statistics.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::faults::FaultKind;
+use crate::ids::now_ms;
+use crate::reply::{error_response, json_response, to_json};
+use crate::state::{Outcome, Shared, Task, TaskSpec};
+use crate::stats::Stats;
+
+pub(crate) async fn create_tasks(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
+    let specs: Result<Vec<TaskSpec>, serde_json::Error> = serde_json::from_slice::<Value>(&body)
+        .and_then(|v| match v {
+            Value::Object(mut m) if m.contains_key("tasks") => {
+                serde_json::from_value(m.remove("tasks").unwrap_or_default())
+            }
+            other => serde_json::from_value(other).map(|s| vec![s]),
+        });
+    let specs = match specs {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("invalid task spec: {e}");
+            return error_response(StatusCode::BAD_REQUEST, "bad_request", &msg);
+        }
+    };
+    let now = now_ms();
+    let tasks: Result<Vec<Task>, String> = specs
+        .into_iter()
+        .map(|s| sh.task_from_spec(s, now))
+        .collect();
+    let tasks = match tasks {
+        Ok(t) => t,
+        Err(msg) => {
+            let msg = format!("invalid task spec: {msg}");
+            return error_response(StatusCode::BAD_REQUEST, "bad_request", &msg);
+        }
+    };
+    let ids: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
+    {
+        let mut st = sh.lock();
+        for t in tasks {
+            st.tasks.insert(t.id.clone(), t);
+        }
+    }
+    json_response(StatusCode::CREATED, to_json(&json!({ "ids": ids })))
+}
+
+pub(crate) async fn task_info(State(sh): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    let Some(t) = sh.lock().tasks.get(&id).cloned() else {
+        return error_response(StatusCode::NOT_FOUND, "not_found", "task not found");
+    };
+    // A replayed record is served once the duration has passed, whatever the outcome.
+    let finishes =
+        (t.outcome != Outcome::Never || t.record.is_some()).then_some(t.created_ms + t.duration_ms);
+    let v = json!({
+        "id": t.id, "service": t.service, "family": t.profile.family.name(),
+        "created_at_ms": t.created_ms, "finishes_at_ms": finishes,
+        "duration_ms": t.duration_ms, "items": t.items, "outcome": t.outcome,
+        "replay": t.record.is_some(), "polls": t.polls,
+    });
+    json_response(StatusCode::OK, to_json(&v))
+}
+
+/// Body of `POST /_sim/faults`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FaultsUpdate {
+    pub(crate) rate: Option<f64>,
+    pub(crate) kinds: Option<Vec<FaultKind>>,
+    pub(crate) script: Option<Vec<FaultKind>>,
+    pub(crate) slow_ms: Option<u64>,
+}
+
+pub(crate) async fn set_faults(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
+    let update = if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(FaultsUpdate::default())
+    } else {
+        serde_json::from_slice::<FaultsUpdate>(&body)
+    };
+    let update = match update {
+        Ok(u) => u,
+        Err(e) => {
+            let msg = format!("invalid faults settings: {e}");
+            return error_response(StatusCode::BAD_REQUEST, "bad_request", &msg);
+        }
+    };
+    let v = {
+        let mut st = sh.lock();
+        let f = &mut st.faults;
+        if let Some(rate) = update.rate {
+            f.rate = rate;
+        }
+        if let Some(kinds) = update.kinds {
+            f.kinds = kinds;
+        }
+        if let Some(slow_ms) = update.slow_ms {
+            f.slow_ms = slow_ms;
+        }
+        f.script.extend(update.script.unwrap_or_default());
+        json!({"rate": f.rate, "kinds": f.kinds, "script": f.script, "slow_ms": f.slow_ms})
+    };
+    json_response(StatusCode::OK, to_json(&v))
+}
+
+pub(crate) async fn stats(State(sh): State<Arc<Shared>>) -> Response {
+    let v = {
+        let st = sh.lock();
+        st.stats.to_json(st.tasks.len())
+    };
+    json_response(StatusCode::OK, to_json(&v))
+}
+
+pub(crate) async fn reset_stats(State(sh): State<Arc<Shared>>) -> Response {
+    sh.lock().stats = Stats::default();
+    json_response(StatusCode::OK, to_json(&json!({"reset": true})))
+}

@@ -1,0 +1,173 @@
+//! Faults: the ways the simulated upstream misbehaves on demand (random or
+//! scripted), the token bucket of `--rate-limit`, and the answers they give.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::http::{StatusCode, header};
+use axum::response::Response;
+
+use crate::endpoint::{Call, answer, answer_body};
+use crate::reply::{error_response, html, invalid_token, json_response, too_many_requests};
+use crate::services::Profile;
+use crate::state::Shared;
+
+/// A way the simulated upstream can misbehave on one request.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+pub enum FaultKind {
+    /// 429 too_many_requests with `Retry-After: 1`.
+    #[serde(rename = "429")]
+    #[value(name = "429")]
+    RateLimited,
+    /// 429 without Retry-After.
+    #[serde(rename = "429-no-retry-after")]
+    #[value(name = "429-no-retry-after")]
+    RateLimitedNoRetryAfter,
+    /// 500 with a JSON `api_error` body.
+    #[serde(rename = "500")]
+    #[value(name = "500")]
+    ServerError,
+    /// 502 with an HTML page body.
+    #[serde(rename = "502-html")]
+    #[value(name = "502-html")]
+    BadGatewayHtml,
+    /// 503 with an HTML page body.
+    #[serde(rename = "503-html")]
+    #[value(name = "503-html")]
+    UnavailableHtml,
+    /// 200 with the real JSON body cut off in the middle.
+    #[serde(rename = "truncated")]
+    #[value(name = "truncated")]
+    Truncated,
+    /// Wait `slow_ms`, then answer normally.
+    #[serde(rename = "slow")]
+    #[value(name = "slow")]
+    Slow,
+    /// The response body fails after the headers, so the connection is dropped.
+    #[serde(rename = "reset")]
+    #[value(name = "reset")]
+    Reset,
+    /// 401 invalid_token.
+    #[serde(rename = "401")]
+    #[value(name = "401")]
+    Unauthorized,
+}
+
+impl FaultKind {
+    /// Every kind, the default pool of random faults.
+    pub(crate) const ALL: [FaultKind; 9] = [
+        FaultKind::RateLimited,
+        FaultKind::RateLimitedNoRetryAfter,
+        FaultKind::ServerError,
+        FaultKind::BadGatewayHtml,
+        FaultKind::UnavailableHtml,
+        FaultKind::Truncated,
+        FaultKind::Slow,
+        FaultKind::Reset,
+        FaultKind::Unauthorized,
+    ];
+
+    /// The serde / CLI name.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            FaultKind::RateLimited => "429",
+            FaultKind::RateLimitedNoRetryAfter => "429-no-retry-after",
+            FaultKind::ServerError => "500",
+            FaultKind::BadGatewayHtml => "502-html",
+            FaultKind::UnavailableHtml => "503-html",
+            FaultKind::Truncated => "truncated",
+            FaultKind::Slow => "slow",
+            FaultKind::Reset => "reset",
+            FaultKind::Unauthorized => "401",
+        }
+    }
+}
+
+/// The answer of a request that drew fault `kind`.
+pub(crate) async fn fault(
+    sh: &Shared,
+    service: &str,
+    profile: &Profile,
+    call: Call,
+    kind: FaultKind,
+    slow_ms: u64,
+) -> Response {
+    match kind {
+        FaultKind::RateLimited => too_many_requests(true),
+        FaultKind::RateLimitedNoRetryAfter => too_many_requests(false),
+        FaultKind::ServerError => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "api_error",
+            "internal server error",
+        ),
+        FaultKind::BadGatewayHtml => html(StatusCode::BAD_GATEWAY, "502 Bad Gateway"),
+        FaultKind::UnavailableHtml => html(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "503 Service Temporarily Unavailable",
+        ),
+        FaultKind::Unauthorized => invalid_token(),
+        FaultKind::Slow => {
+            tokio::time::sleep(Duration::from_millis(slow_ms)).await;
+            answer(sh, service, profile, call)
+        }
+        FaultKind::Truncated => {
+            let (_, mut body) = answer_body(sh, service, profile, call);
+            body.truncate(body.len() / 2);
+            json_response(StatusCode::OK, body)
+        }
+        FaultKind::Reset => {
+            let (_, body) = answer_body(sh, service, profile, call);
+            let half = body.len() / 2;
+            let mut body = body;
+            body.truncate(half);
+            let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+                Ok(Bytes::from(body)),
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "simulated connection reset",
+                )),
+            ];
+            Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from_stream(futures::stream::iter(chunks)))
+                .expect("valid response")
+        }
+    }
+}
+
+/// Fault settings, changeable through `POST /_sim/faults`.
+#[derive(Debug)]
+pub(crate) struct Faults {
+    pub(crate) rate: f64,
+    pub(crate) kinds: Vec<FaultKind>,
+    pub(crate) script: VecDeque<FaultKind>,
+    pub(crate) slow_ms: u64,
+}
+
+/// Token bucket of `--rate-limit`.
+#[derive(Debug)]
+pub(crate) struct Bucket {
+    pub(crate) rate: f64,
+    pub(crate) tokens: f64,
+    pub(crate) last: Instant,
+}
+
+impl Bucket {
+    pub(crate) fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let cap = self.rate.max(1.0);
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(cap);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Request statistics, served by `GET /_sim/stats` and cleared by
+//! `POST /_sim/reset`.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+/// Request counters, cleared by `POST /_sim/reset`.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub(crate) requests: u64,
+    pub(crate) batch_requests: u64,
+    pub(crate) single_requests: u64,
+    pub(crate) ids_requested: u64,
+    pub(crate) max_ids_per_request: u64,
+    pub(crate) faults: BTreeMap<&'static str, u64>,
+    pub(crate) statuses: BTreeMap<u16, u64>,
+    pub(crate) max_in_flight: usize,
+    /// Requests per path service name (unknown names included).
+    pub(crate) requests_by_service: BTreeMap<String, u64>,
+    /// Batch requests whose `limit` was absent or not the number of IDs.
+    pub(crate) limit_mismatches: u64,
+}
+
+impl Stats {
+    /// Counts a request to `/{service}/tasks`.
+    pub(crate) fn count_request(&mut self, service: &str) {
+        self.requests += 1;
+        match self.requests_by_service.get_mut(service) {
+            Some(n) => *n += 1,
+            None => {
+                self.requests_by_service.insert(service.to_owned(), 1);
+            }
+        }
+    }
+
+    /// Counts an answer's status.
+    pub(crate) fn count_status(&mut self, status: axum::http::StatusCode) {
+        *self.statuses.entry(status.as_u16()).or_default() += 1;
+    }
+
+    /// The body of `GET /_sim/stats`; `tasks` is how many tasks exist.
+    pub(crate) fn to_json(&self, tasks: usize) -> Value {
+        let mean = if self.batch_requests == 0 {
+            0.0
+        } else {
+            self.ids_requested as f64 / self.batch_requests as f64
+        };
+        json!({
+            "requests": self.requests,
+            "batch_requests": self.batch_requests,
+            "single_requests": self.single_requests,
+            "ids_requested": self.ids_requested,
+            "max_ids_per_request": self.max_ids_per_request,
+            "mean_ids_per_request": mean,
+            "faults": self.faults,
+            "statuses": self.statuses,
+            "max_in_flight": self.max_in_flight,
+            "requests_by_service": self.requests_by_service,
+            "limit_mismatches": self.limit_mismatches,
+            "tasks": tasks,
+        })
+    }
+}
