@@ -24,6 +24,12 @@ async fn metrics_parse_as_prometheus_text_and_count_the_work() {
         (a.accepted_by_task().len() == 20).then_some(())
     })
     .await;
+    // The receiver's 2xx is recorded a moment after it answers.
+    eventually("every task done", Duration::from_secs(10), || async {
+        let (_, st) = get_json(&format!("{}/v1/stats", daemon.url)).await;
+        (st["tasks"]["done"] == 20).then_some(())
+    })
+    .await;
 
     let resp = reqwest::get(format!("{}/metrics", daemon.url))
         .await
@@ -32,12 +38,17 @@ async fn metrics_parse_as_prometheus_text_and_count_the_work() {
     let text = resp.text().await.unwrap();
     let lines = text.lines().map(|l| Ok(l.to_string()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("valid exposition");
+    // A metric that is not exported fails the test (it must not read as 0).
     let value = |name: &str, label: Option<(&str, &str)>| -> f64 {
-        scrape
+        let samples: Vec<_> = scrape
             .samples
             .iter()
             .filter(|s| s.metric == name)
             .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .collect();
+        assert!(!samples.is_empty(), "{name} {label:?} is not exported");
+        samples
+            .iter()
             .map(|s| match &s.value {
                 prometheus_parse::Value::Counter(v)
                 | prometheus_parse::Value::Gauge(v)
