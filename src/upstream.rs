@@ -220,6 +220,16 @@ pub fn parse_batch(body: &[u8], profile: &Profile) -> Result<BatchAnswer, Upstre
     Ok(answer)
 }
 
+/// True when `body` is a JSON object that names task `id` (`task_id` or
+/// `id`): a task record, not an error about the request.
+fn names_task(body: &[u8], id: &str) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| {
+        ["task_id", "id"]
+            .iter()
+            .any(|k| v.get(*k).and_then(|x| x.as_str()) == Some(id))
+    })
+}
+
 /// Parses the answer to a single `retrieve` of task `id`: the body is the
 /// record. An empty object means the upstream knows no such task.
 pub fn parse_single(body: &[u8], id: &str) -> Result<BatchAnswer, UpstreamError> {
@@ -559,6 +569,12 @@ impl UpstreamClient {
                 Some(id) => parse_single(&body, id),
                 None => parse_batch(&body, profile),
             },
+            // Some single-task services answer a task that settled badly
+            // with an error status and the task's own record (captcha: 504
+            // with `status: failed`): that is an answer about the task.
+            _ if single.is_some_and(|id| names_task(&body, id)) => {
+                parse_single(&body, single.unwrap_or_default())
+            }
             // A single task the upstream does not know: absent, like a
             // batch answer that leaves it out.
             404 if single.is_some()

@@ -201,7 +201,8 @@ pub(crate) fn answer_body(
             let page = limit
                 .map(|l| l.clamp(1, MAX_LIMIT) as usize)
                 .or(profile.page)
-                .unwrap_or(usize::MAX);
+                .unwrap_or(usize::MAX)
+                .min(sh.args.page_size.unwrap_or(usize::MAX));
             let now = now_ms();
             // `known` counts every requested ID the upstream knows, so a
             // count above the items says the page left some out.

@@ -54,6 +54,40 @@ pub enum FaultKind {
     #[serde(rename = "401")]
     #[value(name = "401")]
     Unauthorized,
+    /// 403 with an HTML page: a web application firewall, not the token.
+    #[serde(rename = "403-html")]
+    #[value(name = "403-html")]
+    ForbiddenHtml,
+    /// 403 whose JSON body says invalid_token.
+    #[serde(rename = "403-invalid-token")]
+    #[value(name = "403-invalid-token")]
+    ForbiddenToken,
+    /// 404 not_found: no such endpoint.
+    #[serde(rename = "404")]
+    #[value(name = "404")]
+    NotFound,
+    /// 405 method_not_allowed.
+    #[serde(rename = "405")]
+    #[value(name = "405")]
+    MethodNotAllowed,
+    /// 413 request entity too large.
+    #[serde(rename = "413")]
+    #[value(name = "413")]
+    TooLarge,
+    /// 400 api_not_implemented.
+    #[serde(rename = "400-not-implemented")]
+    #[value(name = "400-not-implemented")]
+    NotImplemented,
+    /// 400 token_mismatched: the token is not enabled for this service.
+    #[serde(rename = "400-token-mismatched")]
+    #[value(name = "400-token-mismatched")]
+    TokenMismatched,
+    /// 200 with the normal answer, but the first item's record carries a
+    /// string with a lone UTF-16 surrogate escape: valid JSON syntax, not
+    /// valid text.
+    #[serde(rename = "corrupt-item")]
+    #[value(name = "corrupt-item")]
+    CorruptItem,
 }
 
 impl FaultKind {
@@ -82,6 +116,14 @@ impl FaultKind {
             FaultKind::Slow => "slow",
             FaultKind::Reset => "reset",
             FaultKind::Unauthorized => "401",
+            FaultKind::ForbiddenHtml => "403-html",
+            FaultKind::ForbiddenToken => "403-invalid-token",
+            FaultKind::NotFound => "404",
+            FaultKind::MethodNotAllowed => "405",
+            FaultKind::TooLarge => "413",
+            FaultKind::NotImplemented => "400-not-implemented",
+            FaultKind::TokenMismatched => "400-token-mismatched",
+            FaultKind::CorruptItem => "corrupt-item",
         }
     }
 }
@@ -109,6 +151,34 @@ pub(crate) async fn fault(
             "503 Service Temporarily Unavailable",
         ),
         FaultKind::Unauthorized => invalid_token(),
+        FaultKind::ForbiddenHtml => html(StatusCode::FORBIDDEN, "403 Forbidden"),
+        FaultKind::ForbiddenToken => {
+            error_response(StatusCode::FORBIDDEN, "invalid_token", "invalid token")
+        }
+        FaultKind::NotFound => error_response(StatusCode::NOT_FOUND, "not_found", "not found"),
+        FaultKind::MethodNotAllowed => error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed",
+        ),
+        FaultKind::TooLarge => html(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "413 Request Entity Too Large",
+        ),
+        FaultKind::NotImplemented => error_response(
+            StatusCode::BAD_REQUEST,
+            "api_not_implemented",
+            "this api is not implemented",
+        ),
+        FaultKind::TokenMismatched => error_response(
+            StatusCode::BAD_REQUEST,
+            "token_mismatched",
+            "the token does not match this api",
+        ),
+        FaultKind::CorruptItem => {
+            let (status, body) = answer_body(sh, service, profile, call);
+            json_response(status, corrupt_first_item(body))
+        }
         FaultKind::Slow => {
             tokio::time::sleep(Duration::from_millis(slow_ms)).await;
             answer(sh, service, profile, call)
@@ -136,6 +206,20 @@ pub(crate) async fn fault(
                 .body(Body::from_stream(futures::stream::iter(chunks)))
                 .expect("valid response")
         }
+    }
+}
+
+/// Puts a lone surrogate escape into the first item of a batch answer,
+/// keeping the rest byte for byte.
+fn corrupt_first_item(body: Vec<u8>) -> Vec<u8> {
+    let text = String::from_utf8(body).expect("answers are UTF-8");
+    let marker = "\"items\":[{";
+    match text.find(marker) {
+        Some(i) => {
+            let at = i + marker.len();
+            format!("{}\"note\":\"\\udc00\",{}", &text[..at], &text[at..]).into_bytes()
+        }
+        None => text.into_bytes(),
     }
 }
 

@@ -87,6 +87,11 @@ pub struct SimArgs {
     /// not exist).
     #[arg(long)]
     pub any_service: bool,
+    /// Serve at most this many items per batch answer whatever its `limit`
+    /// says (an upstream with a hard page size); `count` still says how many
+    /// of the requested IDs it knows.
+    #[arg(long)]
+    pub page_size: Option<usize>,
 }
 
 impl Default for SimArgs {
@@ -107,6 +112,7 @@ impl Default for SimArgs {
             slow_ms: 30000,
             duplicate_rate: 0.0,
             any_service: false,
+            page_size: None,
         }
     }
 }
