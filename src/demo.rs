@@ -25,35 +25,55 @@ pub struct DemoArgs {
     pub exit_when_done: bool,
 }
 
-/// The demo's tasks: (id, simulator spec, what it shows).
-fn demo_tasks() -> Vec<(&'static str, Value, &'static str)> {
+/// The demo's tasks: (id, service, simulator spec, what it shows). Three
+/// differently shaped services: producer (items with a state word),
+/// midjourney (a flat response with only progress and an image URL),
+/// kling (a flat response with `state: succeed`) and minimax (a `{"task"}`
+/// envelope with `status`).
+fn demo_tasks() -> Vec<(&'static str, &'static str, Value, &'static str)> {
     vec![
         (
             "demo-song-1",
+            "producer",
             json!({"outcome": "succeeded", "duration_ms": 1500, "items": 2}),
-            "succeeds; its two items finish at different times",
+            "producer: succeeds; its two items finish at different times",
         ),
         (
-            "demo-song-2",
-            json!({"outcome": "succeeded", "duration_ms": 2500, "running_shape": "null"}),
-            "succeeds",
+            "demo-image-2",
+            "midjourney",
+            json!({"outcome": "succeeded", "duration_ms": 2500}),
+            "midjourney: succeeds (no state word: progress reaches 100, the image URL appears)",
         ),
         (
-            "demo-song-3",
+            "demo-video-3",
+            "kling",
+            json!({"outcome": "succeeded", "duration_ms": 2000}),
+            "kling: succeeds (a flat response whose state becomes \"succeed\")",
+        ),
+        (
+            "demo-video-4",
+            "minimax",
             json!({"outcome": "failed", "duration_ms": 2000}),
-            "fails upstream",
-        ),
-        (
-            "demo-song-4",
-            json!({"outcome": "hiccup", "duration_ms": 4000}),
-            "reports one transient failure, then succeeds",
+            "minimax: fails (status \"failed\" inside a {\"task\": ...} envelope)",
         ),
         (
             "demo-song-5",
-            json!({"outcome": "item_error", "duration_ms": 3000, "items": 2}),
-            "one of its items errors",
+            "producer",
+            json!({"outcome": "hiccup", "duration_ms": 4000}),
+            "producer: reports one transient failure, then succeeds",
         ),
-        ("missing-demo-6", Value::Null, "is unknown to the upstream"),
+        (
+            "demo-song-6",
+            "producer",
+            json!({"outcome": "item_error", "duration_ms": 3000, "items": 2}),
+            "producer: one of its items errors",
+        ),
+        (
+            "missing-demo-7",
+            "producer",
+            Value::Null,
+            "producer: unknown to the upstream",
+        ),
     ]
 }
 
@@ -179,12 +199,13 @@ secret = "{secret}"
 
     let http = reqwest::Client::new();
     let tasks = demo_tasks();
-    for (id, spec, _) in &tasks {
+    for (id, service, spec, _) in &tasks {
         if spec.is_null() {
             continue;
         }
         let mut spec = spec.clone();
         spec["id"] = json!(id);
+        spec["service"] = json!(service);
         http.post(format!("{sim_url}/_sim/tasks"))
             .json(&spec)
             .send()
@@ -192,7 +213,7 @@ secret = "{secret}"
             .error_for_status()
             .context("creating simulator tasks")?;
     }
-    let body = json!({"tasks": tasks.iter().map(|(id, _, _)| json!({"id": id, "metadata": {"pipeline_job": id}})).collect::<Vec<_>>()});
+    let body = json!({"tasks": tasks.iter().map(|(id, service, _, _)| json!({"id": id, "service": service, "metadata": {"pipeline_job": id}})).collect::<Vec<_>>()});
     let started = Instant::now();
     let resp: Value = http
         .post(format!("{api}/v1/tasks"))
@@ -208,7 +229,7 @@ secret = "{secret}"
         "\nenqueued {} tasks through POST /v1/tasks:",
         resp["accepted"]
     )?;
-    for (id, _, what) in &tasks {
+    for (id, _, _, what) in &tasks {
         writeln!(out, "  {id:<16} {what}")?;
     }
     writeln!(out, "\nevents as the receiver gets them:")?;

@@ -152,11 +152,24 @@ fn the_demo_shows_events_flowing_and_stops_on_ctrl_c() {
         if lines.iter().any(|l| l.contains("press Ctrl-C")) {
             let text = lines.join("\n");
             assert!(
-                text.contains("all 6 events delivered, every signature valid"),
+                text.contains("all 7 events delivered, every signature valid"),
                 "{text}"
             );
             for kind in ["task.succeeded", "task.failed", "task.not_found"] {
                 assert!(text.contains(kind), "{kind} in {text}");
+            }
+            // Three differently shaped services, each decided right.
+            for (task, kind) in [
+                ("demo-image-2", "task.succeeded"),
+                ("demo-video-3", "task.succeeded"),
+                ("demo-video-4", "task.failed"),
+            ] {
+                assert!(
+                    text.lines().any(|l| l.contains(task)
+                        && l.contains(kind)
+                        && l.contains("signature ok")),
+                    "{task} {kind} in {text}"
+                );
             }
             break;
         }
