@@ -218,6 +218,9 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
                 None => println!("# effective configuration: defaults + environment"),
             }
             print!("{}", cfg.to_redacted_toml());
+            if let Some(w) = crate::daemon::nothing_receives(&cfg) {
+                eprintln!("taskhook: warning: {w}");
+            }
             ExitCode::SUCCESS
         }
         Err(code) => code,

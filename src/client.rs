@@ -187,7 +187,7 @@ fn render_summary(st: &Value) -> String {
     } else {
         format!("ok ({} req/s allowed)", show(&up["requests_per_second"]))
     };
-    let rows = [
+    let mut rows = vec![
         ("watching", show(&st["tasks"]["watching"])),
         ("delivering", show(&st["tasks"]["delivering"])),
         ("done", show(&st["tasks"]["done"])),
@@ -196,6 +196,26 @@ fn render_summary(st: &Value) -> String {
         ("oldest watching", show(&st["oldest_watching_enqueued_at"])),
         ("upstream", health),
     ];
+    let parked = st["deliveries"]["webhook_removed"].as_u64().unwrap_or(0);
+    if parked > 0 {
+        rows.push((
+            "webhook removed",
+            format!("{parked} deliveries parked (their webhook is no longer configured)"),
+        ));
+    }
+    for b in up["broken_services"].as_array().into_iter().flatten() {
+        rows.push((
+            "refused service",
+            format!(
+                "{}: {} {} since {} (tasks wait; retried at {})",
+                show(&b["service"]),
+                show(&b["status"]),
+                show(&b["code"]),
+                show(&b["broken_since"]),
+                show(&b["retry_at"]),
+            ),
+        ));
+    }
     rows.iter()
         .map(|(k, v)| format!("{k:<19}{v}"))
         .collect::<Vec<_>>()

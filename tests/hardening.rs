@@ -1,0 +1,773 @@
+//! The defects an outside review found, each driven end to end through the
+//! real daemon: refused services, the TTL on every path, unreadable
+//! records, webhooks removed or re-pointed by SIGHUP, receivers that stream
+//! without end, proxies, a configuration without webhooks, JSON errors,
+//! a reloaded concurrency cap, and logs written to a file.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// `text` with `lines` added at the top of `[section]`.
+fn with(text: &str, section: &str, lines: &str) -> String {
+    let header = format!("[{section}]\n");
+    assert!(text.contains(&header), "no [{section}] in the config");
+    text.replacen(&header, &format!("{header}{lines}\n"), 1)
+}
+
+/// Writes a daemon config: the test defaults with `edits` applied, then
+/// `extra` appended.
+fn config(dir: &Path, sim: &str, edits: &[(&str, &str)], extra: &str) -> PathBuf {
+    let path = daemon_config(dir, sim, extra);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    for (section, lines) in edits {
+        text = with(&text, section, lines);
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn hup(pid: u32) {
+    // SAFETY: kill(2) with a valid pid and signal number has no memory effects.
+    let rc = unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    assert_eq!(
+        rc,
+        0,
+        "kill -HUP {pid}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+async fn metric(api: &str, line_prefix: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{api}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+async fn sim_script(sim: &str, faults: &[&str]) {
+    let (s, v) = post_json(&format!("{sim}/_sim/faults"), &json!({"script": faults})).await;
+    assert_eq!(s, 200, "{v}");
+}
+
+async fn events(r: &Receiver) -> HashMap<String, String> {
+    r.accepted_by_task()
+        .into_iter()
+        .map(|(id, hits)| (id, hits[0].body["type"].as_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_service_waits_alone_and_its_tasks_still_expire() {
+    // The simulator answers 404 for a path that is no AceData service.
+    let sim = spawn_sim(&[]);
+    let receiver = Receiver::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &sim.url,
+        &[
+            ("upstream", "broken_service_retry = \"300ms\""),
+            ("poll", "task_ttl = \"4s\""),
+        ],
+        &(webhook_toml("pipeline", &receiver.url, None)
+            + "[upstream.services.misspelled]\ntasks_path = \"/misspelled/tasks\"\n"),
+    );
+    let daemon = spawn_daemon(&cfg);
+    let good: Vec<String> = (0..100).map(|i| format!("good-{i}")).collect();
+    sim_create_ids(&sim.url, &good, 200).await;
+    let broken: Vec<Value> = (0..5)
+        .map(|i| json!({"id": format!("lost-{i}"), "service": "misspelled"}))
+        .collect();
+    let (s, v) = post_json(
+        &format!("{}/v1/tasks", daemon.url),
+        &json!({"tasks": broken}),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    enqueue_ids(&daemon.url, &good).await;
+
+    // The refused service is visible everywhere an operator looks.
+    let st = eventually(
+        "the service marked broken",
+        Duration::from_secs(10),
+        || async {
+            let (_, st) = get_json(&format!("{}/v1/stats", daemon.url)).await;
+            (st["upstream"]["broken_services"][0]["service"] == "misspelled").then_some(st)
+        },
+    )
+    .await;
+    assert_eq!(st["upstream"]["broken_services"][0]["status"], 404, "{st}");
+    assert_eq!(
+        st["upstream"]["token_accepted"], true,
+        "a 404 is not about the token"
+    );
+    let (s, ready) = get_json(&format!("{}/readyz", daemon.url)).await;
+    assert_eq!(s, 200, "other services work: {ready}");
+    assert!(
+        ready["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("service misspelled"),
+        "{ready}"
+    );
+    let gauge = metric(
+        &daemon.url,
+        "taskhook_upstream_service_broken{service=\"misspelled\"}",
+    )
+    .await;
+    assert_eq!(gauge, Some(1.0));
+    let api = daemon.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(BIN)
+            .args(["status", "--api", &api])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("refused service") && text.contains("misspelled: 404"),
+        "{text}"
+    );
+
+    // Every other task is polled in full batches and delivered.
+    eventually("the 100 good tasks", Duration::from_secs(30), || async {
+        let e = events(&receiver).await;
+        (good
+            .iter()
+            .all(|id| e.get(id).is_some_and(|t| t == "task.succeeded")))
+        .then_some(())
+    })
+    .await;
+    let (_, sim_st) = get_json(&format!("{}/_sim/stats", sim.url)).await;
+    assert_eq!(
+        sim_st["max_ids_per_request"], 50,
+        "batches never shrank: {sim_st}"
+    );
+    let refused = sim_st["requests_by_service"]["misspelled"]
+        .as_u64()
+        .unwrap();
+    // The refused service is asked about once per retry period, not per
+    // poll interval: a handful of requests over the test, not hundreds.
+    assert!(refused <= 20, "{refused} requests to a refused service");
+
+    // Nothing is watched for ever: the refused service's tasks expire.
+    eventually(
+        "the refused service's tasks expire",
+        Duration::from_secs(20),
+        || async {
+            let e = events(&receiver).await;
+            (0..5)
+                .all(|i| {
+                    e.get(&format!("lost-{i}"))
+                        .is_some_and(|t| t == "task.expired")
+                })
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_4xx_class_is_handled_as_what_it_is() {
+    let sim = spawn_sim(&[]);
+    let receiver = Receiver::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &sim.url,
+        &[(
+            "upstream",
+            "broken_service_retry = \"300ms\"\ntoken_retry = \"300ms\"",
+        )],
+        &webhook_toml("pipeline", &receiver.url, None),
+    );
+    let log = dir.path().join("daemon.log");
+    let (mut child, api) = spawn_daemon_logging(&cfg, "taskhook=info", &log);
+
+    // 413: that service's batch halves (20 IDs, then 10).
+    let ids: Vec<String> = (0..20).map(|i| format!("big-{i}")).collect();
+    sim_create_ids(&sim.url, &ids, 100).await;
+    sim_script(&sim.url, &["413"]).await;
+    enqueue_ids(&api, &ids).await;
+    eventually("20 events", Duration::from_secs(20), || async {
+        (events(&receiver).await.len() == 20).then_some(())
+    })
+    .await;
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged
+            .lines()
+            .any(|l| l.contains("too large") && l.contains("\"next_batch\":10")),
+        "{logged}"
+    );
+
+    // A firewall's 403, 405, api_not_implemented, token_mismatched: that
+    // service waits; the token is not suspected.
+    for fault in [
+        "403-html",
+        "405",
+        "400-not-implemented",
+        "400-token-mismatched",
+    ] {
+        let id = format!("t-{fault}");
+        sim_create_ids(&sim.url, std::slice::from_ref(&id), 50).await;
+        sim_script(&sim.url, &[fault]).await;
+        enqueue_ids(&api, std::slice::from_ref(&id)).await;
+        eventually(
+            &format!("{fault} marks the service"),
+            Duration::from_secs(10),
+            || async {
+                let (_, st) = get_json(&format!("{api}/v1/stats")).await;
+                let b = &st["upstream"]["broken_services"][0];
+                (b["service"] == "producer").then(|| {
+                    (
+                        b["status"].clone(),
+                        st["upstream"]["token_accepted"].clone(),
+                    )
+                })
+            },
+        )
+        .await;
+        let (s, _) = get_json(&format!("{api}/readyz")).await;
+        assert_eq!(s, 200, "{fault} does not pause the token");
+        eventually(
+            &format!("{id} delivered after {fault}"),
+            Duration::from_secs(10),
+            || async { events(&receiver).await.get(&id).cloned() },
+        )
+        .await;
+    }
+
+    // A 403 that says invalid_token is a refused token.
+    let id = "t-403-token".to_string();
+    sim_create_ids(&sim.url, std::slice::from_ref(&id), 50).await;
+    sim_script(&sim.url, &["403-invalid-token"]).await;
+    enqueue_ids(&api, std::slice::from_ref(&id)).await;
+    eventually("the token refused", Duration::from_secs(10), || async {
+        let (_, st) = get_json(&format!("{api}/v1/stats")).await;
+        (st["upstream"]["token_accepted"] == false).then_some(())
+    })
+    .await;
+    // The token is tried again after token_retry and works.
+    eventually(
+        "delivered once the token is tried again",
+        Duration::from_secs(10),
+        || async { events(&receiver).await.get(&id).cloned() },
+    )
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_record_delays_only_its_own_task() {
+    let sim = spawn_sim(&[]);
+    let receiver = Receiver::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &sim.url,
+        &[],
+        &webhook_toml("pipeline", &receiver.url, None),
+    );
+    let daemon = spawn_daemon(&cfg);
+    let mut ids: Vec<String> = (0..9).map(|i| format!("r-{i}")).collect();
+    sim_create_ids(&sim.url, &ids, 50).await;
+    // An ID the upstream does not know: absent from every answer.
+    ids.push("missing-r".into());
+    // Every answer for a while carries one record that is not valid text.
+    sim_script(&sim.url, &["corrupt-item"; 6]).await;
+    enqueue_ids(&daemon.url, &ids).await;
+    let e = eventually("every event", Duration::from_secs(20), || async {
+        let e = events(&receiver).await;
+        (e.len() == 10).then_some(e)
+    })
+    .await;
+    for i in 0..9 {
+        assert_eq!(e[&format!("r-{i}")], "task.succeeded");
+    }
+    // Misses kept counting although each answer had a bad record
+    // (missing_grace is 3 in the test config).
+    assert_eq!(e["missing-r"], "task.not_found");
+    let (_, st) = get_json(&format!("{}/_sim/stats", sim.url)).await;
+    assert!(st["faults"]["corrupt-item"].as_u64().unwrap() >= 3, "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_removed_by_sighup_parks_its_deliveries_and_a_new_url_gets_them() {
+    let sim = spawn_sim(&[]);
+    let old = Receiver::start(Some(SECRET_A)).await;
+    let new = Receiver::start(Some(SECRET_A)).await;
+    *old.behaviour.lock().unwrap() = Behaviour {
+        status: Some(500),
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let base = config(dir.path(), &sim.url, &[], "");
+    let text = std::fs::read_to_string(&base)
+        .unwrap()
+        .replace("retry_schedule = [\"100ms\", \"200ms\", \"300ms\"]", "retry_schedule = [\"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\"]");
+    std::fs::write(
+        &base,
+        format!(
+            "{text}{}",
+            webhook_toml("pipeline", &old.url, Some(SECRET_A))
+        ),
+    )
+    .unwrap();
+    let daemon = spawn_daemon(&base);
+    let ids: Vec<String> = (0..3).map(|i| format!("p-{i}")).collect();
+    sim_create_ids(&sim.url, &ids, 50).await;
+    enqueue_ids(&daemon.url, &ids).await;
+    eventually(
+        "the old receiver refusing",
+        Duration::from_secs(10),
+        || async { (old.hits().len() >= 3).then_some(()) },
+    )
+    .await;
+
+    // The webhook is removed: its deliveries park, nothing goes anywhere.
+    std::fs::write(&base, &text).unwrap();
+    hup(daemon.pid());
+    let parked = eventually(
+        "three parked deliveries",
+        Duration::from_secs(10),
+        || async {
+            let (_, v) = get_json(&format!(
+                "{}/v1/deliveries?state=webhook_removed",
+                daemon.url
+            ))
+            .await;
+            let list = v["deliveries"].as_array().cloned().unwrap_or_default();
+            (list.len() == 3).then_some(list)
+        },
+    )
+    .await;
+    assert!(parked.iter().all(|d| d["webhook"] == "pipeline"));
+    let (_, st) = get_json(&format!("{}/v1/stats", daemon.url)).await;
+    assert_eq!(st["deliveries"]["webhook_removed"], 3, "{st}");
+    let before = old.hits().len();
+    assert!(old.hits().iter().all(|h| h.signature_ok), "never unsigned");
+    assert!(new.hits().is_empty());
+
+    // Back under the same name, pointing elsewhere: the parked deliveries
+    // resume and go to the new URL, signed.
+    std::fs::write(
+        &base,
+        format!(
+            "{text}{}",
+            webhook_toml("pipeline", &new.url, Some(SECRET_A))
+        ),
+    )
+    .unwrap();
+    hup(daemon.pid());
+    let got = eventually(
+        "the new receiver gets all three",
+        Duration::from_secs(10),
+        || async {
+            let got = new.accepted_by_task();
+            (got.len() == 3).then_some(got)
+        },
+    )
+    .await;
+    assert!(got.values().all(|h| h[0].signature_ok));
+    assert!(
+        old.hits().len() <= before + 3,
+        "at most the attempts in flight at the reload"
+    );
+    eventually("every task done", Duration::from_secs(10), || async {
+        let (_, st) = get_json(&format!("{}/v1/stats", daemon.url)).await;
+        (st["tasks"]["done"] == 3).then_some(())
+    })
+    .await;
+}
+
+/// A receiver that answers 200 and then streams `total` bytes of body,
+/// made lazily a MiB at a time.
+async fn streaming_receiver(total: u64) -> String {
+    use axum::body::{Body, Bytes};
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || async move {
+            let chunk = Bytes::from(vec![b'x'; 1 << 20]);
+            let chunks = (0..total >> 20).map(move |_| Ok::<_, std::io::Error>(chunk.clone()));
+            axum::response::Response::builder()
+                .status(200)
+                .body(Body::from_stream(futures::stream::iter(chunks)))
+                .unwrap()
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_streaming_a_gigabyte_is_read_a_few_kib_deep() {
+    let sim = spawn_sim(&[]);
+    let url = streaming_receiver(1 << 30).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &sim.url,
+        &[],
+        &webhook_toml("stream", &url, None),
+    );
+    let daemon = spawn_daemon(&cfg);
+    let ids: Vec<String> = (0..4).map(|i| format!("s-{i}")).collect();
+    sim_create_ids(&sim.url, &ids, 50).await;
+    enqueue_ids(&daemon.url, &ids).await;
+    eventually(
+        "delivered, not stuck reading",
+        Duration::from_secs(20),
+        || async {
+            let (_, st) = get_json(&format!("{}/v1/stats", daemon.url)).await;
+            (st["tasks"]["done"] == 4).then_some(())
+        },
+    )
+    .await;
+    let rss = rss_kib(daemon.pid());
+    assert!(
+        rss < 200 * 1024,
+        "daemon RSS {rss} KiB after four 1 GiB answers"
+    );
+}
+
+/// A recording HTTP proxy: answers 200 to anything and keeps the request
+/// targets it saw (absolute-form for proxied requests).
+async fn recording_proxy() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let sink = sink.clone();
+        async move {
+            sink.lock()
+                .unwrap()
+                .push(format!("{} {}", req.method(), req.uri()));
+            axum::http::StatusCode::OK
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_task_urls_never_go_through_an_environment_proxy_but_do_through_delivery_proxy() {
+    let sim = spawn_sim(&[]);
+    let (proxy, seen) = recording_proxy().await;
+    // A public address: the guard lets it through, and nothing listens
+    // there from this machine.
+    let target = "http://192.0.0.9:9/hook";
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &sim.url,
+        &[("delivery", "connect_timeout = \"500ms\"")],
+        "",
+    );
+    let mut daemon = spawn(
+        &["run", "-c", cfg.to_str().unwrap()],
+        &[
+            ("HTTP_PROXY", &proxy),
+            ("http_proxy", &proxy),
+            ("ALL_PROXY", &proxy),
+            // The simulator is reached directly.
+            ("NO_PROXY", "127.0.0.1,localhost"),
+            ("no_proxy", "127.0.0.1,localhost"),
+        ],
+    );
+    sim_create_ids(&sim.url, &["x1".to_string()], 50).await;
+    let (s, v) = post_json(
+        &format!("{}/v1/tasks", daemon.url),
+        &json!({"id": "x1", "webhooks": [target]}),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    let d = eventually("an attempt", Duration::from_secs(15), || async {
+        let (_, v) = get_json(&format!("{}/v1/tasks/x1", daemon.url)).await;
+        let d = v["deliveries"][0].clone();
+        (d["attempts"].as_u64().unwrap_or(0) >= 1).then_some(d)
+    })
+    .await;
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "went through the environment's proxy: {:?}",
+        seen.lock().unwrap()
+    );
+    assert_eq!(
+        d["state"], "pending",
+        "it failed to connect and will retry: {d}"
+    );
+    daemon.kill9();
+
+    // With delivery.proxy set, both clients use it.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &sim.url,
+        &[("delivery", &format!("proxy = \"{proxy}\""))],
+        "",
+    );
+    let daemon = spawn_daemon(&cfg);
+    sim_create_ids(&sim.url, &["x2".to_string()], 50).await;
+    let (s, _) = post_json(
+        &format!("{}/v1/tasks", daemon.url),
+        &json!({"id": "x2", "webhooks": [target]}),
+    )
+    .await;
+    assert_eq!(s, 202);
+    eventually(
+        "delivered through the proxy",
+        Duration::from_secs(15),
+        || async {
+            let (_, v) = get_json(&format!("{}/v1/tasks/x2", daemon.url)).await;
+            (v["status"] == "done").then_some(())
+        },
+    )
+    .await;
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|r| r == &format!("POST {target}")),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_webhook_the_operator_is_warned_and_the_event_stays_visible() {
+    let sim = spawn_sim(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &sim.url, &[], "");
+    let out = std::process::Command::new(BIN)
+        .args(["check-config", "-c", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warning: no [[webhooks]] configured"));
+    let log = dir.path().join("daemon.log");
+    let (mut child, api) = spawn_daemon_logging(&cfg, "taskhook=info", &log);
+    let (_, ready) = get_json(&format!("{api}/readyz")).await;
+    assert!(
+        ready["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("no [[webhooks]]"),
+        "{ready}"
+    );
+    sim_create_ids(&sim.url, &["v1".to_string()], 50).await;
+    let (s, v) = post_json(&format!("{api}/v1/tasks"), &json!({"id": "v1"})).await;
+    assert_eq!(s, 202);
+    assert!(v["warning"].is_string(), "{v}");
+    let t = eventually("v1 done", Duration::from_secs(10), || async {
+        let (_, t) = get_json(&format!("{api}/v1/tasks/v1")).await;
+        (t["status"] == "done").then_some(t)
+    })
+    .await;
+    assert_eq!(t["event"]["type"], "task.succeeded", "{t}");
+    assert_eq!(t["event"]["data"]["task_id"], "v1");
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("no [[webhooks]] configured")
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_api_error_is_json() {
+    let sim = spawn_sim(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = spawn_daemon(&config(
+        dir.path(),
+        &sim.url,
+        &[("api", "max_webhooks_per_task = 2")],
+        "",
+    ));
+    let http = reqwest::Client::new();
+    let cases: Vec<(reqwest::Method, String, Option<Value>, u16, &str)> = vec![
+        (
+            reqwest::Method::GET,
+            "/v1/deliveries?limit=abc".into(),
+            None,
+            400,
+            "invalid_query",
+        ),
+        (
+            reqwest::Method::PUT,
+            "/v1/tasks".into(),
+            None,
+            405,
+            "method_not_allowed",
+        ),
+        (
+            reqwest::Method::PATCH,
+            "/v1/stats".into(),
+            None,
+            405,
+            "method_not_allowed",
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/deliveries/abc/replay".into(),
+            None,
+            400,
+            "invalid_field",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/nothing-here".into(),
+            None,
+            404,
+            "not_found",
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/tasks".into(),
+            Some(
+                json!({"id": "w", "webhooks": ["https://a.example", "https://b.example", "https://c.example"]}),
+            ),
+            422,
+            "too_many_webhooks",
+        ),
+    ];
+    for (method, path, body, status, code) in cases {
+        let mut req = http.request(method.clone(), format!("{}{path}", daemon.url));
+        if let Some(b) = &body {
+            req = req.json(b);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{method} {path}");
+        let v: Value = r
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON: {e}"));
+        assert_eq!(v["error"]["code"], code, "{method} {path}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raising_the_per_webhook_cap_by_sighup_widens_its_lane() {
+    let sim = spawn_sim(&[]);
+    let receiver = Receiver::start(None).await;
+    *receiver.behaviour.lock().unwrap() = Behaviour {
+        delay: Duration::from_millis(400),
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &sim.url,
+        &[("delivery", "max_concurrent_per_webhook = 2")],
+        &webhook_toml("slow", &receiver.url, None),
+    );
+    let log = dir.path().join("daemon.log");
+    let (mut child, api) = spawn_daemon_logging(&cfg, "taskhook=info", &log);
+    let first: Vec<String> = (0..8).map(|i| format!("a-{i}")).collect();
+    sim_create_ids(&sim.url, &first, 50).await;
+    enqueue_ids(&api, &first).await;
+    eventually("the first eight", Duration::from_secs(20), || async {
+        (receiver.accepted_by_task().len() == 8).then_some(())
+    })
+    .await;
+    assert_eq!(
+        receiver
+            .max_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "max_concurrent_per_webhook = 2",
+        "max_concurrent_per_webhook = 6",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    hup(child.id());
+    eventually("the reload applied", Duration::from_secs(5), || async {
+        let out = std::fs::read_to_string(&log).unwrap();
+        out.contains("configuration reloaded").then_some(())
+    })
+    .await;
+    // The lane has seen traffic: it must follow the new cap too.
+    let second: Vec<String> = (0..18).map(|i| format!("b-{i}")).collect();
+    sim_create_ids(&sim.url, &second, 50).await;
+    enqueue_ids(&api, &second).await;
+    eventually("six at once", Duration::from_secs(20), || async {
+        (receiver
+            .max_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 6)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        receiver
+            .max_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+            <= 6
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_written_to_a_file_carry_no_colour_codes() {
+    let sim = spawn_sim(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &sim.url, &[], "");
+    let log = dir.path().join("daemon.log");
+    let mut child = std::process::Command::new(BIN)
+        .args(["run", "-c", cfg.to_str().unwrap()])
+        .env("RUST_LOG", "taskhook=info")
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let text = eventually("the start line", Duration::from_secs(10), || async {
+        let t = std::fs::read_to_string(&log).unwrap();
+        t.contains("taskhook is running").then_some(t)
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        !text.contains('\u{1b}'),
+        "ANSI escapes in a log file: {text:?}"
+    );
+    assert!(text.contains(" INFO "), "{text}");
+}
