@@ -282,3 +282,89 @@ async fn unknown_words_are_counted_and_an_override_applied_by_sighup_settles_the
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Every service the daemon knows, as the simulator speaks it.
+const SERVICES: [&str; 29] = [
+    "producer",
+    "suno",
+    "veo",
+    "sora",
+    "hailuo",
+    "gemini",
+    "grok",
+    "happyhorse",
+    "pika",
+    "seedream",
+    "nano-banana",
+    "flux",
+    "fish",
+    "pixverse",
+    "qwen-image",
+    "headshots",
+    "openai",
+    "luma",
+    "kling",
+    "wan",
+    "midjourney",
+    "qrart",
+    "seedance",
+    "dreamina",
+    "maestro",
+    "minimax",
+    "captcha",
+    "digital-human",
+    "webextrator",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_is_watched_through_its_running_shapes_to_the_right_event() {
+    let sim = spawn_sim(&[]);
+    let receiver = Receiver::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let hook = webhook_toml("pipeline", &receiver.url, None);
+    let daemon = spawn_daemon(&daemon_config(dir.path(), &sim.url, &hook));
+    let mut specs = Vec::new();
+    let mut tasks = Vec::new();
+    for s in SERVICES {
+        for (outcome, items) in [("succeeded", 2), ("failed", 1)] {
+            let id = format!("{s}-{outcome}");
+            specs.push(json!({"id": id, "service": s, "outcome": outcome, "duration_ms": 900, "items": items}));
+            tasks.push(json!({"id": id, "service": s}));
+        }
+    }
+    sim_create(&sim.url, specs).await;
+    let (s, v) = post_json(
+        &format!("{}/v1/tasks", daemon.url),
+        &json!({"tasks": tasks}),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    let got = eventually(
+        "every service's two events",
+        Duration::from_secs(60),
+        || async {
+            let got = receiver.accepted_by_task();
+            (got.len() == SERVICES.len() * 2).then_some(got)
+        },
+    )
+    .await;
+    for s in SERVICES {
+        for outcome in ["succeeded", "failed"] {
+            let id = format!("{s}-{outcome}");
+            let hit = &got[&id][0];
+            assert_eq!(hit.body["type"], format!("task.{outcome}"), "{id}");
+            // Never announced while the task was still running upstream.
+            let (_, info) = get_json(&format!("{}/_sim/tasks/{id}", sim.url)).await;
+            let finishes = info["finishes_at_ms"].as_i64().unwrap();
+            assert!(
+                hit.received_at_ms >= finishes,
+                "{id}: announced {} ms early",
+                finishes - hit.received_at_ms
+            );
+            assert!(
+                info["polls"].as_u64().unwrap() >= 2,
+                "{id} was seen running: {info}"
+            );
+        }
+    }
+}
