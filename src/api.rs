@@ -16,9 +16,10 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{Notify, watch};
 
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::ingest::{IngestError, Rules, parse_enqueue};
-use crate::store::{DeliveryState, Store, StoreError, now_ms};
+use crate::store::{DeliveryState, Store, StoreError};
 use crate::upstream::UpstreamClient;
 
 /// What every handler needs.
@@ -266,7 +267,7 @@ async fn stats(State(s): State<ApiState>) -> ApiResult<Response> {
         "deliveries": {"pending": st.deliveries_pending, "dead_letters": st.dead_letters,
                        "webhook_removed": st.webhook_removed},
         "dead_letters": st.dead_letters,
-        "oldest_watching_enqueued_at": st.oldest_watching_enqueued_at.map(crate::store::rfc3339),
+        "oldest_watching_enqueued_at": st.oldest_watching_enqueued_at.map(crate::clock::rfc3339),
         "upstream": up,
     }))
     .into_response())

@@ -77,7 +77,7 @@ impl Plan {
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn now_ms() -> i64 {
-    crate::store::now_ms()
+    crate::clock::now_ms()
 }
 
 // ---- the receiver ----------------------------------------------------------

@@ -12,10 +12,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiState, router};
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::dispatcher::Dispatcher;
 use crate::poller::Poller;
-use crate::store::{SqliteStore, Store, StoreError, now_ms};
+use crate::store::{Admin, SqliteStore, Store, StoreError};
 use crate::upstream::UpstreamClient;
 
 /// A started daemon: where its API listens, and how to stop it.
@@ -32,7 +33,7 @@ pub struct Daemon {
 pub struct Reloader {
     config: Arc<watch::Sender<Arc<Config>>>,
     upstream: Arc<UpstreamClient>,
-    store: Arc<dyn Store>,
+    store: Arc<dyn Admin>,
     dispatcher_wake: Arc<Notify>,
 }
 
@@ -88,7 +89,7 @@ impl Reloader {
 
 /// Makes deliveries parked for a missing webhook pending again, for the
 /// webhooks configured now.
-async fn resume_parked(store: Arc<dyn Store>, wake: Arc<Notify>, names: Vec<String>) {
+async fn resume_parked(store: Arc<dyn Admin>, wake: Arc<Notify>, names: Vec<String>) {
     match store.resume_parked(now_ms(), names).await {
         Ok(0) => {}
         Ok(n) => {
@@ -175,7 +176,8 @@ impl Daemon {
             .await
             .context("opening the store")?
             .map_err(|e| match e {
-                StoreError::Fatal(m) | StoreError::Unavailable(m) => anyhow::anyhow!(m),
+                StoreError::Fatal(m) => anyhow::anyhow!(m),
+                e @ StoreError::Unavailable(_) => anyhow::anyhow!(e),
             })?;
         let store: Arc<dyn Store> = Arc::new(store);
         let listener = TcpListener::bind(config.api.listen)
@@ -322,7 +324,7 @@ async fn watchdog(timeout: Duration, beats: Vec<Heartbeat>, shutdown: Cancellati
 }
 
 async fn purge_loop(
-    store: Arc<dyn Store>,
+    store: Arc<dyn Admin>,
     config: watch::Receiver<Arc<Config>>,
     shutdown: CancellationToken,
 ) {

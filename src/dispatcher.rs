@@ -11,11 +11,10 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{Millis, now_ms};
 use crate::config::{Config, SigningKey};
 use crate::schedule::{Retry, retry_after_attempt};
-use crate::store::{
-    ClaimedDelivery, DeliveryKind, DeliveryReport, DeliveryVerdict, Millis, Store, now_ms,
-};
+use crate::store::{ClaimedDelivery, DeliveryKind, DeliveryQueue, DeliveryReport, DeliveryVerdict};
 use crate::webhook::{self, Attempt, AttemptResult};
 
 /// Deliveries leased per claim.
@@ -29,7 +28,7 @@ pub struct Dispatcher {
     pub handoff: mpsc::UnboundedReceiver<Vec<ClaimedDelivery>>,
     pub heartbeat: crate::daemon::Heartbeat,
     pub metrics: Arc<crate::metrics::Metrics>,
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn DeliveryQueue>,
     pub config: watch::Receiver<Arc<Config>>,
     /// Woken by the poller when it stored events, and by result writes.
     pub wake: Arc<Notify>,
@@ -470,7 +469,7 @@ struct Target<'a> {
 /// each. A failed write is retried (the reports stay in memory) so a store
 /// hiccup does not turn into re-deliveries.
 async fn write_reports(
-    store: Arc<dyn Store>,
+    store: Arc<dyn DeliveryQueue>,
     mut rx: mpsc::Receiver<DeliveryReport>,
     wake: Arc<Notify>,
 ) {

@@ -11,11 +11,11 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{Millis, now_ms};
 use crate::config::Config;
 use crate::profile::Profile;
 use crate::store::{
-    ClaimLimits, ClaimedTask, DeliveryKind, Millis, NewDelivery, NewEvent, PollUpdate, Store,
-    now_ms,
+    ClaimLimits, ClaimedTask, DeliveryKind, NewDelivery, NewEvent, PollQueue, PollUpdate,
 };
 use crate::terminal::{Outcome, Verdict, assess};
 use crate::upstream::{BatchAnswer, Record, UpstreamClient, UpstreamError};
@@ -29,7 +29,7 @@ pub struct Poller {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// IDs per request in force, per service.
     pub batches: Arc<Batches>,
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn PollQueue>,
     pub upstream: Arc<UpstreamClient>,
     pub config: watch::Receiver<Arc<Config>>,
     /// Woken by enqueue, so a new task's first poll is planned at once.
@@ -347,7 +347,7 @@ const EXPIRY_BATCH: usize = 500;
 
 /// One batch: request, decide, record.
 struct Round {
-    store: Arc<dyn Store>,
+    store: Arc<dyn PollQueue>,
     upstream: Arc<UpstreamClient>,
     cfg: Arc<Config>,
     deliveries_ready: Arc<Notify>,

@@ -322,14 +322,14 @@ pub struct UpstreamHealth {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ServiceHealth {
     pub service: String,
-    #[serde(serialize_with = "crate::store::ser_time")]
+    #[serde(serialize_with = "crate::clock::ser_time")]
     pub broken_since: i64,
     pub status: u16,
     pub code: String,
     pub message: String,
     /// Refused requests in a row.
     pub failures: u32,
-    #[serde(serialize_with = "crate::store::ser_time")]
+    #[serde(serialize_with = "crate::clock::ser_time")]
     pub retry_at: i64,
 }
 
@@ -595,7 +595,7 @@ impl UpstreamClient {
             Ok(_) => {
                 h.consecutive_failures = 0;
                 h.token_accepted = true;
-                h.last_success_at = Some(crate::store::now_ms());
+                h.last_success_at = Some(crate::clock::now_ms());
                 drop(h);
                 let mut p = self.pacer.lock().expect("pacer lock");
                 p.rate = (p.rate + RATE_STEP).min(p.max_rate);
@@ -656,7 +656,7 @@ impl UpstreamClient {
             tracing::warn!(
                 service,
                 broken_for = ?Duration::from_millis(
-                    (crate::store::now_ms() - was.health.broken_since).max(0) as u64
+                    (crate::clock::now_ms() - was.health.broken_since).max(0) as u64
                 ),
                 "the upstream answers this service again; polling it resumes"
             );
@@ -668,7 +668,7 @@ impl UpstreamClient {
     /// `upstream.broken_service_retry`, then one batch asks again.
     fn service_refused(&self, service: &str, status: u16, code: &str, message: &str) {
         let retry = *self.broken_retry.read().expect("retry lock");
-        let now_ms = crate::store::now_ms();
+        let now_ms = crate::clock::now_ms();
         let until = Instant::now() + retry;
         let mut all = self.broken.lock().expect("broken lock");
         let state = all.entry(service.to_string()).or_insert_with(|| {

@@ -15,10 +15,15 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::*;
+use crate::clock::Millis;
 use crate::config::SyncMode;
 
-/// Schema migrations, in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql"), include_str!("schema_v2.sql")];
+/// This backend's schema migrations, in order; `PRAGMA user_version`
+/// counts those applied.
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/v1.sql"),
+    include_str!("migrations/v2.sql"),
+];
 
 /// The SQLite store. Cheap to clone.
 #[derive(Clone)]
@@ -119,7 +124,7 @@ fn checkpoint_loop(conn: Connection, alive: std::sync::Weak<File>) {
 }
 
 fn unavailable(e: rusqlite::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::unavailable(e)
 }
 
 const WATCHING: i64 = 0;
@@ -308,9 +313,9 @@ impl SqliteStore {
         });
         self.jobs
             .send(job)
-            .map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?;
+            .map_err(|_| StoreError::unavailable_msg("the store writer has stopped"))?;
         rx.await
-            .map_err(|_| StoreError::Unavailable("the store writer dropped a write".into()))?
+            .map_err(|_| StoreError::unavailable_msg("the store writer dropped a write"))?
     }
 
     async fn read<T, F>(&self, f: F) -> StoreResult<T>
@@ -324,7 +329,7 @@ impl SqliteStore {
             f(&c).map_err(unavailable)
         })
         .await
-        .map_err(|e| StoreError::Unavailable(format!("store worker: {e}")))?
+        .map_err(|e| StoreError::unavailable_msg(format!("store worker: {e}")))?
     }
 }
 
@@ -447,7 +452,7 @@ fn not_in(column: &str, skipped: &[String], first: usize) -> String {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl PollQueue for SqliteStore {
     async fn enqueue(
         &self,
         now: Millis,
@@ -654,6 +659,46 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn claim_expired(
+        &self,
+        now: Millis,
+        enqueued_before: Millis,
+        limit: usize,
+        lease_until: Millis,
+    ) -> StoreResult<Vec<ClaimedTask>> {
+        self.write(move |tx| {
+            let claim = next_claim(tx)?;
+            tx.prepare_cached(
+                "UPDATE tasks SET leased = 1, claim = ?1, next_poll_at = ?2 \
+                 WHERE id IN (SELECT id FROM tasks WHERE status = 0 AND enqueued_at < ?3 \
+                              AND (leased = 0 OR next_poll_at <= ?4) LIMIT ?5) \
+                 RETURNING id, service, claim, enqueued_at, polls, misses, fail_seen, metadata, webhooks",
+            )?
+            .query_map(
+                params![claim, lease_until, enqueued_before, now, limit as i64],
+                claimed_task,
+            )?
+            .collect()
+        })
+        .await
+    }
+
+    async fn defer_service(&self, service: String, until: Millis) -> StoreResult<u64> {
+        self.write(move |tx| {
+            let n = tx
+                .prepare_cached(
+                    "UPDATE tasks SET next_poll_at = ?1 WHERE status = 0 AND leased = 0 \
+                     AND next_poll_at < ?1 AND service = ?2",
+                )?
+                .execute(params![until, service])?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl DeliveryQueue for SqliteStore {
     async fn release_deliveries(&self, now: Millis, leases: Vec<(i64, i64)>) -> StoreResult<()> {
         self.write(move |tx| {
             let mut release = tx.prepare_cached(
@@ -793,7 +838,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl ReadModel for SqliteStore {
     async fn get_task(&self, id: String) -> StoreResult<Option<TaskView>> {
         self.read(move |c| {
             let task = c
@@ -859,28 +907,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn delete_task(&self, id: String) -> StoreResult<bool> {
-        self.write(move |tx| {
-            let event: Option<Option<String>> = tx
-                .query_row(
-                    "DELETE FROM tasks WHERE id = ?1 RETURNING event_id",
-                    [&id],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            match event {
-                None => Ok(false),
-                Some(event) => {
-                    if let Some(e) = event {
-                        drop_event(tx, &e)?;
-                    }
-                    Ok(true)
-                }
-            }
-        })
-        .await
-    }
-
     async fn stats(&self) -> StoreResult<StoreStats> {
         self.read(|c| {
             let count = |sql: &str| -> rusqlite::Result<u64> {
@@ -918,6 +944,31 @@ impl Store for SqliteStore {
             ))?
             .query_map(params![state.map(state_code), limit as i64], delivery_view)?
             .collect()
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Admin for SqliteStore {
+    async fn delete_task(&self, id: String) -> StoreResult<bool> {
+        self.write(move |tx| {
+            let event: Option<Option<String>> = tx
+                .query_row(
+                    "DELETE FROM tasks WHERE id = ?1 RETURNING event_id",
+                    [&id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match event {
+                None => Ok(false),
+                Some(event) => {
+                    if let Some(e) = event {
+                        drop_event(tx, &e)?;
+                    }
+                    Ok(true)
+                }
+            }
         })
         .await
     }
@@ -996,43 +1047,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn claim_expired(
-        &self,
-        now: Millis,
-        enqueued_before: Millis,
-        limit: usize,
-        lease_until: Millis,
-    ) -> StoreResult<Vec<ClaimedTask>> {
-        self.write(move |tx| {
-            let claim = next_claim(tx)?;
-            tx.prepare_cached(
-                "UPDATE tasks SET leased = 1, claim = ?1, next_poll_at = ?2 \
-                 WHERE id IN (SELECT id FROM tasks WHERE status = 0 AND enqueued_at < ?3 \
-                              AND (leased = 0 OR next_poll_at <= ?4) LIMIT ?5) \
-                 RETURNING id, service, claim, enqueued_at, polls, misses, fail_seen, metadata, webhooks",
-            )?
-            .query_map(
-                params![claim, lease_until, enqueued_before, now, limit as i64],
-                claimed_task,
-            )?
-            .collect()
-        })
-        .await
-    }
-
-    async fn defer_service(&self, service: String, until: Millis) -> StoreResult<u64> {
-        self.write(move |tx| {
-            let n = tx
-                .prepare_cached(
-                    "UPDATE tasks SET next_poll_at = ?1 WHERE status = 0 AND leased = 0 \
-                     AND next_poll_at < ?1 AND service = ?2",
-                )?
-                .execute(params![until, service])?;
-            Ok(n as u64)
-        })
-        .await
-    }
-
     async fn purge(&self, done_before: Millis, dead_before: Millis) -> StoreResult<Purged> {
         self.write(move |tx| {
             let chunk = PURGE_CHUNK as i64;
@@ -1086,3 +1100,6 @@ impl Store for SqliteStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests;
