@@ -240,7 +240,13 @@ impl Dispatcher {
             let saturated = !exclude.is_empty();
             let claim = match self
                 .store
-                .claim_deliveries(now, free, delivery_lease(&cfg, now), exclude)
+                .claim_deliveries(
+                    now,
+                    free,
+                    delivery_lease(&cfg, now),
+                    exclude,
+                    cfg.delivery.max_concurrent_per_webhook,
+                )
                 .await
             {
                 Ok(c) => c,

@@ -99,13 +99,16 @@ pub trait DeliveryQueue: Send + Sync {
     async fn release_deliveries(&self, now: Millis, leases: Vec<(i64, i64)>) -> StoreResult<()>;
 
     /// Leases up to `limit` due deliveries, skipping the webhooks in
-    /// `exclude` (those already at their concurrency limit).
+    /// `exclude` (those this worker has at its concurrency limit), and never
+    /// more of one webhook than leaves `per_webhook` deliveries of it leased
+    /// at once across every worker sharing the store.
     async fn claim_deliveries(
         &self,
         now: Millis,
         limit: usize,
         lease_until: Millis,
         exclude: Vec<String>,
+        per_webhook: usize,
     ) -> StoreResult<DeliveryClaim>;
 
     /// Records attempt results in one transaction; a task whose deliveries
@@ -147,8 +150,56 @@ pub trait Admin: Send + Sync {
     async fn check_writable(&self, now: Millis) -> StoreResult<()>;
 }
 
+/// What several daemons sharing one store agree on through it: who is
+/// alive, who runs the periodic work, and when there is work. A backend
+/// for one daemon alone answers for that daemon.
+#[async_trait]
+pub trait Coordination: Send + Sync {
+    /// Records that `instance` is alive at `now`, for `ttl_ms`, and returns
+    /// every live instance, oldest first.
+    async fn heartbeat(
+        &self,
+        now: Millis,
+        instance: InstanceInfo,
+        ttl_ms: Millis,
+    ) -> StoreResult<Vec<InstanceInfo>>;
+    /// Takes or keeps leadership of the periodic work for `ttl_ms`: the
+    /// term when `instance` leads now, `None` when another does.
+    async fn lead(&self, now: Millis, instance: String, ttl_ms: Millis)
+    -> StoreResult<Option<i64>>;
+    /// The leader now, if any: (instance, term).
+    async fn leader(&self, now: Millis) -> StoreResult<Option<(String, i64)>>;
+    /// Gives up leadership and leaves the live set (a clean shutdown).
+    async fn leave(&self, instance: String) -> StoreResult<()>;
+    /// Wake-ups other instances sent (new tasks, new due deliveries), when
+    /// the backend carries them; `None` when one daemon owns the store.
+    fn wakeups(&self) -> Option<tokio::sync::broadcast::Receiver<Wake>> {
+        None
+    }
+}
+
+/// Work another instance made: what a wake-up says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// Tasks were enqueued.
+    Tasks,
+    /// Deliveries became due (new events, replays, deliveries given back).
+    Deliveries,
+}
+
+/// One live daemon, as the others see it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct InstanceInfo {
+    pub id: String,
+    pub host: String,
+    #[serde(serialize_with = "crate::clock::ser_time")]
+    pub started_at: Millis,
+    #[serde(serialize_with = "crate::clock::ser_time")]
+    pub heartbeat_at: Millis,
+}
+
 /// A whole backend: every role. See the module docs for the rules every
 /// backend keeps; `testing` holds the suite that checks them.
-pub trait Store: PollQueue + DeliveryQueue + ReadModel + Admin + 'static {}
+pub trait Store: PollQueue + DeliveryQueue + ReadModel + Admin + Coordination + 'static {}
 
-impl<T: PollQueue + DeliveryQueue + ReadModel + Admin + 'static> Store for T {}
+impl<T: PollQueue + DeliveryQueue + ReadModel + Admin + Coordination + 'static> Store for T {}

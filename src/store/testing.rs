@@ -122,7 +122,7 @@ async fn finished_a(s: &Arc<dyn Store>, hooks: &[&str]) {
 /// Settles every claimable delivery of the store with `verdict(task_id)`.
 async fn settle_all(s: &Arc<dyn Store>, now: Millis, verdict: impl Fn(&str) -> DeliveryVerdict) {
     let ds = s
-        .claim_deliveries(now, 100, now + 5000, vec![])
+        .claim_deliveries(now, 100, now + 5000, vec![], 100)
         .await
         .unwrap()
         .deliveries;
@@ -161,7 +161,7 @@ pub async fn handed_off_deliveries_are_leased_until_given_back(s: Arc<dyn Store>
     );
     // Leased to the caller: nobody else can claim them before the lease ends.
     assert!(
-        s.claim_deliveries(100, 10, 5000, vec![])
+        s.claim_deliveries(100, 10, 5000, vec![], 100)
             .await
             .unwrap()
             .deliveries
@@ -188,7 +188,7 @@ pub async fn handed_off_deliveries_are_leased_until_given_back(s: Arc<dyn Store>
         .await
         .unwrap();
     let again = s
-        .claim_deliveries(300, 10, 5000, vec![])
+        .claim_deliveries(300, 10, 5000, vec![], 100)
         .await
         .unwrap()
         .deliveries;
@@ -200,7 +200,7 @@ pub async fn handed_off_deliveries_are_leased_until_given_back(s: Arc<dyn Store>
         .await
         .unwrap();
     assert!(
-        s.claim_deliveries(400, 10, 5000, vec![])
+        s.claim_deliveries(400, 10, 5000, vec![], 100)
             .await
             .unwrap()
             .deliveries
@@ -378,7 +378,7 @@ pub async fn leases_fence_stale_writers(s: Arc<dyn Store>) {
     let v = s.get_task("a".into()).await.unwrap().unwrap();
     assert_eq!(v.status, TaskStatus::Watching);
     assert!(
-        s.claim_deliveries(1100, 10, 9000, vec![])
+        s.claim_deliveries(1100, 10, 9000, vec![], 100)
             .await
             .unwrap()
             .deliveries
@@ -404,7 +404,7 @@ pub async fn finishing_records_the_event_and_its_deliveries_atomically(s: Arc<dy
             .iter()
             .all(|d| d.state == DeliveryState::Pending)
     );
-    let c = s.claim_deliveries(10, 10, 5000, vec![]).await.unwrap();
+    let c = s.claim_deliveries(10, 10, 5000, vec![], 100).await.unwrap();
     assert_eq!(c.deliveries.len(), 2);
     assert_eq!(&*c.deliveries[0].body, r#"{"task":"a"}"#);
     assert_eq!(c.deliveries[0].event_id, "msg_a");
@@ -414,7 +414,7 @@ pub async fn finishing_records_the_event_and_its_deliveries_atomically(s: Arc<dy
 pub async fn deliveries_retry_settle_and_finish_the_task(s: Arc<dyn Store>) {
     finished_a(&s, &["w1", "w2"]).await;
     let c = s
-        .claim_deliveries(10, 10, 5000, vec![])
+        .claim_deliveries(10, 10, 5000, vec![], 100)
         .await
         .unwrap()
         .deliveries;
@@ -440,11 +440,11 @@ pub async fn deliveries_retry_settle_and_finish_the_task(s: Arc<dyn Store>) {
         s.get_task("a".into()).await.unwrap().unwrap().status,
         TaskStatus::Delivering
     );
-    let none = s.claim_deliveries(99, 10, 5000, vec![]).await.unwrap();
+    let none = s.claim_deliveries(99, 10, 5000, vec![], 100).await.unwrap();
     assert!(none.deliveries.is_empty());
     assert_eq!(none.next_due, Some(100));
     let again = s
-        .claim_deliveries(100, 10, 5000, vec![])
+        .claim_deliveries(100, 10, 5000, vec![], 100)
         .await
         .unwrap()
         .deliveries;
@@ -479,7 +479,7 @@ pub async fn dead_letters_list_replay_and_purge(s: Arc<dyn Store>) {
         .await
         .unwrap();
     let ds = s
-        .claim_deliveries(10, 10, 5000, vec![])
+        .claim_deliveries(10, 10, 5000, vec![], 100)
         .await
         .unwrap()
         .deliveries;
@@ -520,7 +520,7 @@ pub async fn dead_letters_list_replay_and_purge(s: Arc<dyn Store>) {
         TaskStatus::Delivering
     );
     let d = s
-        .claim_deliveries(30, 10, 5000, vec![])
+        .claim_deliveries(30, 10, 5000, vec![], 100)
         .await
         .unwrap()
         .deliveries
@@ -542,7 +542,7 @@ pub async fn dead_letters_list_replay_and_purge(s: Arc<dyn Store>) {
     .unwrap();
     assert_eq!(s.replay_all_failed(50).await.unwrap(), 1);
     let d = s
-        .claim_deliveries(50, 10, 5000, vec![])
+        .claim_deliveries(50, 10, 5000, vec![], 100)
         .await
         .unwrap()
         .deliveries
@@ -586,7 +586,7 @@ pub async fn dead_letters_list_replay_and_purge(s: Arc<dyn Store>) {
 pub async fn claims_skip_saturated_webhooks(s: Arc<dyn Store>) {
     finished_a(&s, &["slow", "fast"]).await;
     let c = s
-        .claim_deliveries(10, 10, 5000, vec!["slow".into()])
+        .claim_deliveries(10, 10, 5000, vec!["slow".into()], 100)
         .await
         .unwrap();
     let hooks: Vec<_> = c.deliveries.iter().map(|d| d.webhook.as_str()).collect();
@@ -608,7 +608,7 @@ pub async fn delete_stops_watching(s: Arc<dyn Store>) {
     assert!(s.delete_task("b".into()).await.unwrap());
     assert!(!s.delete_task("a".into()).await.unwrap());
     assert!(
-        s.claim_deliveries(10, 10, 5000, vec![])
+        s.claim_deliveries(10, 10, 5000, vec![], 100)
             .await
             .unwrap()
             .deliveries
@@ -683,7 +683,7 @@ pub async fn a_deleted_and_re_enqueued_task_never_takes_a_stale_write(s: Arc<dyn
 pub async fn delivery_ids_are_never_reused(s: Arc<dyn Store>) {
     finished_a(&s, &["w"]).await;
     let old = s
-        .claim_deliveries(20, 10, 5000, vec![])
+        .claim_deliveries(20, 10, 5000, vec![], 100)
         .await
         .unwrap()
         .deliveries
@@ -702,7 +702,7 @@ pub async fn delivery_ids_are_never_reused(s: Arc<dyn Store>) {
         .await
         .unwrap();
     let new = s
-        .claim_deliveries(50, 10, 5000, vec![])
+        .claim_deliveries(50, 10, 5000, vec![], 100)
         .await
         .unwrap()
         .deliveries
@@ -788,7 +788,7 @@ pub async fn a_refused_service_is_deferred_and_skipped_by_claims(s: Arc<dyn Stor
 pub async fn parked_deliveries_resume_when_their_webhook_returns(s: Arc<dyn Store>) {
     finished_a(&s, &["gone-hook", "kept"]).await;
     let ds = s
-        .claim_deliveries(20, 10, 5000, vec![])
+        .claim_deliveries(20, 10, 5000, vec![], 100)
         .await
         .unwrap()
         .deliveries;
@@ -827,7 +827,7 @@ pub async fn parked_deliveries_resume_when_their_webhook_returns(s: Arc<dyn Stor
         TaskStatus::Delivering
     );
     let d = s
-        .claim_deliveries(60, 10, 5000, vec![])
+        .claim_deliveries(60, 10, 5000, vec![], 100)
         .await
         .unwrap()
         .deliveries;

@@ -719,6 +719,9 @@ impl DeliveryQueue for SqliteStore {
         limit: usize,
         lease_until: Millis,
         exclude: Vec<String>,
+        // One daemon owns a SQLite store: its lanes hold each webhook to
+        // the cap, so the claim need not count.
+        _per_webhook: usize,
     ) -> StoreResult<DeliveryClaim> {
         self.write(move |tx| {
             let mut sql = String::from(
@@ -1098,6 +1101,37 @@ impl Admin for SqliteStore {
             Ok(())
         })
         .await
+    }
+}
+
+/// One daemon owns a SQLite store (its lock file says so): it is the only
+/// live instance and always the leader.
+#[async_trait]
+impl Coordination for SqliteStore {
+    async fn heartbeat(
+        &self,
+        _now: Millis,
+        instance: InstanceInfo,
+        _ttl_ms: Millis,
+    ) -> StoreResult<Vec<InstanceInfo>> {
+        Ok(vec![instance])
+    }
+
+    async fn lead(
+        &self,
+        _now: Millis,
+        _instance: String,
+        _ttl_ms: Millis,
+    ) -> StoreResult<Option<i64>> {
+        Ok(Some(1))
+    }
+
+    async fn leader(&self, _now: Millis) -> StoreResult<Option<(String, i64)>> {
+        Ok(None)
+    }
+
+    async fn leave(&self, _instance: String) -> StoreResult<()> {
+        Ok(())
     }
 }
 
