@@ -502,6 +502,13 @@ fn blank() -> Profile {
     }
 }
 
+/// The built-in profiles alone, the default service `producer`.
+impl Default for Profiles {
+    fn default() -> Self {
+        Profiles::new(&BTreeMap::new(), false, "producer").expect("the built-in profiles load")
+    }
+}
+
 impl Profiles {
     /// The built-in profiles with `overrides` laid over them. Errors name the
     /// key at fault as `upstream.services.NAME.KEY`.

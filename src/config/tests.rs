@@ -1,0 +1,84 @@
+//! Configuration: the shipped file, bad values by key, layers, redaction.
+
+use super::*;
+
+#[test]
+fn the_shipped_file_is_a_valid_config() {
+    let c = Config::load_with_env(None, std::iter::empty()).unwrap();
+    assert_eq!(c.upstream.batch_size, 50);
+    assert_eq!(c.poll.interval, Duration::from_secs(5));
+    assert_eq!(c.delivery.retry_schedule.len(), 8);
+    assert_eq!(c.api.listen.to_string(), "127.0.0.1:8080");
+    assert!(c.webhooks.is_empty());
+    assert_eq!(
+        c.upstream.tasks_url("producer"),
+        "https://api.acedata.cloud/producer/tasks"
+    );
+}
+
+fn bad(toml: &str) -> String {
+    Config::from_toml(toml).unwrap_err().0
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    assert_eq!(
+        bad("[upstream]\nbatch_size = 0"),
+        "upstream.batch_size: must be 1..=500, got 0"
+    );
+    assert_eq!(
+        bad("[poll]\ninterval = \"soon\""),
+        "poll.interval: invalid duration \"soon\" (use e.g. \"250ms\", \"30s\", \"2h\")"
+    );
+    assert!(bad("[upstream]\nbatchsize = 3").contains("batchsize"));
+    assert!(
+        bad("[delivery]\nretry_schedule = [\"5s\", \"1s\"]")
+            .starts_with("delivery.retry_schedule[1]:")
+    );
+    assert!(bad("[[webhooks]]\nname = \"a\"\nurl = \"ftp://x\"").starts_with("webhooks[0].url:"));
+    assert!(
+        bad("[[webhooks]]\nname = \"a\"\nurl = \"http://x\"\nevents = [\"task.done\"]")
+            .starts_with("webhooks[0].events:")
+    );
+    assert!(
+        bad("[[webhooks]]\nname = \"a\"\nurl = \"http://x\"\nsecret = \"nope!\"")
+            .starts_with("webhooks[0].secret:")
+    );
+    assert!(bad("[upstream]\ntoken_file = \"/nonexistent/t\"").starts_with("upstream.token_file:"));
+}
+
+#[test]
+fn env_overrides_the_file() {
+    let env = vec![
+        (
+            "TASKHOOK__UPSTREAM__BATCH_SIZE".to_string(),
+            "77".to_string(),
+        ),
+        (
+            "TASKHOOK__DELIVERY__RETRY_SCHEDULE".to_string(),
+            "1s,2s".to_string(),
+        ),
+        ("TASKHOOK__UPSTREAM__TOKEN".to_string(), "12345".to_string()),
+    ];
+    let c = Config::load_with_env(None, env).unwrap();
+    assert_eq!(c.upstream.batch_size, 77);
+    assert_eq!(
+        c.delivery.retry_schedule,
+        vec![Duration::from_secs(1), Duration::from_secs(2)]
+    );
+    assert_eq!(c.upstream.token.unwrap().expose(), "12345");
+}
+
+#[test]
+fn redacted_output_hides_every_secret() {
+    let c = Config::from_toml(
+        "[upstream]\ntoken = \"tok-SECRET\"\n[api]\ntoken = \"api-SECRET\"\n\
+         [[webhooks]]\nname = \"a\"\nurl = \"http://x\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"",
+    )
+    .unwrap();
+    let out = c.to_redacted_toml();
+    assert!(!out.contains("SECRET"), "{out}");
+    assert!(!out.contains("MfKQ9r8"), "{out}");
+    assert!(out.contains("[redacted]"));
+    assert!(!format!("{c:?}").contains("SECRET"));
+}
