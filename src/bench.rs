@@ -114,7 +114,13 @@ async fn receive(
             let key = SigningKey::parse(SECRET).expect("secret");
             let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("");
             let ts = h("webhook-timestamp").parse().unwrap_or(0);
-            if !crate::webhook::verify(&key, h("webhook-id"), ts, &body, h("webhook-signature")) {
+            if !crate::deliver::sign::verify(
+                &key,
+                h("webhook-id"),
+                ts,
+                &body,
+                h("webhook-signature"),
+            ) {
                 seen.bad_signatures.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -572,8 +578,8 @@ async fn throughput(h: &Harness, plan: &Plan, out: &mut Vec<Figure>) -> anyhow::
 /// the receiver, with 64 requests in flight.
 async fn post_ceiling(h: &Harness, for_how_long: Duration) -> anyhow::Result<f64> {
     let key = SigningKey::parse(SECRET).expect("secret");
-    let body: Arc<str> = crate::webhook::envelope(
-        crate::terminal::Outcome::Succeeded,
+    let body: Arc<str> = crate::fanout::envelope(
+        crate::poll::terminal::Outcome::Succeeded,
         std::time::SystemTime::now(),
         "ceiling",
         "producer",
@@ -596,7 +602,7 @@ async fn post_ceiling(h: &Harness, for_how_long: Duration) -> anyhow::Result<f64
         workers.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 let ts = now_ms() / 1000;
-                let sig = crate::webhook::sign(&key, "msg_ceiling", ts, body.as_bytes());
+                let sig = crate::deliver::sign::sign(&key, "msg_ceiling", ts, body.as_bytes());
                 let ok = http
                     .post(&url)
                     .header("content-type", "application/json")

@@ -155,7 +155,7 @@ pub fn main() -> ExitCode {
                     listener.local_addr()?
                 );
                 std::io::stdout().flush()?;
-                taskhook_sim::serve(listener, args, crate::daemon::signal()).await?;
+                taskhook_sim::serve(listener, args, crate::runtime::signal()).await?;
                 Ok(())
             })
         }
@@ -218,7 +218,7 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
                 None => println!("# effective configuration: defaults + environment"),
             }
             print!("{}", cfg.to_redacted_toml());
-            if let Some(w) = crate::daemon::nothing_receives(&cfg) {
+            if let Some(w) = cfg.nothing_receives() {
                 eprintln!("taskhook: warning: {w}");
             }
             ExitCode::SUCCESS
@@ -268,7 +268,7 @@ pub fn init_logging(format: LogFormat, level: &str) {
 }
 
 async fn run_daemon(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
-    let daemon = crate::daemon::Daemon::start(cfg).await?;
+    let daemon = crate::runtime::Daemon::start(cfg).await?;
     println!(
         "taskhook: control API listening on http://{}",
         daemon.api_addr
@@ -276,7 +276,7 @@ async fn run_daemon(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     std::io::stdout().flush()?;
     let stop = daemon.shutdown_token();
     tokio::spawn(async move {
-        crate::daemon::signal().await;
+        crate::runtime::signal().await;
         stop.cancel();
     });
     #[cfg(unix)]

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SigningKey};
-use crate::daemon::Daemon;
+use crate::runtime::Daemon;
 
 /// The flags of `taskhook demo`.
 #[derive(clap::Args, Debug, Clone)]
@@ -93,7 +93,7 @@ async fn receive(
     let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("");
     let ts: i64 = h("webhook-timestamp").parse().unwrap_or(0);
     let signature_ok =
-        crate::webhook::verify(&key, h("webhook-id"), ts, &body, h("webhook-signature"));
+        crate::deliver::sign::verify(&key, h("webhook-id"), ts, &body, h("webhook-signature"));
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let _ = tx.send(Received {
         kind: v["type"].as_str().unwrap_or("?").to_string(),
@@ -237,7 +237,7 @@ secret = "{secret}"
 
     let mut seen = 0;
     let mut all_ok = true;
-    let ctrl_c = crate::daemon::signal();
+    let ctrl_c = crate::runtime::signal();
     tokio::pin!(ctrl_c);
     let mut interrupted = false;
     while seen < tasks.len() {

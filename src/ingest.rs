@@ -5,7 +5,7 @@
 use serde_json::{Map, Value};
 
 use crate::config::valid_service;
-use crate::profile::Profiles;
+use crate::poll::profile::Profiles;
 use crate::store::NewTask;
 
 /// The longest task ID accepted, in bytes.

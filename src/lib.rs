@@ -1,10 +1,14 @@
 //! taskhook: watches AceData Cloud task IDs with batched polling and
 //! delivers each finished task as a signed, retried webhook.
 //!
-//! The data path, one module per stage:
-//! [`ingest`] → [`store`] → [`poller`] → [`upstream`] → [`terminal`] →
-//! [`dispatcher`] → [`webhook`]; beside it the control [`api`] and the
-//! [`demo`]. The upstream simulator is its own crate, `taskhook-sim`.
+//! The data path, one module per stage, each calling only the stages after
+//! it (and the small shared modules below):
+//! [`ingest`] → [`store`] → [`poll`] (claims, the upstream client, service
+//! profiles, the terminal rule) → [`fanout`] (events and who gets them) →
+//! [`deliver`] (lanes, attempts, signatures, the SSRF guard). Beside it:
+//! the control [`api`], the [`runtime`] that wires and runs it all, and the
+//! [`cli`]. Shared: [`config`], [`clock`], [`heartbeat`], [`http`],
+//! [`metrics`], [`redact`].
 
 pub mod api;
 pub mod bench;
@@ -12,17 +16,14 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
-pub mod daemon;
+pub mod deliver;
 pub mod demo;
-pub mod dispatcher;
+pub mod fanout;
+pub mod heartbeat;
+pub mod http;
 pub mod ingest;
 pub mod metrics;
-pub mod poller;
-pub mod profile;
+pub mod poll;
 pub mod redact;
-pub mod schedule;
-pub mod ssrf;
+pub mod runtime;
 pub mod store;
-pub mod terminal;
-pub mod upstream;
-pub mod webhook;

@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use taskhook::config::Config;
-use taskhook::poller::decide;
-use taskhook::profile::Profile;
+use taskhook::poll::decide;
+use taskhook::poll::profile::Profile;
+use taskhook::poll::terminal::Outcome;
+use taskhook::poll::upstream::{Record, parse_batch, parse_single};
 use taskhook::store::{ClaimedTask, PollUpdate};
-use taskhook::terminal::Outcome;
-use taskhook::upstream::{Record, parse_batch, parse_single};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/upstream-records")

@@ -343,7 +343,11 @@ async fn sighup_reloads_webhooks_and_refuses_a_bad_file() {
     assert!(
         delivered
             .iter()
-            .all(|v| v["task_id"].is_string() && v["webhook"].is_string() && v["attempt"] == 1),
+            // The attempt's span carries them (`span` in a JSON line).
+            .all(|v| {
+                let s = &v["span"];
+                s["task_id"].is_string() && s["webhook"].is_string() && s["attempt"] == 1
+            }),
         "{delivered:?}"
     );
 }

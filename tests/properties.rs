@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
-use taskhook::profile::Profiles;
-use taskhook::schedule::{
-    MAX_UPSTREAM_PAUSE, POLL_JITTER, PollSchedule, RETRY_JITTER, Retry, retry_after_attempt,
-    upstream_backoff,
+use taskhook::deliver::retry::retry_after_attempt;
+use taskhook::poll::profile::Profiles;
+use taskhook::poll::schedule::{
+    MAX_UPSTREAM_PAUSE, POLL_JITTER, PollSchedule, RETRY_JITTER, upstream_backoff,
 };
-use taskhook::terminal::{Outcome, Verdict, assess};
+use taskhook::poll::terminal::{Outcome, Verdict, assess};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -34,11 +34,8 @@ fn within(x: Duration, lo: f64, hi: f64) -> bool {
     x >= lo - slack && x <= hi + slack
 }
 
-fn after(r: Retry) -> Duration {
-    match r {
-        Retry::After(d) => d,
-        Retry::DeadLetter => panic!("unexpected dead letter"),
-    }
+fn after(r: Option<Duration>) -> Duration {
+    r.expect("unexpected dead letter")
 }
 
 /// A non-decreasing schedule of 1 to 10 steps, each 1 ms to 10 h.
@@ -95,7 +92,7 @@ proptest! {
         for attempt in [len + 1, len + 1 + beyond, u32::MAX] {
             prop_assert_eq!(
                 retry_after_attempt(&sched, attempt, retry_after, r),
-                Retry::DeadLetter,
+                None,
                 "attempt {}", attempt
             );
         }

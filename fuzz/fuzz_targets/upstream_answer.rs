@@ -9,9 +9,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use taskhook::profile::{Profile, Profiles};
-use taskhook::terminal::{Verdict, assess};
-use taskhook::upstream::parse_batch;
+use taskhook::poll::profile::{Profile, Profiles};
+use taskhook::poll::terminal::{Verdict, assess};
+use taskhook::poll::upstream::parse_batch;
 
 fn check(profile: &Profile, record: &Value) {
     let a = assess(profile, record);

@@ -20,9 +20,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::profile::{ProfileOverride, Profiles};
-use crate::schedule::PollSchedule;
-use crate::terminal::Outcome;
+use crate::poll::profile::{ProfileOverride, Profiles};
+use crate::poll::schedule::PollSchedule;
+use crate::poll::terminal::Outcome;
 use serde_util::{duration, durations, ser_headers, ser_opt_url, ser_url};
 
 /// The documented defaults; compiled in so the file and the binary agree.
@@ -310,6 +310,15 @@ pub struct DeliveryConfig {
 }
 
 impl DeliveryConfig {
+    /// The lease of a delivery being sent: long enough to cover a wait for a
+    /// slot behind a slow receiver (each delivery queued in a lane waits for
+    /// at most 32 attempts per slot) plus the attempt itself.
+    pub fn lease_until(&self, now: crate::clock::Millis) -> crate::clock::Millis {
+        now + (self.request_timeout * 40)
+            .max(Duration::from_secs(600))
+            .as_millis() as crate::clock::Millis
+    }
+
     fn check(&mut self) -> Result<(), ConfigError> {
         if self.retry_schedule.is_empty() {
             return err("delivery.retry_schedule", "must list at least one delay");
@@ -542,6 +551,17 @@ impl Config {
         }
         self.webhooks = checked;
         Ok(())
+    }
+
+    /// Without a webhook, a finished task's result reaches nobody unless the
+    /// task named its own URL: what to tell an operator, if so.
+    pub fn nothing_receives(&self) -> Option<String> {
+        self.webhooks.is_empty().then(|| {
+            "no [[webhooks]] configured: results reach only tasks that name their own \
+             webhooks (events are kept for store.done_retention, visible through \
+             GET /v1/tasks/ID)"
+                .to_string()
+        })
     }
 
     /// The effective configuration as TOML, every secret redacted.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::clock::{Millis, ser_opt_time, ser_time};
-use crate::terminal::Outcome;
+use crate::poll::terminal::Outcome;
 
 /// A task handed in by the pipeline, already validated.
 #[derive(Debug, Clone, PartialEq)]

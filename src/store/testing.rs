@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::clock::Millis;
-use crate::terminal::Outcome;
+use crate::poll::terminal::Outcome;
 
 /// What a factory returns: the store, and whatever must live as long as it
 /// (a temporary directory, a schema to drop).

@@ -11,9 +11,9 @@ use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
 
 use crate::config::{Secret, UpstreamConfig};
-use crate::profile::{Profile, RequestMode};
-use crate::schedule::upstream_backoff;
-use crate::webhook::parse_retry_after;
+use crate::http::parse_retry_after;
+use crate::poll::profile::{Profile, RequestMode};
+use crate::poll::schedule::upstream_backoff;
 
 /// Why a request produced no records. Each class is handled differently:
 /// see the poller.
@@ -365,7 +365,7 @@ impl UpstreamClient {
         let http = reqwest::Client::builder()
             .timeout(cfg.request_timeout)
             .connect_timeout(cfg.request_timeout.min(Duration::from_secs(10)))
-            .user_agent(crate::webhook::user_agent())
+            .user_agent(crate::http::user_agent())
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(cfg.max_concurrent_requests)
             .build()?;
@@ -537,7 +537,7 @@ impl UpstreamClient {
         let resp = req
             .send()
             .await
-            .map_err(|e| UpstreamError::Transport(crate::webhook::describe_reqwest_error(&e)))?;
+            .map_err(|e| UpstreamError::Transport(crate::http::describe_reqwest_error(&e)))?;
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()
@@ -545,7 +545,7 @@ impl UpstreamClient {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
         let cap = self.cfg.max_response_bytes;
-        let body = match crate::webhook::read_capped(resp, cap).await {
+        let body = match crate::http::read_capped(resp, cap).await {
             Ok((body, false)) => body,
             Ok((_, true)) if (200..300).contains(&status) => {
                 return Err(UpstreamError::TooLarge {
@@ -560,7 +560,7 @@ impl UpstreamClient {
             Ok((body, true)) => body,
             Err(e) => {
                 return Err(UpstreamError::Transport(
-                    crate::webhook::describe_reqwest_error(&e),
+                    crate::http::describe_reqwest_error(&e),
                 ));
             }
         };
@@ -720,8 +720,8 @@ impl UpstreamClient {
 mod tests {
     use super::*;
 
-    fn profiles() -> crate::profile::Profiles {
-        crate::profile::Profiles::new(&Default::default(), false, "producer").unwrap()
+    fn profiles() -> crate::poll::profile::Profiles {
+        crate::poll::profile::Profiles::new(&Default::default(), false, "producer").unwrap()
     }
 
     #[test]

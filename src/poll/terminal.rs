@@ -18,7 +18,7 @@
 
 use serde_json::Value;
 
-use crate::profile::{Profile, Settle, Word, has_result, response_of};
+use crate::poll::profile::{Profile, Settle, Word, has_result, response_of};
 
 /// How a finished task ended. Also names the webhook event type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -238,7 +238,7 @@ pub fn assess(profile: &Profile, answer: &Value) -> Assessment {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::Profiles;
+    use crate::poll::profile::Profiles;
     use serde_json::json;
 
     fn profiles() -> Profiles {

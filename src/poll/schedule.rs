@@ -1,13 +1,16 @@
-//! Pure timing rules: when to poll a task next, when to retry a delivery, how
-//! long to back off from the upstream. Each takes its random draw as an
-//! argument so tests can pin it; callers pass `rand::random::<f64>()`.
+//! Pure timing rules of polling: when to poll a task next, how long to back
+//! off from the upstream, and the jitter both use. Each takes its random
+//! draw as an argument so tests can pin it; callers pass
+//! `rand::random::<f64>()`.
+//!
+//! May call: nothing of taskhook's.
 
 use std::time::Duration;
 
 /// Jitter applied to poll delays: the delay shrinks by up to this fraction,
 /// so jitter spreads load without ever pushing a poll past `max_interval`.
 pub const POLL_JITTER: f64 = 0.1;
-/// Jitter applied to delivery retries and upstream back-off: ± this fraction.
+/// Jitter applied to upstream back-off (and delivery retries): ± this fraction.
 pub const RETRY_JITTER: f64 = 0.1;
 
 /// The un-jittered poll schedule of one task.
@@ -43,33 +46,6 @@ pub fn shrink(d: Duration, frac: f64, r: f64) -> Duration {
 /// `d` scaled into [1 - frac, 1 + frac].
 pub fn spread(d: Duration, frac: f64, r: f64) -> Duration {
     d.mul_f64(1.0 - frac + 2.0 * frac * r.clamp(0.0, 1.0))
-}
-
-/// What to do after delivery attempt number `attempt` (1-based) failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retry {
-    After(Duration),
-    DeadLetter,
-}
-
-/// The retry decision for a failed delivery attempt. `retry_after` is the
-/// receiver's `Retry-After`, honoured but clamped between this step's delay
-/// and the schedule's last step.
-pub fn retry_after_attempt(
-    schedule: &[Duration],
-    attempt: u32,
-    retry_after: Option<Duration>,
-    r: f64,
-) -> Retry {
-    let Some(step) = schedule.get(attempt.saturating_sub(1) as usize) else {
-        return Retry::DeadLetter;
-    };
-    let base = spread(*step, RETRY_JITTER, r);
-    let last = *schedule.last().expect("schedule is not empty");
-    match retry_after {
-        Some(ra) => Retry::After(ra.clamp(base.min(last), last.max(base))),
-        None => Retry::After(base),
-    }
 }
 
 /// Upstream back-off after `failures` consecutive failed requests (1-based):
@@ -135,38 +111,6 @@ mod tests {
             let d = p.jittered_delay_after(50, r);
             assert!(d <= s(60) && d >= s(54), "{d:?}");
         }
-    }
-
-    #[test]
-    fn retries_follow_the_schedule_then_dead_letter() {
-        let sch = [s(5), s(30), s(120)];
-        assert_eq!(retry_after_attempt(&sch, 1, None, 0.5), Retry::After(s(5)));
-        assert_eq!(
-            retry_after_attempt(&sch, 3, None, 0.5),
-            Retry::After(s(120))
-        );
-        assert_eq!(retry_after_attempt(&sch, 4, None, 0.5), Retry::DeadLetter);
-        match retry_after_attempt(&sch, 2, None, 0.0) {
-            Retry::After(d) => assert_eq!(d, s(27)),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn receiver_retry_after_is_clamped_to_the_schedule() {
-        let sch = [s(5), s(30), s(120)];
-        assert_eq!(
-            retry_after_attempt(&sch, 1, Some(s(60)), 0.5),
-            Retry::After(s(60))
-        );
-        assert_eq!(
-            retry_after_attempt(&sch, 1, Some(s(9999)), 0.5),
-            Retry::After(s(120))
-        );
-        assert_eq!(
-            retry_after_attempt(&sch, 2, Some(s(1)), 0.5),
-            Retry::After(s(30))
-        );
     }
 
     #[test]

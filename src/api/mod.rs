@@ -1,0 +1,113 @@
+//! The control API (contract §5): enqueue and inspect tasks, list and replay
+//! deliveries, health and metrics. JSON in, JSON out; every error is
+//! `{"error": {"code", "message"}}`. Health and metrics are open; `/v1`
+//! needs the bearer token when `api.token` is set.
+//!
+//! May call: `ingest`, `store`, `config`, `poll::upstream` (health),
+//! `deliver::ssrf`, `metrics`, `clock`.
+
+mod deliveries;
+mod error;
+mod health;
+mod tasks;
+
+pub use error::{ApiError, ApiResult};
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::sync::{Notify, watch};
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::poll::upstream::UpstreamClient;
+use crate::store::Store;
+
+/// What every handler needs.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Arc<dyn Store>,
+    pub config: watch::Receiver<Arc<Config>>,
+    pub upstream: Arc<UpstreamClient>,
+    /// Wakes the poller after an enqueue.
+    pub poller_wake: Arc<Notify>,
+    /// Wakes the dispatcher after a replay.
+    pub dispatcher_wake: Arc<Notify>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub clock: SharedClock,
+    /// The last store write check and when it ran: `/readyz` writes at most
+    /// once a second however often it is asked.
+    pub write_check: Arc<tokio::sync::Mutex<Option<WriteCheck>>>,
+}
+
+/// One store write check: when it ran and what it found.
+pub type WriteCheck = (std::time::Instant, Result<(), String>);
+
+/// How long a store write check answers for `/readyz`.
+const WRITE_CHECK_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The router. Health and metrics are open; everything under `/v1` needs
+/// the bearer token when `api.token` is set.
+pub fn router(state: ApiState) -> Router {
+    let limit = state.config.borrow().api.max_body_bytes;
+    let v1 = Router::new()
+        .route("/v1/tasks", post(tasks::enqueue))
+        .route(
+            "/v1/tasks/{id}",
+            get(tasks::get_task).delete(tasks::delete_task),
+        )
+        .route("/v1/stats", get(tasks::stats))
+        .route("/v1/deliveries", get(deliveries::list_deliveries))
+        .route("/v1/deliveries/{id}/replay", post(deliveries::replay))
+        .route("/v1/deliveries/replay-failed", post(deliveries::replay_all))
+        .layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .merge(v1)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .fallback(|| async { ApiError::new(404, "not_found", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                405,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(s): State<ApiState>, headers: HeaderMap, req: Request, next: Next) -> Response {
+    let token = s.config.borrow().api.token.clone();
+    if let Some(token) = token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(g) if constant_time_eq(g.trim().as_bytes(), token.expose().as_bytes()) => {}
+            Some(_) => {
+                return ApiError::new(401, "unauthorized", "wrong API token").into_response();
+            }
+            None => {
+                return ApiError::new(
+                    401,
+                    "unauthorized",
+                    "missing API token: send authorization: Bearer TOKEN",
+                )
+                .into_response();
+            }
+        }
+    }
+    next.run(req).await
+}

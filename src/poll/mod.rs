@@ -1,0 +1,242 @@
+//! Polling: which tasks to ask about and when. The loop claims due tasks of
+//! one service from the store, splits them into batches and runs a round
+//! for each; a sweep finishes tasks past their TTL whatever keeps them from
+//! being polled.
+//!
+//! Inside: `batches` (IDs per request), `round` (request → decide → persist
+//! → hand off), `decide` (one task's next step), `upstream` (the client),
+//! `profile` + `terminal` (reading records), `schedule` (timing).
+//!
+//! May call: `store`, `fanout`, `config`, `metrics`, `heartbeat`, `clock`.
+
+mod batches;
+mod decide;
+pub mod profile;
+mod round;
+pub mod schedule;
+pub mod terminal;
+pub mod upstream;
+
+pub use batches::Batches;
+pub use decide::{decide, finished_at_secs};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::store::{ClaimedDelivery, PollQueue, PollUpdate};
+use batches::{batch_for, claim_limits};
+use decide::{finish_update, ms};
+use round::Round;
+use terminal::Outcome;
+use upstream::UpstreamClient;
+
+/// Runs the poll loop until cancelled.
+pub struct Poller {
+    /// Where finished tasks' new deliveries go, already leased.
+    pub handoff: tokio::sync::mpsc::UnboundedSender<Vec<ClaimedDelivery>>,
+    pub heartbeat: crate::heartbeat::Heartbeat,
+    pub clock: SharedClock,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// IDs per request in force, per service.
+    pub batches: Arc<Batches>,
+    pub store: Arc<dyn PollQueue>,
+    pub upstream: Arc<UpstreamClient>,
+    pub config: watch::Receiver<Arc<Config>>,
+    /// Woken by enqueue, so a new task's first poll is planned at once.
+    pub wake: Arc<Notify>,
+    /// Woken when a round produced events, so delivery starts at once.
+    pub deliveries_ready: Arc<Notify>,
+}
+
+/// How far ahead of its due time a task may be polled to fill a batch.
+pub fn coalesce_window(cfg: &Config) -> Duration {
+    (cfg.poll.interval / 4).min(Duration::from_secs(2))
+}
+
+impl Poller {
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(
+            self.upstream.config().max_concurrent_requests,
+        ));
+        let mut batches = JoinSet::new();
+        let mut paused_since: Option<std::time::Instant> = None;
+        let mut last_sweep: Option<std::time::Instant> = None;
+        'run: loop {
+            self.heartbeat.beat();
+            while batches.try_join_next().is_some() {}
+            if last_sweep.is_none_or(|at| at.elapsed() >= EXPIRY_SWEEP_EVERY) {
+                last_sweep = Some(std::time::Instant::now());
+                let cfg = self.config.borrow().clone();
+                self.expire_overdue(&cfg).await;
+            }
+            if self.upstream.token_refused() {
+                let retry = self.config.borrow().upstream.token_retry;
+                if paused_since.is_none() {
+                    tracing::error!(
+                        retry_every = ?retry,
+                        "polling paused: the upstream refuses the token (401 invalid_token); \
+                         every task stays queued. Fix upstream.token and send SIGHUP (or restart); \
+                         the token is tried again meanwhile"
+                    );
+                }
+                let since = *paused_since.get_or_insert_with(std::time::Instant::now);
+                let left = retry.saturating_sub(since.elapsed());
+                tokio::select! {
+                    _ = self.config.changed() => {}
+                    _ = tokio::time::sleep(left.min(self.heartbeat.max_idle())) => {
+                        if since.elapsed() < retry {
+                            continue;
+                        }
+                    }
+                    _ = shutdown.cancelled() => break,
+                }
+                paused_since = None;
+                if self.upstream.token_refused() {
+                    // Probe with one batch; its answer decides whether to resume.
+                    self.upstream
+                        .set_token(self.config.borrow().upstream.token.clone());
+                }
+            }
+            // While the whole upstream asked for a pause, claim nothing: a
+            // claim would only wait, and its lease could run out.
+            let pause = self.upstream.pause_remaining();
+            if !pause.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(pause.min(self.heartbeat.max_idle())) => continue,
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+            // Claim first, then wait for request slots: the claim's commit
+            // overlaps with requests in flight. At most one claim's batches
+            // wait here; their lease covers the wait.
+            let cfg = self.config.borrow().clone();
+            let now = self.clock.now_ms();
+            let window_end = now + ms(coalesce_window(&cfg));
+            // One claim feeds every request slot: claims go through the
+            // store's single writer, so each one must carry a lot.
+            let paused = self.upstream.paused_services();
+            let limits = claim_limits(&cfg, &self.batches, &paused);
+            // The lease covers pacing every request of the claim, then the
+            // slowest answer, with room to spare.
+            let lease = now
+                + ms(self
+                    .upstream
+                    .time_for(cfg.upstream.max_concurrent_requests * 2))
+                + ms(cfg.upstream.request_timeout * 2)
+                + 30_000;
+            let claim = match self
+                .store
+                .claim_poll_batch(now, window_end, limits, lease)
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim tasks to poll; retrying in 1s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            };
+            if claim.tasks.is_empty() {
+                let unpause = paused.iter().map(|(_, d)| *d).min();
+                let sleep = match claim.next_due {
+                    Some(due) => Duration::from_millis((due - now).max(1) as u64),
+                    None => self.heartbeat.max_idle(),
+                }
+                .min(unpause.unwrap_or(Duration::MAX))
+                .min(self.heartbeat.max_idle());
+                tokio::select! {
+                    _ = tokio::time::sleep(sleep) => {}
+                    _ = self.wake.notified() => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            let mut tasks = claim.tasks;
+            let batch = batch_for(&cfg, &self.batches, &claim.service);
+            while !tasks.is_empty() {
+                let rest = tasks.split_off(batch.min(tasks.len()));
+                let slot = tokio::select! {
+                    p = slots.clone().acquire_owned() => p.expect("never closed"),
+                    _ = shutdown.cancelled() => break 'run,
+                };
+                let round = Round {
+                    clock: self.clock.clone(),
+                    store: self.store.clone(),
+                    upstream: self.upstream.clone(),
+                    cfg: cfg.clone(),
+                    deliveries_ready: self.deliveries_ready.clone(),
+                    batches: self.batches.clone(),
+                    poller_wake: self.wake.clone(),
+                    metrics: self.metrics.clone(),
+                    handoff: self.handoff.clone(),
+                };
+                batches.spawn(round.poll(claim.service.clone(), tasks, slot));
+                tasks = rest;
+            }
+        }
+        // Requests in flight may finish; their leases protect them if not.
+        while batches.join_next().await.is_some() {}
+    }
+
+    /// Finishes as `task.expired` every task watched longer than
+    /// `poll.task_ttl`, whatever keeps it from being polled (a refused
+    /// token, a refused service, an upstream that keeps failing).
+    async fn expire_overdue(&self, cfg: &Config) {
+        let ttl = ms(cfg.poll.task_ttl);
+        loop {
+            let now = self.clock.now_ms();
+            let lease = now + 60_000;
+            let tasks = match self
+                .store
+                .claim_expired(now, now - ttl, EXPIRY_BATCH, lease)
+                .await
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot look for expired tasks; will try again");
+                    return;
+                }
+            };
+            let full = tasks.len() == EXPIRY_BATCH;
+            if tasks.is_empty() {
+                return;
+            }
+            let updates: Vec<PollUpdate> = tasks
+                .iter()
+                .map(|t| {
+                    tracing::info!(task_id = %t.id, service = %t.service, outcome = "expired", "task finished");
+                    self.metrics.task_finished("expired");
+                    finish_update(cfg, t, Outcome::Expired, "expired".into(), None, now)
+                })
+                .collect();
+            let handoff = cfg.delivery.lease_until(now);
+            match self.store.record_polls(now, updates, Some(handoff)).await {
+                Ok(handed) if !handed.is_empty() => {
+                    let _ = self.handoff.send(handed);
+                    self.deliveries_ready.notify_one();
+                }
+                Ok(_) => self.deliveries_ready.notify_one(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot record expired tasks; will try again");
+                    return;
+                }
+            }
+            if !full {
+                return;
+            }
+        }
+    }
+}
+
+/// How often tasks past `poll.task_ttl` are looked for.
+const EXPIRY_SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// Tasks expired per statement.
+const EXPIRY_BATCH: usize = 500;

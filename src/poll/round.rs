@@ -1,0 +1,238 @@
+//! One poll round, in stages: request (paced, within the concurrency cap)
+//! → decide (each task's next step) → persist (one write for the round) →
+//! hand off (new deliveries to the dispatcher, already leased).
+//!
+//! May call: `poll::{upstream, decide, batches, profile}`, `store`,
+//! `metrics`, `config`, `clock`.
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use tracing::Instrument;
+
+use crate::clock::{Millis, SharedClock};
+use crate::config::Config;
+use crate::poll::batches::Batches;
+use crate::poll::decide::{decide, finished_at_secs, ms, retry_or_expire};
+use crate::poll::profile::Profile;
+use crate::poll::upstream::{BatchAnswer, UpstreamClient, UpstreamError};
+use crate::store::{ClaimedDelivery, ClaimedTask, PollQueue, PollUpdate};
+
+/// One round: a batch of one service's tasks, what it needs to ask, decide
+/// and record.
+pub(super) struct Round {
+    pub store: Arc<dyn PollQueue>,
+    pub upstream: Arc<UpstreamClient>,
+    pub cfg: Arc<Config>,
+    pub clock: SharedClock,
+    pub deliveries_ready: Arc<Notify>,
+    pub batches: Arc<Batches>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub handoff: tokio::sync::mpsc::UnboundedSender<Vec<ClaimedDelivery>>,
+    /// The poll loop's wake-up: a round may make tasks due sooner than the
+    /// loop planned to look (a failed batch is retried after the back-off).
+    pub poller_wake: Arc<Notify>,
+}
+
+impl Round {
+    /// Runs the round's stages in a span naming the service and the batch.
+    pub async fn poll(
+        self,
+        service: String,
+        tasks: Vec<ClaimedTask>,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let span = tracing::info_span!("round", service = %service, ids = tasks.len());
+        async move {
+            let profile = self.cfg.upstream.profiles.for_task(&service).clone();
+            let answer = self.request(&service, &profile, &tasks, slot).await;
+            let now = self.clock.now_ms();
+            let updates = self.decide(&service, &tasks, &answer, now).await;
+            self.observe(&profile, &updates, &answer, now);
+            self.persist(updates, now).await;
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Stage 1: paces, sends, and gives the request slot back as soon as
+    /// the answer is in.
+    async fn request(
+        &self,
+        service: &str,
+        profile: &Profile,
+        tasks: &[ClaimedTask],
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<BatchAnswer, UpstreamError> {
+        let ids: Vec<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+        self.upstream.pace().await;
+        let answer = self.upstream.retrieve(service, profile, &ids).await;
+        drop(slot);
+        answer
+    }
+
+    /// Stage 2: each task's next step. An answer is read task by task; a
+    /// failed request asks again later, when and how its class says.
+    async fn decide(
+        &self,
+        service: &str,
+        tasks: &[ClaimedTask],
+        answer: &Result<BatchAnswer, UpstreamError>,
+        now: Millis,
+    ) -> Vec<PollUpdate> {
+        let cfg = &self.cfg;
+        let again = |at: Millis| -> Vec<PollUpdate> {
+            tasks
+                .iter()
+                .map(|t| retry_or_expire(cfg, t, at, now))
+                .collect()
+        };
+        match answer {
+            Ok(answer) => self.decide_answer(service, tasks, answer, now),
+            Err(e @ UpstreamError::TooLarge { .. }) if tasks.len() > 1 => {
+                let smaller = self.batches.refused(service, tasks.len());
+                tracing::warn!(error = %e, next_batch = smaller, "the upstream refused a batch as too large; halving this service's batch size");
+                again(now)
+            }
+            Err(e @ UpstreamError::TooLarge { .. }) => {
+                let t = &tasks[0];
+                let delay = cfg.poll.schedule().delay_after(t.polls.max(1));
+                tracing::warn!(task_id = %t.id, error = %e, retry_in = ?delay, "the upstream refused this task's poll; it stays queued");
+                again(now + ms(delay))
+            }
+            Err(UpstreamError::ServiceRefused { .. }) => {
+                // Logged once by the client when the service turned broken.
+                // The rest of its tasks wait too, off the claim's path.
+                let until = now + ms(cfg.upstream.broken_service_retry);
+                if let Err(e) = self.store.defer_service(service.to_string(), until).await {
+                    tracing::warn!(error = %e, "cannot defer a refused service's tasks");
+                }
+                again(until)
+            }
+            Err(e @ UpstreamError::Unauthorized { .. }) => {
+                tracing::error!(error = %e, "the upstream refuses the token; polling pauses, every task stays queued");
+                again(now)
+            }
+            Err(e) => {
+                let wait = self
+                    .upstream
+                    .pause_remaining()
+                    .max(self.upstream.config().backoff_initial);
+                tracing::warn!(error = %e, retry_in = ?wait, "batch poll failed; its tasks stay queued");
+                again(now + ms(wait))
+            }
+        }
+    }
+
+    /// Logs and counts the tasks that finished, and how late they were seen.
+    fn observe(
+        &self,
+        profile: &Profile,
+        updates: &[PollUpdate],
+        answer: &Result<BatchAnswer, UpstreamError>,
+        now: Millis,
+    ) {
+        for u in updates {
+            let PollUpdate::Finish { id, outcome, .. } = u else {
+                continue;
+            };
+            tracing::info!(task_id = %id, outcome = outcome.as_str(), "task finished");
+            self.metrics.task_finished(outcome.as_str());
+            let finished_at = answer
+                .as_ref()
+                .ok()
+                .and_then(|a| a.records.get(id))
+                .and_then(|r| finished_at_secs(profile.record(&r.value)));
+            if let Some(lag) = finished_at.map(|at| now as f64 / 1000.0 - at)
+                && lag >= 0.0
+            {
+                self.metrics.detection_lag.observe(lag);
+            }
+        }
+    }
+
+    /// Stages 3 and 4: the round in one write; the finished tasks' new
+    /// deliveries handed to the dispatcher already leased.
+    async fn persist(&self, updates: Vec<PollUpdate>, now: Millis) {
+        let finished = updates
+            .iter()
+            .any(|u| matches!(u, PollUpdate::Finish { .. }));
+        let lease = self.cfg.delivery.lease_until(now);
+        match self.store.record_polls(now, updates, Some(lease)).await {
+            Ok(handed) if !handed.is_empty() => {
+                // If the dispatcher is gone (shutdown), the leases are taken
+                // back at the next start: nothing is lost.
+                let _ = self.handoff.send(handed);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                // The leases run out and these tasks are polled again.
+                tracing::error!(error = %e, "cannot record a poll round; its tasks will be polled again");
+                return;
+            }
+        }
+        self.poller_wake.notify_one();
+        if finished {
+            self.deliveries_ready.notify_one();
+        }
+    }
+
+    /// What an answer means for each task of the batch. An answer whose
+    /// total says items were left out counts no misses: its absent tasks
+    /// are asked again, in smaller batches when the service pages.
+    fn decide_answer(
+        &self,
+        service: &str,
+        tasks: &[ClaimedTask],
+        answer: &BatchAnswer,
+        now: Millis,
+    ) -> Vec<PollUpdate> {
+        self.batches.succeeded(service);
+        tracing::debug!(answered = answer.records.len(), "polled a batch");
+        let complete = answer.complete();
+        // Ask the absent ones again at once when a smaller batch can help.
+        let mut again_now = false;
+        if !complete {
+            if answer.unattributed > 0 {
+                tracing::warn!(
+                    items = answer.unattributed,
+                    "upstream items without a readable id were skipped; retrying their tasks"
+                );
+            }
+            let pages = answer.count.is_some_and(|c| c > answer.items as u64);
+            if pages && answer.items < tasks.len() {
+                let page = self.batches.paged(service, answer.items);
+                tracing::warn!(
+                    asked = tasks.len(),
+                    items = answer.items,
+                    total = answer.count,
+                    next_batch = page,
+                    "the upstream left items out of its answer (it pages); asking again in smaller batches"
+                );
+                again_now = true;
+            }
+        }
+        let cfg = &self.cfg;
+        let later = |t: &ClaimedTask| now + ms(cfg.poll.schedule().delay_after(t.polls.max(1)));
+        tasks
+            .iter()
+            .map(|t| match answer.records.get(&t.id) {
+                // Its record is there but unreadable: only this task waits.
+                None if answer.unreadable.contains(&t.id) => {
+                    tracing::warn!(task_id = %t.id, "the upstream's record of this task is not valid JSON; asking again later");
+                    retry_or_expire(cfg, t, later(t), now)
+                }
+                None if !complete => {
+                    retry_or_expire(cfg, t, if again_now { now } else { later(t) }, now)
+                }
+                record => {
+                    let (update, unknown) = decide(cfg, t, record, now, rand::random());
+                    for w in unknown {
+                        self.metrics.unknown_state(service, &w);
+                    }
+                    update
+                }
+            })
+            .collect()
+    }
+}
