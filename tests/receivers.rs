@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -49,7 +48,8 @@ async fn gone_stops_redirects_are_not_followed_and_slow_answers_time_out() {
     std::fs::write(&cfg, text).unwrap();
     let daemon = spawn_daemon(&cfg);
     sim_create(&sim.url, vec![json!({"id": "g1", "duration_ms": 50})]).await;
-    post_json(&format!("{}/v1/tasks", daemon.url), &json!({"id": "g1"})).await;
+    let (s, v) = post_json(&format!("{}/v1/tasks", daemon.url), &json!({"id": "g1"})).await;
+    assert_eq!(s, 202, "{v}");
 
     let api = daemon.url.clone();
     let ds = eventually(
@@ -92,15 +92,7 @@ async fn gone_stops_redirects_are_not_followed_and_slow_answers_time_out() {
     assert_eq!(gone.hits().len(), 1);
 
     // The dead letters through the CLI: listed, then replayed.
-    let api = daemon.url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args(["deliveries", "--api", &api, "--failed"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = taskhook_async(&["deliveries", "--api", &daemon.url, "--failed"]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert_eq!(
@@ -111,15 +103,8 @@ async fn gone_stops_redirects_are_not_followed_and_slow_answers_time_out() {
     assert!(text.contains("HTTP 302"), "{text}");
     redirect.behaviour.lock().unwrap().status = Some(200);
     slow.behaviour.lock().unwrap().delay = Duration::ZERO;
-    let api = daemon.url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args(["replay", "--api", &api, "--all-failed"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = taskhook_async(&["replay", "--api", &daemon.url, "--all-failed"]).await;
+    assert_eq!(out.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "replayed 2");
     eventually("the replays delivered", Duration::from_secs(15), || async {
         (redirect.accepted_by_task().contains_key("g1")
@@ -155,8 +140,7 @@ async fn a_slow_receiver_gets_at_most_its_cap_and_never_delays_the_others() {
             .collect(),
     )
     .await;
-    let body = json!({"tasks": ids.iter().map(|id| json!({"id": id})).collect::<Vec<_>>()});
-    post_json(&format!("{}/v1/tasks", daemon.url), &body).await;
+    enqueue_ids(&daemon.url, &ids).await;
 
     // The fast receiver has everything long before the slow one could.
     eventually("the fast receiver", Duration::from_secs(10), || async {
