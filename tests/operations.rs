@@ -213,13 +213,11 @@ async fn outputs_with_planted_secrets(format: &str) -> Vec<(String, String)> {
     let sim = spawn_sim(&["--token", UPSTREAM_TOKEN]);
     let live = Receiver::start(Some(DELIVERY_SECRET)).await;
     let dir = tempfile::tempdir().unwrap();
-    let extra = format!(
-        "[[webhooks]]\nname = \"configured\"\n\
+    let extra = "[[webhooks]]\nname = \"configured\"\n\
          url = \"http://127.0.0.1:9/hook?key=cfgquery-PLANTED-1187&mode=x\"\n\
          secret_env = \"TASKHOOK_TEST_HOOK_SECRET\"\n\
-         headers = {{ \"authorization\" = \"Bearer header-PLANTED-9034\" }}\n"
-    );
-    let cfg = daemon_config(dir.path(), &sim.url, &extra);
+         headers = { \"authorization\" = \"Bearer header-PLANTED-9034\" }\n";
+    let cfg = daemon_config(dir.path(), &sim.url, extra);
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace("token = \"test-token\"\n", "")
