@@ -275,9 +275,33 @@ shutdown_grace = "5s"
     path
 }
 
+/// A child process that is killed and reaped when dropped (a test that
+/// fails midway leaves no daemon behind); otherwise used as a [`Child`].
+pub struct ChildGuard(pub Child);
+
+impl std::ops::Deref for ChildGuard {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the daemon with JSON logs at `level` written to `log`; returns
 /// the child and its API URL.
-pub fn spawn_daemon_logging(config: &Path, level: &str, log: &Path) -> (Child, String) {
+pub fn spawn_daemon_logging(config: &Path, level: &str, log: &Path) -> (ChildGuard, String) {
     spawn_daemon_logging_with(config, level, log, "json", &[])
 }
 
@@ -289,7 +313,7 @@ pub fn spawn_daemon_logging_with(
     log: &Path,
     format: &str,
     envs: &[(&str, &str)],
-) -> (Child, String) {
+) -> (ChildGuard, String) {
     let mut cmd = Command::new(BIN);
     cmd.args([
         "run",
@@ -331,7 +355,7 @@ pub fn spawn_daemon_logging_with(
             )
         })
         .to_string();
-    (child, api)
+    (ChildGuard(child), api)
 }
 
 pub fn spawn_daemon(config: &Path) -> Proc {
