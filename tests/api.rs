@@ -195,7 +195,8 @@ async fn dead_letters_are_listed_and_replayable() {
     std::fs::write(&cfg, text).unwrap();
     let daemon = spawn_daemon(std::path::Path::new(&cfg));
     sim_create(&sim.url, vec![json!({"id": "d1", "duration_ms": 50})]).await;
-    post_json(&format!("{}/v1/tasks", daemon.url), &json!({"id": "d1"})).await;
+    let (s, v) = post_json(&format!("{}/v1/tasks", daemon.url), &json!({"id": "d1"})).await;
+    assert_eq!(s, 202, "{v}");
 
     let list_url = format!("{}/v1/deliveries?state=failed", daemon.url);
     let failed = eventually("a dead letter", Duration::from_secs(20), || async {

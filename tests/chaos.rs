@@ -149,12 +149,13 @@ async fn nothing_is_lost_through_kills_faults_and_refusals() {
         }
         if !id.starts_with("missing-") {
             let (_, truth) = get_json(&format!("{}/_sim/tasks/{id}", sim.url)).await;
-            if let Some(finishes) = truth["finishes_at_ms"].as_i64() {
-                assert!(
-                    first.received_at_ms >= finishes,
-                    "{id} delivered before it finished"
-                );
-            }
+            let finishes = truth["finishes_at_ms"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("{id}: the simulator knows when it finishes: {truth}"));
+            assert!(
+                first.received_at_ms >= finishes,
+                "{id} delivered before it finished"
+            );
         }
     }
     let (_, sim_stats) = get_json(&format!("{}/_sim/stats", sim.url)).await;

@@ -181,7 +181,13 @@ async fn sigkill_mid_run_and_restart_still_delivers_every_task() {
     let a = Receiver::start(Some(SECRET_A)).await;
     let dir = tempfile::tempdir().unwrap();
     let extra = webhook_toml("a", &a.url, Some(SECRET_A));
-    let cfg = daemon_config(dir.path(), &sim.url, &extra);
+    // The default users get: an fsync per commit.
+    let cfg = daemon_config_sync(dir.path(), &sim.url, &extra, "full");
+    assert!(
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .contains("sync = \"full\"")
+    );
     let mut daemon = spawn_daemon(&cfg);
     let n: usize = 200;
     let specs: Vec<Value> = (0..n)
@@ -217,13 +223,18 @@ async fn sigkill_mid_run_and_restart_still_delivers_every_task() {
         assert_eq!(wids.len(), 1, "{id}: one webhook-id across copies");
         assert!(hits.iter().all(|h| h.signature_ok));
     }
-    let (_, stats) = get_json(&format!("{}/v1/stats", daemon.url)).await;
-    eventually("nothing left watching", Duration::from_secs(10), || async {
-        let (_, st) = get_json(&format!("{}/v1/stats", daemon.url)).await;
-        (st["tasks"]["watching"] == 0 && st["tasks"]["delivering"] == 0).then_some(())
+    let stats = eventually("nothing left watching", Duration::from_secs(10), || async {
+        let (s, st) = get_json(&format!("{}/v1/stats", daemon.url)).await;
+        (s == 200 && st["tasks"]["watching"] == 0 && st["tasks"]["delivering"] == 0).then_some(st)
     })
     .await;
-    let _ = stats;
+    // Every task survived the kill into the store and finished there: done,
+    // nothing pending, nothing dead-lettered.
+    assert_eq!(stats["tasks"]["done"].as_u64(), Some(n as u64), "{stats}");
+    assert_eq!(stats["deliveries"]["pending"].as_u64(), Some(0), "{stats}");
+    assert_eq!(stats["dead_letters"].as_u64(), Some(0), "{stats}");
+    // The upstream was reached after the restart, with batches.
+    assert!(stats["upstream"]["token_accepted"] == true, "{stats}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

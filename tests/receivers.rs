@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -49,7 +48,8 @@ async fn gone_stops_redirects_are_not_followed_and_slow_answers_time_out() {
     std::fs::write(&cfg, text).unwrap();
     let daemon = spawn_daemon(&cfg);
     sim_create(&sim.url, vec![json!({"id": "g1", "duration_ms": 50})]).await;
-    post_json(&format!("{}/v1/tasks", daemon.url), &json!({"id": "g1"})).await;
+    let (s, v) = post_json(&format!("{}/v1/tasks", daemon.url), &json!({"id": "g1"})).await;
+    assert_eq!(s, 202, "{v}");
 
     let api = daemon.url.clone();
     let ds = eventually(
@@ -92,15 +92,7 @@ async fn gone_stops_redirects_are_not_followed_and_slow_answers_time_out() {
     assert_eq!(gone.hits().len(), 1);
 
     // The dead letters through the CLI: listed, then replayed.
-    let api = daemon.url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args(["deliveries", "--api", &api, "--failed"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = taskhook_async(&["deliveries", "--api", &daemon.url, "--failed"]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert_eq!(
@@ -111,15 +103,8 @@ async fn gone_stops_redirects_are_not_followed_and_slow_answers_time_out() {
     assert!(text.contains("HTTP 302"), "{text}");
     redirect.behaviour.lock().unwrap().status = Some(200);
     slow.behaviour.lock().unwrap().delay = Duration::ZERO;
-    let api = daemon.url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args(["replay", "--api", &api, "--all-failed"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = taskhook_async(&["replay", "--api", &daemon.url, "--all-failed"]).await;
+    assert_eq!(out.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "replayed 2");
     eventually("the replays delivered", Duration::from_secs(15), || async {
         (redirect.accepted_by_task().contains_key("g1")
@@ -155,8 +140,7 @@ async fn a_slow_receiver_gets_at_most_its_cap_and_never_delays_the_others() {
             .collect(),
     )
     .await;
-    let body = json!({"tasks": ids.iter().map(|id| json!({"id": id})).collect::<Vec<_>>()});
-    post_json(&format!("{}/v1/tasks", daemon.url), &body).await;
+    enqueue_ids(&daemon.url, &ids).await;
 
     // The fast receiver has everything long before the slow one could.
     eventually("the fast receiver", Duration::from_secs(10), || async {
@@ -177,4 +161,131 @@ async fn a_slow_receiver_gets_at_most_its_cap_and_never_delays_the_others() {
         2,
         "max_concurrent_per_webhook holds"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_from_a_receiver_is_honoured_within_the_schedule() {
+    let sim = spawn_sim(&[]);
+    let r = Receiver::start(Some(SECRET_A)).await;
+    // 429 and 503 ask for 1 s (each step alone is 100 ms); then 503 asks for
+    // an hour, which the schedule's last step (1.5 s) caps; then 200.
+    r.script.lock().unwrap().extend([
+        Answer::retry_after(429, "1"),
+        Answer::retry_after(503, "1"),
+        Answer::retry_after(503, "3600"),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = daemon_config(
+        dir.path(),
+        &sim.url,
+        &webhook_toml("r", &r.url, Some(SECRET_A)),
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        r#"retry_schedule = ["100ms", "200ms", "300ms"]"#,
+        r#"retry_schedule = ["100ms", "100ms", "100ms", "1500ms"]"#,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let daemon = spawn_daemon(&cfg);
+    sim_create(&sim.url, vec![json!({"id": "ra1", "duration_ms": 50})]).await;
+    enqueue_ids(&daemon.url, &["ra1".to_string()]).await;
+    eventually("the fourth attempt", Duration::from_secs(20), || async {
+        r.accepted_by_task().contains_key("ra1").then_some(())
+    })
+    .await;
+    let hits = r.hits();
+    assert_eq!(
+        hits.iter().map(|h| h.status_sent).collect::<Vec<_>>(),
+        vec![429, 503, 503, 200]
+    );
+    let gaps: Vec<i64> = hits
+        .windows(2)
+        .map(|w| w[1].received_at_ms - w[0].received_at_ms)
+        .collect();
+    assert!(gaps[0] >= 990, "429 Retry-After: 1 honoured: {gaps:?}");
+    assert!(gaps[1] >= 990, "503 Retry-After: 1 honoured: {gaps:?}");
+    assert!(
+        (1490..4000).contains(&gaps[2]),
+        "Retry-After: 3600 held to the last step (1.5 s): {gaps:?}"
+    );
+    let (_, t) = get_json(&format!("{}/v1/tasks/ra1", daemon.url)).await;
+    assert_eq!(t["deliveries"][0]["attempts"], 4, "{t}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_sends_one_dead_letter_or_all_of_them() {
+    let sim = spawn_sim(&[]);
+    let r = Receiver::start(Some(SECRET_A)).await;
+    r.behaviour.lock().unwrap().status = Some(500);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = daemon_config(
+        dir.path(),
+        &sim.url,
+        &webhook_toml("r", &r.url, Some(SECRET_A)),
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        r#"retry_schedule = ["100ms", "200ms", "300ms"]"#,
+        r#"retry_schedule = ["50ms"]"#,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let daemon = spawn_daemon(&cfg);
+    let ids: Vec<String> = ["dl1", "dl2", "dl3"].map(String::from).to_vec();
+    sim_create_ids(&sim.url, &ids, 50).await;
+    enqueue_ids(&daemon.url, &ids).await;
+    let failed_url = format!("{}/v1/deliveries?state=failed", daemon.url);
+    let failed = eventually("three dead letters", Duration::from_secs(20), || async {
+        let (_, v) = get_json(&failed_url).await;
+        let list = v["deliveries"].as_array().cloned().unwrap_or_default();
+        (list.len() == 3).then_some(list)
+    })
+    .await;
+    r.behaviour.lock().unwrap().status = None;
+    let id_of =
+        |task: &str| failed.iter().find(|d| d["task_id"] == task).unwrap()["id"].to_string();
+
+    // One by its ID: only that one is sent.
+    let out = taskhook_async(&["replay", "--api", &daemon.url, &id_of("dl2")]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "replayed 1");
+    eventually("the replayed delivery", Duration::from_secs(10), || async {
+        r.accepted_by_task().contains_key("dl2").then_some(())
+    })
+    .await;
+    let left = eventually("two dead letters left", Duration::from_secs(10), || async {
+        let (_, v) = get_json(&failed_url).await;
+        let list = v["deliveries"].as_array().cloned().unwrap_or_default();
+        (list.len() == 2).then_some(list)
+    })
+    .await;
+    let mut tasks: Vec<_> = left.iter().map(|d| d["task_id"].clone()).collect();
+    tasks.sort_by_key(|t| t.to_string());
+    assert_eq!(tasks, vec![json!("dl1"), json!("dl3")]);
+    assert_eq!(r.accepted_by_task().len(), 1, "only dl2 was replayed");
+
+    // The rest at once.
+    let out = taskhook_async(&["replay", "--api", &daemon.url, "--all-failed"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "replayed 2");
+    eventually(
+        "every replayed delivery",
+        Duration::from_secs(10),
+        || async { (r.accepted_by_task().len() == 3).then_some(()) },
+    )
+    .await;
+    for (task, hits) in r.accepted_by_task() {
+        assert_eq!(hits.len(), 1, "{task}");
+        assert!(hits[0].signature_ok, "{task}");
+    }
+    // A replay of something that is no dead letter any more: exit 1.
+    let out = taskhook_async(&["replay", "--api", &daemon.url, &id_of("dl2")]).await;
+    assert_eq!(out.status.code(), Some(1));
 }

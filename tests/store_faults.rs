@@ -2,8 +2,10 @@
 //! enqueue answers 503, readiness fails, nothing stored is lost, and the
 //! daemon recovers on its own when the disk does. A read-only store is
 //! refused at start with a clear error. Needs root (a small tmpfs is
-//! mounted; files are made immutable with chattr); where that is not
-//! allowed the tests say so and do nothing.
+//! mounted; files are made immutable with chattr), so a plain `cargo test`
+//! lists these tests as ignored; `.ci/run` runs them as root with
+//! `cargo test --test store_faults -- --include-ignored`. Run that way,
+//! a `mount` or `chattr` that cannot run fails the test with the reason.
 
 mod common;
 
@@ -14,37 +16,54 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
+/// Runs a system tool the test cannot do without; a tool that is missing
+/// or fails fails the test, naming it and saying why.
+fn run_tool(cmd: &mut Command) {
+    let out = output_within(cmd, Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {} (these tests need root; see the module doc)",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
 /// A tmpfs mounted for one test, unmounted when dropped.
 struct Mount(PathBuf);
 
 impl Mount {
-    fn new(dir: &Path, size: &str) -> Option<Mount> {
+    fn new(dir: &Path, size: &str) -> Mount {
         let at = dir.join("disk");
         std::fs::create_dir_all(&at).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&at)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
-            return None;
-        }
-        Some(Mount(at))
+        run_tool(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(&at),
+        );
+        Mount(at)
     }
     fn remount(&self, mode: &str) {
-        let ok = Command::new("mount")
-            .args(["-o", &format!("remount,{mode}")])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        run_tool(
+            Command::new("mount")
+                .args(["-o", &format!("remount,{mode}")])
+                .arg(&self.0),
+        );
     }
 }
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let out = output_within(
+            Command::new("umount").arg("-l").arg(&self.0),
+            Duration::from_secs(30),
+        );
+        if !out.status.success() {
+            eprintln!(
+                "warning: cannot unmount {}: {}",
+                self.0.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
     }
 }
 
@@ -64,11 +83,10 @@ async fn enqueue(api: &str, prefix: &str, n: usize) -> (u16, serde_json::Value) 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: mounts a small tmpfs / chattr"]
 async fn a_full_disk_refuses_new_work_keeps_the_old_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(disk) = Mount::new(dir.path(), "3m") else {
-        return;
-    };
+    let disk = Mount::new(dir.path(), "3m");
     let sim = spawn_sim(&[]);
     let daemon = spawn_daemon(&config_on(dir.path(), &disk.0, &sim.url));
     let (s, _) = enqueue(&daemon.url, "kept", 20).await;
@@ -120,17 +138,16 @@ async fn a_full_disk_refuses_new_work_keeps_the_old_and_recovers() {
 }
 
 #[test]
+#[ignore = "needs root: mounts a small tmpfs / chattr"]
 fn a_read_only_store_is_a_clear_error_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(disk) = Mount::new(dir.path(), "1m") else {
-        return;
-    };
+    let disk = Mount::new(dir.path(), "1m");
     disk.remount("ro");
     let cfg = config_on(dir.path(), &disk.0, "http://127.0.0.1:9");
-    let out = Command::new(BIN)
-        .args(["run", "-c", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(BIN).args(["run", "-c", cfg.to_str().unwrap()]),
+        Duration::from_secs(30),
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -145,34 +162,38 @@ fn a_read_only_store_is_a_clear_error_at_start() {
 struct Immutable(Vec<PathBuf>);
 
 impl Immutable {
-    fn new(files: Vec<PathBuf>) -> Option<Immutable> {
-        for f in &files {
-            let ok = Command::new("chattr")
-                .arg("+i")
-                .arg(f)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                eprintln!(
-                    "SKIPPED: chattr +i is not available here (needs root on ext4 or similar)"
-                );
-                drop(Immutable(files.clone()));
-                return None;
-            }
+    /// Needs root on a file system with the immutable flag (ext4, xfs,
+    /// btrfs, tmpfs since Linux 6.0).
+    fn new(files: Vec<PathBuf>) -> Immutable {
+        let mut done = Immutable(Vec::new());
+        for f in files {
+            run_tool(Command::new("chattr").arg("+i").arg(&f));
+            done.0.push(f);
         }
-        Some(Immutable(files))
+        done
     }
 }
 
 impl Drop for Immutable {
     fn drop(&mut self) {
         for f in &self.0 {
-            let _ = Command::new("chattr").arg("-i").arg(f).status();
+            let out = output_within(
+                Command::new("chattr").arg("-i").arg(f),
+                Duration::from_secs(30),
+            );
+            if !out.status.success() {
+                eprintln!(
+                    "warning: cannot make {} writable again: {}",
+                    f.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: mounts a small tmpfs / chattr"]
 async fn a_store_turning_read_only_refuses_new_work_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let sim = spawn_sim(&[]);
@@ -181,9 +202,7 @@ async fn a_store_turning_read_only_refuses_new_work_and_recovers() {
     assert_eq!(s, 202);
     let db = dir.path().join("taskhook.db");
     let files = vec![db.clone(), db.with_extension("db-wal")];
-    let Some(frozen) = Immutable::new(files) else {
-        return;
-    };
+    let frozen = Immutable::new(files);
     let (s, v) = enqueue(&daemon.url, "more", 5).await;
     assert_eq!(
         (s, v["error"]["code"].as_str()),

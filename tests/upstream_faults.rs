@@ -128,22 +128,118 @@ async fn a_refused_batch_size_is_halved_until_it_fits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_limiting_lowers_the_request_rate() {
+async fn rate_limiting_halves_the_request_rate_and_it_climbs_back() {
     let sim = spawn_sim(&[]);
     let dir = tempfile::tempdir().unwrap();
-    let daemon = spawn_daemon(&daemon_config(dir.path(), &sim.url, ""));
-    post_json(
+    // One ID per request: many requests, so successes raise the rate fast.
+    let cfg = daemon_config(dir.path(), &sim.url, "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("batch_size = 50", "batch_size = 1");
+    std::fs::write(&cfg, text).unwrap();
+    let daemon = spawn_daemon(&cfg);
+    let stats = format!("{}/v1/stats", daemon.url);
+    let (_, st) = get_json(&stats).await;
+    assert_eq!(st["upstream"]["requests_per_second"], 200.0, "{st}");
+    let (s, v) = post_json(
         &format!("{}/_sim/faults", sim.url),
         &json!({"script": ["429", "429"]}),
     )
     .await;
-    sim_create(&sim.url, vec![json!({"id": "r1", "outcome": "never"})]).await;
-    enqueue_ids(&daemon.url, &["r1".to_string()]).await;
+    assert_eq!(s, 200, "{v}");
+    let ids: Vec<String> = (0..5).map(|i| format!("r{i}")).collect();
+    sim_create(
+        &sim.url,
+        ids.iter()
+            .map(|id| json!({"id": id, "outcome": "never"}))
+            .collect(),
+    )
+    .await;
+    enqueue_ids(&daemon.url, &ids).await;
     let st = eventually("two 429s seen", Duration::from_secs(10), || async {
-        let (_, st) = get_json(&format!("{}/v1/stats", daemon.url)).await;
+        let (_, st) = get_json(&stats).await;
         (st["upstream"]["failures"].as_u64() >= Some(2)).then_some(st)
     })
     .await;
-    let rate = st["upstream"]["requests_per_second"].as_f64().unwrap();
-    assert!(rate <= 200.0 / 4.0 + 1.0, "halved twice from 200/s: {st}");
+    let lowered = st["upstream"]["requests_per_second"].as_f64().unwrap();
+    // Halved twice from 200/s (once would be 100), plus the few successes
+    // since (0.25/s each).
+    assert!(
+        (50.0..=60.0).contains(&lowered),
+        "halved twice from 200/s: {st}"
+    );
+    let st = eventually(
+        "the rate climbing back",
+        Duration::from_secs(20),
+        || async {
+            let (_, st) = get_json(&stats).await;
+            let rate = st["upstream"]["requests_per_second"].as_f64().unwrap();
+            (rate >= lowered + 5.0).then_some(st)
+        },
+    )
+    .await;
+    assert!(
+        st["upstream"]["requests_per_second"].as_f64().unwrap() <= 200.0,
+        "never above the configured rate: {st}"
+    );
+    assert_eq!(st["upstream"]["failures"], 2, "no other failure: {st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_is_tried_again_every_token_retry_and_polling_resumes_by_itself() {
+    let sim = spawn_sim(&[]);
+    let a = Receiver::start(Some(SECRET_A)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = daemon_config(
+        dir.path(),
+        &sim.url,
+        &webhook_toml("a", &a.url, Some(SECRET_A)),
+    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("batch_size = 50", "batch_size = 50\ntoken_retry = \"1s\"");
+    std::fs::write(&cfg, text).unwrap();
+    let daemon = spawn_daemon(&cfg);
+    // The upstream refuses the token twice, then accepts it again.
+    let (s, v) = post_json(
+        &format!("{}/_sim/faults", sim.url),
+        &json!({"script": ["401", "401"]}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    sim_create(&sim.url, vec![json!({"id": "t1", "duration_ms": 50})]).await;
+    let started = std::time::Instant::now();
+    enqueue_ids(&daemon.url, &["t1".to_string()]).await;
+
+    let ready = format!("{}/readyz", daemon.url);
+    let body = eventually("readyz to fail", Duration::from_secs(10), || async {
+        let (s, v) = get_json(&ready).await;
+        (s == 503).then_some(v)
+    })
+    .await;
+    assert!(
+        body["problems"][0].as_str().unwrap().contains("token"),
+        "{body}"
+    );
+    // No SIGHUP, no restart: the token is tried again and polling resumes.
+    eventually(
+        "delivery after the token is accepted again",
+        Duration::from_secs(15),
+        || async { a.accepted_by_task().contains_key("t1").then_some(()) },
+    )
+    .await;
+    let took = started.elapsed();
+    let (_, stats) = get_json(&format!("{}/_sim/stats", sim.url)).await;
+    assert_eq!(stats["statuses"]["401"], 2, "{stats}");
+    // Each refusal paused polling for token_retry (1 s) before the next try,
+    // and not for the default minute.
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(15),
+        "{took:?}"
+    );
+    eventually("ready again", Duration::from_secs(5), || async {
+        let (s, _) = get_json(&ready).await;
+        (s == 200).then_some(())
+    })
+    .await;
 }

@@ -6,7 +6,7 @@
 //! with a factory that returns a fresh store, or `None` to skip (a backend
 //! whose server is not there):
 //!
-//! ```ignore
+//! ```text
 //! async fn sqlite() -> Option<(Arc<dyn Store>, Box<dyn std::any::Any + Send>)> { ... }
 //! taskhook::store_conformance!(sqlite);
 //! ```

@@ -35,26 +35,123 @@ impl Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+    /// Sends signal `sig` ("TERM", "HUP", "INT", "KILL") from this process.
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.pid().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(ok.success());
+        send_signal(self.pid(), sig);
     }
-    /// Waits for exit (up to `timeout`) and returns the exit code.
+    /// Waits for exit (up to `timeout`) and returns the exit code (`None`
+    /// when a signal ended it). A child still running at the deadline is
+    /// killed and the test fails.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_child(&mut self.child, timeout).code()
     }
+}
+
+/// The number of signal `name` ("TERM", "HUP", "INT", "KILL", "USR1").
+pub fn signal_number(name: &str) -> libc::c_int {
+    match name.trim_start_matches("SIG") {
+        "TERM" => libc::SIGTERM,
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        other => panic!("unknown signal {other}"),
+    }
+}
+
+/// Sends signal `sig` to process `pid` with kill(2) from this process;
+/// fails the test if the signal could not be sent.
+pub fn send_signal(pid: u32, sig: &str) {
+    let pid = libc::pid_t::try_from(pid).expect("a pid fits pid_t");
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(pid, signal_number(sig)) };
+    assert_eq!(
+        rc,
+        0,
+        "kill -{sig} {pid}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Waits for `child` to exit, at most `timeout`: a child still running
+/// then is killed, reaped, and the test fails.
+pub fn wait_child(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "process {} did not exit within {timeout:?}; killed",
+                child.id()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `cmd` to completion with its stdout and stderr captured, like
+/// [`Command::output`], but for at most `timeout`: past it the process is
+/// killed and the test fails.
+pub fn output_within(cmd: &mut Command, timeout: Duration) -> std::process::Output {
+    output_within_input(cmd, None, timeout)
+}
+
+/// [`output_within`] with `input` written to the process's stdin.
+pub fn output_within_input(
+    cmd: &mut Command,
+    input: Option<&[u8]>,
+    timeout: Duration,
+) -> std::process::Output {
+    use std::io::{Read, Write};
+    let mut child = cmd
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let reader = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let out = reader(Box::new(child.stdout.take().expect("stdout piped")));
+    let err = reader(Box::new(child.stderr.take().expect("stderr piped")));
+    if let Some(input) = input {
+        let mut stdin = child.stdin.take().expect("stdin piped");
+        stdin.write_all(input).expect("writing stdin");
+    }
+    let status = wait_child(&mut child, timeout);
+    std::process::Output {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
+/// `taskhook ARGS`, captured, within 60 s.
+pub fn taskhook(args: &[&str]) -> std::process::Output {
+    output_within(Command::new(BIN).args(args), Duration::from_secs(60))
+}
+
+/// [`taskhook`] from async code (on a blocking thread).
+pub async fn taskhook_async(args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        taskhook(&args)
+    })
+    .await
+    .expect("the command thread")
 }
 
 impl Drop for Proc {
@@ -132,8 +229,15 @@ pub fn spawn_sim(extra: &[&str]) -> Proc {
     spawn(&args, &[])
 }
 
-/// A daemon config file for tests: fast intervals, loopback everything.
+/// A daemon config file for tests: fast intervals, loopback everything,
+/// `store.sync = "normal"`.
 pub fn daemon_config(dir: &Path, sim_url: &str, extra: &str) -> PathBuf {
+    daemon_config_sync(dir, sim_url, extra, "normal")
+}
+
+/// [`daemon_config`] with `store.sync = SYNC` (`"full"` is the default
+/// users get: an fsync per commit).
+pub fn daemon_config_sync(dir: &Path, sim_url: &str, extra: &str, sync: &str) -> PathBuf {
     let path = dir.join("taskhook.toml");
     let text = format!(
         r#"
@@ -155,7 +259,7 @@ missing_grace = 3
 failure_confirmations = 2
 [store]
 path = "{store}"
-sync = "normal"
+sync = "{sync}"
 [api]
 listen = "127.0.0.1:0"
 [delivery]
@@ -171,28 +275,87 @@ shutdown_grace = "5s"
     path
 }
 
+/// A child process that is killed and reaped when dropped (a test that
+/// fails midway leaves no daemon behind); otherwise used as a [`Child`].
+pub struct ChildGuard(pub Child);
+
+impl std::ops::Deref for ChildGuard {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the daemon with JSON logs at `level` written to `log`; returns
 /// the child and its API URL.
-pub fn spawn_daemon_logging(config: &Path, level: &str, log: &Path) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args([
-            "run",
-            "-c",
-            config.to_str().unwrap(),
-            "--log-format",
-            "json",
-        ])
-        .env("RUST_LOG", level)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let api = line.split_whitespace().last().unwrap().to_string();
-    (child, api)
+pub fn spawn_daemon_logging(config: &Path, level: &str, log: &Path) -> (ChildGuard, String) {
+    spawn_daemon_logging_with(config, level, log, "json", &[])
+}
+
+/// [`spawn_daemon_logging`] with the log format (`json` or `text`) and
+/// extra environment variables.
+pub fn spawn_daemon_logging_with(
+    config: &Path,
+    level: &str,
+    log: &Path,
+    format: &str,
+    envs: &[(&str, &str)],
+) -> (ChildGuard, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "run",
+        "-c",
+        config.to_str().unwrap(),
+        "--log-format",
+        format,
+    ])
+    .env("RUST_LOG", level)
+    .stdout(Stdio::piped())
+    .stderr(std::fs::File::create(log).unwrap());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "the daemon did not report its address within 30 s; its log: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    };
+    let api = line
+        .split_whitespace()
+        .last()
+        .filter(|w| w.starts_with("http"))
+        .unwrap_or_else(|| {
+            panic!(
+                "the daemon did not start ({line:?}); its log: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        })
+        .to_string();
+    (ChildGuard(child), api)
 }
 
 pub fn spawn_daemon(config: &Path) -> Proc {
@@ -264,6 +427,25 @@ pub struct Receiver {
     pub behaviour: Arc<Mutex<Behaviour>>,
     /// The most requests this receiver had in flight at once.
     pub max_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Answers given in order, one per request, before anything else.
+    pub script: Arc<Mutex<std::collections::VecDeque<Answer>>>,
+}
+
+/// One scripted answer: a status and its headers.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Answer {
+    /// `status` with a `retry-after` header of `value`.
+    pub fn retry_after(status: u16, value: &str) -> Answer {
+        Answer {
+            status,
+            headers: vec![("retry-after", value.to_string())],
+        }
+    }
 }
 
 /// A scripted answer: wait `delay`, then answer `status` (with a
@@ -283,6 +465,7 @@ struct RecvState {
     in_flight: std::sync::atomic::AtomicUsize,
     max_in_flight: Arc<std::sync::atomic::AtomicUsize>,
     fail_rate: Arc<Mutex<f64>>,
+    script: Arc<Mutex<std::collections::VecDeque<Answer>>>,
 }
 
 async fn record(
@@ -309,7 +492,10 @@ async fn record(
         .unwrap_or(true);
     let mut hits = s.hits.lock().unwrap();
     let earlier = hits.iter().filter(|h| h.webhook_id == webhook_id).count();
-    let status = if let Some(fixed) = behaviour.status {
+    let scripted = s.script.lock().unwrap().pop_front();
+    let status = if let Some(answer) = &scripted {
+        answer.status
+    } else if let Some(fixed) = behaviour.status {
         fixed
     } else if earlier < *s.refuse_first.lock().unwrap() {
         500
@@ -334,6 +520,13 @@ async fn record(
     });
     drop(hits);
     let code = StatusCode::from_u16(status).unwrap();
+    if let Some(answer) = scripted {
+        let mut resp = code.into_response();
+        for (k, v) in answer.headers {
+            resp.headers_mut().insert(k, v.parse().unwrap());
+        }
+        return resp;
+    }
     match behaviour.location {
         Some(loc) => (code, [("location", loc)]).into_response(),
         None => code.into_response(),
@@ -347,6 +540,7 @@ impl Receiver {
         let fail_rate = Arc::new(Mutex::new(0.0));
         let behaviour = Arc::new(Mutex::new(Behaviour::default()));
         let max_in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let script = Arc::new(Mutex::new(std::collections::VecDeque::new()));
         let state = Arc::new(RecvState {
             secret: secret.map(str::to_string),
             hits: hits.clone(),
@@ -355,6 +549,7 @@ impl Receiver {
             in_flight: Default::default(),
             max_in_flight: max_in_flight.clone(),
             fail_rate: fail_rate.clone(),
+            script: script.clone(),
         });
         let app = axum::Router::new()
             .route("/hook", axum::routing::post(record))
@@ -369,6 +564,7 @@ impl Receiver {
             fail_rate,
             behaviour,
             max_in_flight,
+            script,
         }
     }
 
