@@ -42,7 +42,9 @@ pub(crate) enum Call {
     Invalid(&'static str, String),
 }
 
-/// Batch answers never hold more items than this, whatever `limit` says.
+/// Services that page their answers (openai, webextrator, maestro) never
+/// serve more items than this in one answer, whatever `limit` says (their
+/// tools document 1..=100). Others serve every ID asked for.
 const MAX_LIMIT: u64 = 100;
 
 pub(crate) fn parse_call(body: &[u8], profile: &Profile) -> Call {
@@ -198,8 +200,13 @@ pub(crate) fn answer_body(
                 let msg = format!("too many ids in one batch: {} > {max}", ids.len());
                 return (StatusCode::BAD_REQUEST, error_body("bad_request", &msg));
             }
+            let cap = if profile.page.is_some() {
+                MAX_LIMIT
+            } else {
+                u64::MAX
+            };
             let page = limit
-                .map(|l| l.clamp(1, MAX_LIMIT) as usize)
+                .map(|l| l.clamp(1, cap) as usize)
                 .or(profile.page)
                 .unwrap_or(usize::MAX)
                 .min(sh.args.page_size.unwrap_or(usize::MAX));

@@ -733,13 +733,18 @@ async fn batch_limit_pages_and_count_says_what_was_left_out() {
         assert_eq!(page_ids(&v), all[..5], "{service}");
         assert_eq!(v["count"], 30, "{service}");
     }
-    // ... capped at 100.
+    // ... capped at 100 where the service pages, whole elsewhere.
+    let all = ids("openai", 130);
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    let v = sim.batch_at("openai", &refs, json!({"limit": 1000})).await;
+    assert_eq!(page_ids(&v), all[..100]);
+    assert_eq!(v["count"], 130);
     let all = ids("producer", 130);
     let refs: Vec<&str> = all.iter().map(String::as_str).collect();
     let v = sim
         .batch_at("producer", &refs, json!({"limit": 1000}))
         .await;
-    assert_eq!(page_ids(&v), all[..100]);
+    assert_eq!(page_ids(&v), all[..]);
     assert_eq!(v["count"], 130);
     // Unknown IDs neither take a place nor count; the order is the request's.
     let mixed = [
