@@ -11,13 +11,10 @@
 //! [`metrics`], [`redact`].
 
 pub mod api;
-pub mod bench;
 pub mod cli;
-pub mod client;
 pub mod clock;
 pub mod config;
 pub mod deliver;
-pub mod demo;
 pub mod fanout;
 pub mod heartbeat;
 pub mod http;

@@ -129,6 +129,22 @@ pub async fn serve(
         .await
 }
 
+/// Serves any router (the simulator's, a test receiver) on a free loopback
+/// port until `shutdown` resolves; returns its base URL, `http://127.0.0.1:PORT`.
+pub async fn serve_on_loopback(
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+    });
+    Ok(format!("http://{addr}"))
+}
+
 /// The router, for embedding.
 pub fn router(args: SimArgs) -> Router {
     let shared = Arc::new(Shared {

@@ -18,7 +18,14 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::SigningKey;
+/// The `taskhook` binary the bench runs as its daemon: `$TASKHOOK_BIN`,
+/// else the running executable (the bench runs as `taskhook bench`).
+fn taskhook_binary() -> anyhow::Result<PathBuf> {
+    match std::env::var_os("TASKHOOK_BIN") {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => std::env::current_exe().context("locating the taskhook binary"),
+    }
+}
 
 /// The flags of `taskhook bench`.
 #[derive(clap::Args, Debug, Clone)]
@@ -87,7 +94,10 @@ impl Plan {
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn now_ms() -> i64 {
-    crate::clock::now_ms()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 // ---- the receiver ----------------------------------------------------------
@@ -171,7 +181,10 @@ async fn receive(
     StatusCode::NO_CONTENT
 }
 
-use crate::demo::serve_on_loopback as serve;
+/// Serves `app` on a free loopback port until `stop`; returns its base URL.
+async fn serve(app: axum::Router, stop: CancellationToken) -> anyhow::Result<String> {
+    Ok(taskhook_sim::serve_on_loopback(app, async move { stop.cancelled().await }).await?)
+}
 
 /// CPU seconds (user + system) used so far by process `pid` ("self" for
 /// this one), from /proc.
@@ -195,8 +208,7 @@ struct Daemon {
 
 impl Daemon {
     fn start(config: &Path) -> anyhow::Result<Daemon> {
-        let exe = std::env::current_exe().context("locating the taskhook binary")?;
-        let mut child = Command::new(exe)
+        let mut child = Command::new(taskhook_binary()?)
             .args(["run", "-c"])
             .arg(config)
             .env("RUST_LOG", "error")
@@ -676,32 +688,35 @@ async fn throughput(h: &Harness, plan: &Plan, out: &mut Vec<Figure>) -> anyhow::
 /// The rate at which a tight client alone can POST signed event bodies to
 /// the receiver, with 64 requests in flight.
 async fn post_ceiling(h: &Harness, for_how_long: Duration) -> anyhow::Result<f64> {
-    let key = SigningKey::parse(SECRET).expect("secret");
-    let body: Arc<str> = crate::fanout::envelope(
-        crate::poll::terminal::Outcome::Succeeded,
-        std::time::SystemTime::now(),
-        "ceiling",
-        "producer",
-        None,
-        Some(&serde_json::value::RawValue::from_string(r#"{"id":"ceiling","finished_at":1767119785.589,"response":{"task_id":"ceiling","data":[{"state":"succeeded","progress":"100%"}]}}"#.to_string())?),
-    )
+    // An event body of the size and shape taskhook sends.
+    let body: Arc<str> = json!({
+        "type": "task.succeeded",
+        "timestamp": "2026-01-01T00:00:00Z",
+        "data": {"task_id": "ceiling", "service": "producer", "outcome": "succeeded", "metadata": {},
+                 "task": {"id": "ceiling", "finished_at": 1767119785.589,
+                          "response": {"task_id": "ceiling", "data": [{"state": "succeeded", "progress": "100%"}]}}}
+    })
+    .to_string()
     .into();
+    let signer = Arc::new(standardwebhooks::Webhook::new(SECRET)?);
     let url = format!("{}/hook/15", h.receiver);
     let done = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + for_how_long;
     let mut workers = Vec::new();
     for _ in 0..64 {
-        let (http, url, body, done, key) = (
+        let (http, url, body, done, signer) = (
             h.http.clone(),
             url.clone(),
             body.clone(),
             done.clone(),
-            key.clone(),
+            signer.clone(),
         );
         workers.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 let ts = now_ms() / 1000;
-                let sig = crate::deliver::sign::sign(&key, "msg_ceiling", ts, body.as_bytes());
+                let sig = signer
+                    .sign("msg_ceiling", ts, body.as_bytes())
+                    .expect("a JSON body is UTF-8");
                 let ok = http
                     .post(&url)
                     .header("content-type", "application/json")
@@ -1254,7 +1269,7 @@ mod tests {
     fn the_signature_verifier_refuses_a_tampered_body() {
         // The bench's verifier is the specification's library: a body
         // signed by taskhook verifies, the same body altered does not.
-        let key = SigningKey::parse(SECRET).expect("secret");
+        let signer = standardwebhooks::Webhook::new(SECRET).unwrap();
         let ts = now_ms() / 1000;
         let body = br#"{"type":"task.succeeded"}"#;
         let mut headers = axum::http::HeaderMap::new();
@@ -1262,9 +1277,7 @@ mod tests {
         headers.insert("webhook-timestamp", ts.to_string().parse().unwrap());
         headers.insert(
             "webhook-signature",
-            crate::deliver::sign::sign(&key, "msg_1", ts, body)
-                .parse()
-                .unwrap(),
+            signer.sign("msg_1", ts, body).unwrap().parse().unwrap(),
         );
         let seen = Seen::new().expect("verifier");
         assert!(seen.verifier.verify(body, &headers).is_ok());

@@ -117,18 +117,8 @@ async fn receive(
 }
 
 /// Serves `app` on a free loopback port until `stop`; returns its base URL.
-pub(crate) async fn serve_on_loopback(
-    app: axum::Router,
-    stop: CancellationToken,
-) -> anyhow::Result<String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-    });
-    Ok(format!("http://{addr}"))
+async fn serve_on_loopback(app: axum::Router, stop: CancellationToken) -> anyhow::Result<String> {
+    Ok(taskhook_sim::serve_on_loopback(app, async move { stop.cancelled().await }).await?)
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {

@@ -1,14 +1,19 @@
-//! The command line (contract §3): the daemon, the simulator, the demo, and
-//! thin clients of the control API.
+//! The command line (contract §3): the daemon, `check-config`, thin clients
+//! of the control API (`client`), and, with the `dev-tools` feature, the
+//! simulator, the `demo` and the bench.
+//!
+//! May call: `runtime`, `config`, and the dev-tool crates.
+
+mod client;
+#[cfg(feature = "dev-tools")]
+mod demo;
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::client;
 use crate::config::{self, Config, LogFormat};
 
 #[derive(Parser)]
@@ -117,11 +122,14 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Run the upstream simulator.
+    #[cfg(feature = "dev-tools")]
     Sim(taskhook_sim::SimArgs),
     /// Simulator, daemon and a receiver on loopback: watch tasks flow.
-    Demo(crate::demo::DemoArgs),
+    #[cfg(feature = "dev-tools")]
+    Demo(demo::DemoArgs),
     /// Measure throughput, upstream efficiency, lag, scale and isolation.
-    Bench(crate::bench::BenchArgs),
+    #[cfg(feature = "dev-tools")]
+    Bench(taskhook_bench::BenchArgs),
 }
 
 /// Entry point of the binary.
@@ -144,9 +152,11 @@ pub fn main() -> ExitCode {
             );
             runtime(run_daemon(cfg, config))
         }
+        #[cfg(feature = "dev-tools")]
         Command::Sim(args) => {
             init_logging(log_format.unwrap_or(LogFormat::Text), "info");
             runtime(async move {
+                use anyhow::Context;
                 let listener = tokio::net::TcpListener::bind(args.listen)
                     .await
                     .with_context(|| format!("--listen: cannot listen on {}", args.listen))?;
@@ -159,13 +169,15 @@ pub fn main() -> ExitCode {
                 Ok(())
             })
         }
+        #[cfg(feature = "dev-tools")]
         Command::Bench(args) => {
             init_logging(log_format.unwrap_or(LogFormat::Text), "error");
-            runtime(crate::bench::run(args))
+            runtime(taskhook_bench::run(args))
         }
+        #[cfg(feature = "dev-tools")]
         Command::Demo(args) => {
             init_logging(log_format.unwrap_or(LogFormat::Text), "warn");
-            runtime(crate::demo::run(args))
+            runtime(demo::run(args))
         }
         Command::Enqueue {
             api,
