@@ -1,0 +1,3 @@
+//! PostgreSQL-only cases, against the real server.
+
+use super::*;
