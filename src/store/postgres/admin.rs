@@ -90,7 +90,7 @@ WITH old AS (
     ORDER BY done_at LIMIT $2
     FOR UPDATE SKIP LOCKED
 ),
-t AS (DELETE FROM tasks USING old WHERE tasks.id = old.id RETURNING tasks.event_id),
+t AS (DELETE FROM tasks WHERE id = ANY(ARRAY(SELECT id FROM old)) RETURNING event_id),
 d AS (
     DELETE FROM deliveries x USING t
     WHERE x.event_id = t.event_id AND x.state IN (0, 1, 3)
@@ -114,8 +114,8 @@ WITH old AS (
     FOR UPDATE SKIP LOCKED
 ),
 d AS (
-    DELETE FROM deliveries x USING old WHERE x.id = old.id
-    RETURNING x.id, x.task_id, x.event_id
+    DELETE FROM deliveries WHERE id = ANY(ARRAY(SELECT id FROM old))
+    RETURNING id, task_id, event_id
 ),
 e AS (
     DELETE FROM events e USING (SELECT DISTINCT task_id, event_id FROM d) AS g

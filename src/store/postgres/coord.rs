@@ -19,7 +19,7 @@ use super::*;
 const HEARTBEAT: &str = "
 WITH me AS (
     INSERT INTO instances AS i (id, host, started_at, heartbeat_at, expires_at)
-    VALUES ($1, $2, $3, $4, $4 + $5)
+    VALUES ($1, $2, $3, $4::int8, $4::int8 + $5::int8)
     ON CONFLICT (id) DO UPDATE SET host = excluded.host, started_at = excluded.started_at,
         heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at
     RETURNING id, host, started_at, heartbeat_at
@@ -45,13 +45,13 @@ WITH kept AS (
         elected_at = CASE WHEN l.instance = $1 AND l.expires_at > $2 THEN l.elected_at
                           ELSE $2 END,
         instance = $1,
-        expires_at = $2 + $3
+        expires_at = $2::int8 + $3::int8
     WHERE l.id AND (l.instance = $1 OR l.expires_at <= $2)
     RETURNING l.term
 ),
 taken AS (
     INSERT INTO leader (id, instance, term, elected_at, expires_at)
-    SELECT true, $1, nextval('leader_terms'), $2, $2 + $3
+    SELECT true, $1, nextval('leader_terms'), $2, $2::int8 + $3::int8
     WHERE NOT EXISTS (SELECT 1 FROM leader)
     ON CONFLICT (id) DO NOTHING
     RETURNING term

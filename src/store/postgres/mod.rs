@@ -100,7 +100,11 @@ impl PostgresStore {
             deadpool_postgres::PoolError::Backend(e) => at_connect(e),
             e => StoreError::unavailable(e),
         })?;
-        migrate(&mut client, &target.schema).await?;
+        if let Err(e) = migrate(&mut client, &target.schema).await {
+            // Not back to the pool with its transaction possibly open.
+            drop(Object::take(client));
+            return Err(e);
+        }
         drop(client);
         let listener = listen::spawn(target.clone());
         Ok(PostgresStore {

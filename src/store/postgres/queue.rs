@@ -57,7 +57,9 @@ SELECT (SELECT count(*) FROM up), (SELECT count(*) FROM wake)";
 /// Leases due tasks of one service: `pick` locks the earliest due task
 /// not locked by another claimer and not of a skipped service; `due` locks
 /// that service's tasks due by the window's end, up to its limit; the
-/// outer update leases them under one new claim number. When nothing was
+/// update leases them under one new claim number. (`= ANY(ARRAY(...))`
+/// makes the update look its rows up by key: joined to the CTE, whose size
+/// the planner cannot know, it may scan the whole table.) When nothing was
 /// leased, one extra row says which service was picked (its limit was 0)
 /// or, if none, when the earliest task comes due.
 const CLAIM_POLL_BATCH: &str = "
@@ -85,14 +87,14 @@ due AS (
 c AS (SELECT nextval('task_claims') AS n),
 leased AS (
     UPDATE tasks t SET leased = true, claim = c.n, next_poll_at = $3
-    FROM due, c
-    WHERE t.id = due.id
+    FROM c
+    WHERE t.id = ANY(ARRAY(SELECT id FROM due))
     RETURNING t.id, t.service, t.claim, t.enqueued_at, t.polls, t.misses, t.fail_seen,
-        t.metadata, t.webhooks, due.next_poll_at AS due
+        t.metadata, t.webhooks
 )
-SELECT id, service, claim, enqueued_at, polls, misses, fail_seen, metadata, webhooks, due,
-    NULL::bigint AS next_due
-FROM leased
+SELECT l.id, l.service, l.claim, l.enqueued_at, l.polls, l.misses, l.fail_seen, l.metadata,
+    l.webhooks, due.next_poll_at AS due, NULL::bigint AS next_due
+FROM leased l JOIN due ON due.id = l.id
 UNION ALL
 SELECT NULL, (SELECT service FROM pick), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
     CASE WHEN EXISTS (SELECT 1 FROM pick) THEN NULL
@@ -163,8 +165,8 @@ WITH due AS (
 ),
 c AS (SELECT nextval('task_claims') AS n)
 UPDATE tasks t SET leased = true, claim = c.n, next_poll_at = $4
-FROM due, c
-WHERE t.id = due.id
+FROM c
+WHERE t.id = ANY(ARRAY(SELECT id FROM due))
 RETURNING t.id, t.service, t.claim, t.enqueued_at, t.polls, t.misses, t.fail_seen,
     t.metadata, t.webhooks, t.enqueued_at AS due";
 
@@ -193,7 +195,8 @@ const DELIVERY_CLAIM_LOCK_SQL: &str = "SELECT pg_advisory_xact_lock($1, hashtext
 /// Leases due deliveries: `busy` counts each webhook's running leases;
 /// `cand` locks due deliveries of webhooks neither excluded nor full;
 /// `pick` keeps, per webhook, only as many as leave it at the cap; the
-/// update bumps each one's claim. The event body comes once per event.
+/// update bumps each one's claim (looked up by key, see
+/// [`CLAIM_POLL_BATCH`]). The event body comes once per event.
 /// When nothing was leased, one extra row says when the earliest pending
 /// delivery comes due.
 const CLAIM_DELIVERIES: &str = "
@@ -223,17 +226,16 @@ pick AS (
 ),
 leased AS (
     UPDATE deliveries d SET leased = true, claim = d.claim + 1, next_attempt_at = $3
-    FROM pick
-    WHERE d.id = pick.id
+    WHERE d.id = ANY(ARRAY(SELECT id FROM pick))
     RETURNING d.id, d.claim, d.event_id, d.task_id, d.webhook, d.url, d.attempts,
-        d.task_enqueued_at, d.kind, pick.due
+        d.task_enqueued_at, d.kind
 )
 SELECT l.id, l.claim, l.event_id, l.task_id, l.webhook, l.url, l.attempts,
-    l.task_enqueued_at, l.kind, l.due,
+    l.task_enqueued_at, l.kind, pick.due,
     CASE WHEN row_number() OVER (PARTITION BY l.event_id ORDER BY l.id) = 1
          THEN e.body END AS body,
     NULL::bigint AS next_due
-FROM leased l LEFT JOIN events e ON e.id = l.event_id
+FROM leased l JOIN pick ON pick.id = l.id LEFT JOIN events e ON e.id = l.event_id
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
     (SELECT min(next_attempt_at) FROM deliveries WHERE state = 0)

@@ -39,6 +39,11 @@ pub struct SchemaGuard {
 }
 
 impl SchemaGuard {
+    /// A guard for `schema` on `url` (which need not exist yet).
+    pub fn new(url: String, schema: String) -> Self {
+        SchemaGuard { url, schema }
+    }
+
     pub fn schema(&self) -> &str {
         &self.schema
     }
@@ -55,23 +60,48 @@ impl Drop for SchemaGuard {
                 .build()
                 .expect("a runtime");
             rt.block_on(async {
-                let target = conn::target(&url, Some(&schema)).ok()?;
-                let client = conn::connect_spawned(&target).await.ok()?;
+                let target = conn::target(&url, Some(&schema)).map_err(|e| e.to_string())?;
+                let client = conn::connect_spawned(&target)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // A store dropped just before its guard may still have a
+                // session whose end this (blocked) runtime never got to
+                // send: end whatever still holds a lock in the schema.
+                client
+                    .execute(
+                        "SELECT pg_terminate_backend(l.pid) FROM pg_locks l \
+                         JOIN pg_class c ON c.oid = l.relation \
+                         JOIN pg_namespace n ON n.oid = c.relnamespace \
+                         WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()",
+                        &[&schema],
+                    )
+                    .await
+                    .map_err(|e| format!("{e:?}"))?;
                 client
                     .batch_execute(&format!(
                         "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {schema} CASCADE"
                     ))
                     .await
-                    .ok()
+                    .map_err(|e| format!("{e:?}"))
             })
         })
         .join();
-        if !matches!(done, Ok(Some(()))) {
-            let _ = writeln!(
-                std::io::stderr(),
-                "warning: test schema {} was not dropped",
-                self.schema
-            );
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "warning: test schema {} was not dropped: {e}",
+                    self.schema
+                );
+            }
+            Err(_) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "warning: test schema {} was not dropped",
+                    self.schema
+                );
+            }
         }
     }
 }
