@@ -89,7 +89,12 @@ struct Inner {
 
 impl PostgresStore {
     /// Connects to `url`, creates the schema if needed and brings it to this
-    /// version's layout (once, whoever else starts at the same time).
+    /// version's layout (once, whoever else starts at the same time). The
+    /// URL keys taskhook reads itself (`sslmode`: `disable`, `require`,
+    /// `verify-full`; `sslrootcert`; `search_path`) are described in
+    /// `conn::target`; every connection gets `application_name=taskhook`
+    /// (unless the URL names one) and a 30 s
+    /// `idle_in_transaction_session_timeout`.
     /// Unreachable servers are [`StoreError::Unavailable`]; bad URLs, wrong
     /// credentials and a schema written by a newer taskhook are
     /// [`StoreError::Fatal`].
@@ -98,7 +103,7 @@ impl PostgresStore {
         let pool = conn::pool(&target, opts.pool_size)?;
         let mut client = pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => at_connect(e),
-            e => StoreError::unavailable(e),
+            e => StoreError::unavailable(Chained(e)),
         })?;
         if let Err(e) = migrate(&mut client, &target.schema).await {
             // Not back to the pool with its transaction possibly open.
@@ -136,7 +141,11 @@ impl PostgresStore {
 
     /// A pooled connection.
     async fn conn(&self) -> StoreResult<Object> {
-        self.inner.pool.get().await.map_err(StoreError::unavailable)
+        self.inner
+            .pool
+            .get()
+            .await
+            .map_err(|e| StoreError::unavailable(Chained(e)))
     }
 
     /// A pooled connection for a transaction this code opens itself.
@@ -216,7 +225,7 @@ fn at_connect(e: tokio_postgres::Error) -> StoreError {
     if conn::is_misconfiguration(&e) {
         StoreError::Fatal(format!("store: {}", describe(&e)))
     } else {
-        StoreError::unavailable(e)
+        StoreError::unavailable(Chained(e))
     }
 }
 
@@ -230,7 +239,31 @@ fn describe(e: &tokio_postgres::Error) -> String {
 
 /// A failed statement: transient, with its cause kept.
 fn db(e: tokio_postgres::Error) -> StoreError {
-    StoreError::unavailable(e)
+    StoreError::unavailable(Chained(e))
+}
+
+/// A driver or pool error shown with its causes ("db error: ERROR:
+/// deadlock detected"; the driver's own text stops at "db error"), and
+/// kept whole as the source.
+#[derive(Debug)]
+struct Chained<E>(E);
+
+impl<E: std::error::Error + 'static> std::fmt::Display for Chained<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for Chained<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
 }
 
 /// A pooled connection inside a transaction this code opened (often with

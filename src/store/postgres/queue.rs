@@ -491,6 +491,7 @@ async fn record_round(
     updates: Vec<PollUpdate>,
     handoff_lease: Option<Millis>,
 ) -> StoreResult<Vec<ClaimedDelivery>> {
+    /// The reschedules, as the statement's arrays.
     #[derive(Default)]
     struct Resched {
         id: Vec<String>,
@@ -501,6 +502,7 @@ async fn record_round(
         fail_seen: Vec<i32>,
         state: Vec<Option<String>>,
     }
+    /// The finishes (with their events), as the statement's arrays.
     #[derive(Default)]
     struct Finish {
         id: Vec<String>,
@@ -513,6 +515,7 @@ async fn record_round(
         kind: Vec<&'static str>,
         body: Vec<String>,
     }
+    /// The finishes' deliveries, each pointing at its finish by position.
     #[derive(Default)]
     struct Deliveries {
         finish: Vec<i64>,

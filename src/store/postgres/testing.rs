@@ -118,10 +118,11 @@ pub async fn reachable() -> bool {
         tokio::time::timeout(Duration::from_secs(5), conn::connect_spawned(&target)).await;
     let unreachable = match attempt {
         Ok(Ok(_client)) => return true,
-        Ok(Err(e)) if conn::is_unreachable(&e) => e.to_string(),
+        Ok(Err(e)) if conn::is_unreachable(&e) => chain(&e),
         Ok(Err(e)) => panic!(
-            "PostgreSQL at {} answered with an error: {e}",
-            redacted(&url)
+            "PostgreSQL at {} answered with an error: {}",
+            redacted(&url),
+            chain(&e)
         ),
         Err(_) => "no answer within 5 s".to_string(),
     };
@@ -148,8 +149,29 @@ fn is_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
 
+/// The URL with its password hidden.
 fn redacted(url: &str) -> String {
-    crate::redact::url(url)
+    match ::url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("redacted"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(not a URL)".into(),
+    }
+}
+
+/// An error with its causes: "error connecting to server: Connection refused".
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// A new schema name, unique enough for parallel tests.

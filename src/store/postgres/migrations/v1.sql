@@ -69,8 +69,9 @@ CREATE TABLE deliveries (
     created_at       bigint NOT NULL,
     updated_at       bigint NOT NULL
 ) WITH (autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.05);
--- Due deliveries, in due order (claims, the next due time).
-CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE state = 0;
+-- Due deliveries, in due order then ID (claims read it in that order and
+-- stop at their limit; the next due time).
+CREATE INDEX deliveries_due ON deliveries (next_attempt_at, id) WHERE state = 0;
 -- Leased deliveries per webhook: the claim counts them to hold every
 -- webhook to its cap across instances. Only leased rows enter it.
 CREATE INDEX deliveries_leased ON deliveries (webhook) WHERE state = 0 AND leased;
