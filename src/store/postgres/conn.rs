@@ -116,6 +116,16 @@ pub(super) fn target(url: &str, schema: Option<&str>) -> StoreResult<Target> {
     }
     config.keepalives_idle(KEEPALIVE_IDLE);
     let tls = if tls_on {
+        #[cfg(unix)]
+        if config
+            .get_hosts()
+            .iter()
+            .any(|h| matches!(h, tokio_postgres::config::Host::Unix(_)))
+        {
+            return Err(fatal(
+                "TLS (sslmode) needs a host name; a Unix socket has none".into(),
+            ));
+        }
         config.ssl_mode(SslMode::Require);
         Tls::On(MakeRustlsConnect::new(client_tls(rootcert.as_deref())?))
     } else {
@@ -273,6 +283,8 @@ mod tests {
         assert_eq!(t.schema, "other");
         let t = target("postgres://u@h/q?search_path=jobs", Some("mine")).unwrap();
         assert_eq!(t.schema, "mine");
+        let t = target("postgres://u@%2Fvar%2Frun%2Fpostgresql/q", None).unwrap();
+        assert!(matches!(t.tls, Tls::Off), "a Unix socket, without TLS");
         let t = target("postgres://u@h/q?application_name=x&sslmode=disable", None).unwrap();
         assert_eq!(t.config.get_application_name(), Some("x"));
         assert!(matches!(t.tls, Tls::Off));
@@ -284,6 +296,7 @@ mod tests {
             "postgres://h/q?search_path=Bad-Name",
             "postgres://h/q?sslrootcert=/nonexistent.pem&sslmode=require",
             "postgres://h/q?nonsense=1",
+            "postgres://u@%2Fvar%2Frun%2Fpostgresql/q?sslmode=require",
         ] {
             let e = target(bad, None).err().unwrap();
             assert!(matches!(e, StoreError::Fatal(_)), "{bad}: {e}");

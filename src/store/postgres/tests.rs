@@ -778,3 +778,32 @@ fn figures(times: &mut [Duration]) -> String {
         at(1.0)
     )
 }
+
+/// A Unix-socket URL (no TLS) reaches the same server, when this machine
+/// has the socket.
+#[tokio::test]
+async fn a_unix_socket_url_connects() {
+    const SOCKET: &str = "/var/run/postgresql/.s.PGSQL.5432";
+    let Some((_, guard)) = fresh(1).await else {
+        return;
+    };
+    let u = ::url::Url::parse(&url()).unwrap();
+    if !std::path::Path::new(SOCKET).exists() || u.port().is_some_and(|p| p != 5432) {
+        report("unix socket test: no socket here; not run".into());
+        return;
+    }
+    let s = PostgresStore::connect(
+        &format!(
+            "postgres://{}@%2Fvar%2Frun%2Fpostgresql{}",
+            u.username(),
+            u.path()
+        ),
+        PostgresOptions {
+            pool_size: 1,
+            schema: Some(guard.schema().into()),
+        },
+    )
+    .await
+    .unwrap();
+    s.check_writable(0).await.unwrap();
+}
