@@ -3,7 +3,8 @@
 //! tasks' events, and one delivery row per (event, webhook). The traits are
 //! split by who uses them: the poller's [`PollQueue`], the dispatcher's
 //! [`DeliveryQueue`], the API's [`ReadModel`] and the operators' [`Admin`];
-//! a backend implements all four ([`Store`]).
+//! a backend implements all four ([`Store`]). Backends: [`sqlite`] (one
+//! daemon, embedded) and [`postgres`] (several daemons sharing one queue).
 //!
 //! Every method takes `now` (unix milliseconds) from the caller, so tests
 //! control time. Claims hand out a fencing token (`claim`): a write that
@@ -14,12 +15,14 @@
 
 mod error;
 mod model;
+pub mod postgres;
 pub mod sqlite;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use error::{StoreError, StoreResult};
 pub use model::*;
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;

@@ -45,7 +45,13 @@ macro_rules! store_conformance {
             a_refused_service_is_deferred_and_skipped_by_claims,
             parked_deliveries_resume_when_their_webhook_returns,
             purge_works_in_chunks_and_says_when_more_is_left,
-            a_dead_letter_replayed_after_its_task_was_purged_leaves_nothing
+            a_dead_letter_replayed_after_its_task_was_purged_leaves_nothing,
+            claims_and_views_carry_every_field_through,
+            a_per_service_limit_caps_that_services_batch,
+            deferral_leaves_leased_tasks_to_their_worker,
+            an_expiry_claim_whose_lease_ran_out_is_claimed_again,
+            replaying_every_dead_letter_leaves_parked_ones_parked,
+            listings_are_newest_first_and_bounded
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
@@ -876,4 +882,327 @@ pub async fn a_dead_letter_replayed_after_its_task_was_purged_leaves_nothing(s: 
     assert!(s.replay_delivery(200, dead[0].id).await.unwrap());
     settle_all(&s, 210, |_| DeliveryVerdict::Delivered).await;
     assert!(s.list_deliveries(None, 10).await.unwrap().is_empty());
+}
+
+/// What a task carries (service, metadata, per-task URLs, counters) comes
+/// back unchanged in claims, and redacted in views; what a delivery
+/// carries (kind, URL, the task's enqueue time, the body) comes back in
+/// its claim and its view.
+pub async fn claims_and_views_carry_every_field_through(s: Arc<dyn Store>) {
+    let own = "http://user:pw@own.example/hook?token=abc";
+    s.enqueue(
+        1000,
+        5,
+        vec![NewTask {
+            id: "k".into(),
+            service: "kling".into(),
+            webhooks: vec![own.into()],
+            metadata: Some(r#"{"order": 7, "tags": ["a"]}"#.into()),
+        }],
+    )
+    .await
+    .unwrap();
+    let v = s.get_task("k".into()).await.unwrap().unwrap();
+    assert_eq!((v.service.as_str(), v.enqueued_at), ("kling", 1000));
+    assert_eq!(v.next_poll_at, Some(1005));
+    assert_eq!(v.webhooks, vec![crate::redact::url(own)]);
+    assert_eq!(
+        v.metadata,
+        Some(serde_json::json!({"order": 7, "tags": ["a"]}))
+    );
+    let t = s
+        .claim_poll_batch(1005, 1005, 10.into(), 2000)
+        .await
+        .unwrap()
+        .tasks
+        .remove(0);
+    assert_eq!(t.service, "kling");
+    assert_eq!(t.webhooks, vec![own.to_string()], "unredacted for sending");
+    assert_eq!(
+        t.metadata.as_deref(),
+        Some(r#"{"order": 7, "tags": ["a"]}"#)
+    );
+    assert_eq!(
+        (t.enqueued_at, t.polls, t.misses, t.fail_seen),
+        (1000, 0, 0, 0)
+    );
+    // Counters as the poller left them; an unanswered poll counts nothing
+    // and keeps the last upstream state.
+    s.record_polls(
+        2000,
+        vec![PollUpdate::Reschedule {
+            id: "k".into(),
+            claim: t.claim,
+            next_poll_at: 2100,
+            polled: true,
+            misses: 2,
+            fail_seen: 1,
+            upstream_state: Some("running".into()),
+        }],
+        None,
+    )
+    .await
+    .unwrap();
+    let t = s
+        .claim_poll_batch(2100, 2100, 10.into(), 3000)
+        .await
+        .unwrap()
+        .tasks
+        .remove(0);
+    assert_eq!((t.polls, t.misses, t.fail_seen), (1, 2, 1));
+    s.record_polls(
+        2200,
+        vec![PollUpdate::Reschedule {
+            id: "k".into(),
+            claim: t.claim,
+            next_poll_at: 2300,
+            polled: false,
+            misses: 3,
+            fail_seen: 1,
+            upstream_state: None,
+        }],
+        None,
+    )
+    .await
+    .unwrap();
+    let v = s.get_task("k".into()).await.unwrap().unwrap();
+    assert_eq!((v.polls, v.upstream_state.as_deref()), (1, Some("running")));
+    let t = s
+        .claim_poll_batch(2300, 2300, 10.into(), 3000)
+        .await
+        .unwrap()
+        .tasks
+        .remove(0);
+    assert_eq!((t.polls, t.misses), (1, 3));
+    // Finished, failed, to a configured webhook and to the task's own URL.
+    s.record_polls(
+        2400,
+        vec![PollUpdate::Finish {
+            id: "k".into(),
+            claim: t.claim,
+            polled: true,
+            outcome: Outcome::Failed,
+            upstream_state: "failed".into(),
+            event: NewEvent {
+                id: "msg_k".into(),
+                body: r#"{"type":"task.failed"}"#.into(),
+                deliveries: vec![
+                    NewDelivery {
+                        webhook: "pipeline".into(),
+                        kind: DeliveryKind::Webhook,
+                        url: "http://pipeline.example/".into(),
+                    },
+                    NewDelivery {
+                        webhook: crate::redact::url(own),
+                        kind: DeliveryKind::TaskUrl,
+                        url: own.into(),
+                    },
+                ],
+            },
+        }],
+        None,
+    )
+    .await
+    .unwrap();
+    let v = s.get_task("k".into()).await.unwrap().unwrap();
+    assert_eq!(v.status, TaskStatus::Delivering);
+    assert_eq!((v.polls, v.outcome.as_deref()), (2, Some("failed")));
+    assert_eq!(v.upstream_state.as_deref(), Some("failed"));
+    assert_eq!((v.finished_at, v.next_poll_at), (Some(2400), None));
+    assert_eq!(v.event, Some(serde_json::json!({"type": "task.failed"})));
+    let kinds: Vec<_> = v
+        .deliveries
+        .iter()
+        .map(|d| (d.kind, d.url.clone(), d.event_type.clone()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (
+                DeliveryKind::Webhook,
+                "http://pipeline.example/".to_string(),
+                "task.failed".to_string()
+            ),
+            (
+                DeliveryKind::TaskUrl,
+                crate::redact::url(own),
+                "task.failed".to_string()
+            ),
+        ]
+    );
+    assert!(
+        v.deliveries
+            .iter()
+            .all(|d| d.next_attempt_at == Some(2400) && d.created_at == 2400 && d.attempts == 0)
+    );
+    let ds = s
+        .claim_deliveries(2500, 10, 9000, vec![], 100)
+        .await
+        .unwrap()
+        .deliveries;
+    assert_eq!(ds.len(), 2);
+    let own_d = ds.iter().find(|d| d.kind == DeliveryKind::TaskUrl).unwrap();
+    assert_eq!(own_d.url, own, "sent to the URL itself");
+    assert_eq!(own_d.webhook, crate::redact::url(own));
+    assert!(ds.iter().all(|d| d.enqueued_at == 1000
+        && d.task_id == "k"
+        && d.event_id == "msg_k"
+        && &*d.body == r#"{"type":"task.failed"}"#));
+    // A retry's status and error show in the view; the next attempt too.
+    s.record_deliveries(
+        2600,
+        vec![DeliveryReport {
+            id: own_d.id,
+            claim: own_d.claim,
+            task_id: "k".into(),
+            event_id: "msg_k".into(),
+            verdict: DeliveryVerdict::Retry { at: 5000 },
+            status: Some(503),
+            error: Some("HTTP 503".into()),
+        }],
+    )
+    .await
+    .unwrap();
+    let v = s.get_task("k".into()).await.unwrap().unwrap();
+    let d = v.deliveries.iter().find(|d| d.id == own_d.id).unwrap();
+    assert_eq!(
+        (d.attempts, d.last_status, d.last_error.as_deref()),
+        (1, Some(503), Some("HTTP 503"))
+    );
+    assert_eq!((d.next_attempt_at, d.updated_at), (Some(5000), 2600));
+    s.check_writable(2700).await.unwrap();
+}
+
+pub async fn a_per_service_limit_caps_that_services_batch(s: Arc<dyn Store>) {
+    let mj = |id: &str| {
+        let mut t = task(id);
+        t.service = "midjourney".into();
+        t
+    };
+    s.enqueue(0, 0, (0..5).map(|i| mj(&format!("m{i}"))).collect())
+        .await
+        .unwrap();
+    s.enqueue(10, 0, vec![task("p")]).await.unwrap();
+    let mut limits = ClaimLimits::from(10);
+    limits.per_service.insert("midjourney".into(), 2);
+    let c = s
+        .claim_poll_batch(20, 20, limits.clone(), 1000)
+        .await
+        .unwrap();
+    assert_eq!((c.service.as_str(), c.tasks.len()), ("midjourney", 2));
+    let c = s.claim_poll_batch(20, 20, limits, 1000).await.unwrap();
+    assert_eq!((c.service.as_str(), c.tasks.len()), ("midjourney", 2));
+    let c = s.claim_poll_batch(20, 20, 10.into(), 1000).await.unwrap();
+    assert_eq!((c.service.as_str(), c.tasks.len()), ("midjourney", 1));
+    let c = s.claim_poll_batch(20, 20, 10.into(), 1000).await.unwrap();
+    assert_eq!((c.service.as_str(), c.tasks.len()), ("producer", 1));
+}
+
+/// A refused service's deferral moves only the tasks nobody holds: a
+/// leased one is its worker's to reschedule.
+pub async fn deferral_leaves_leased_tasks_to_their_worker(s: Arc<dyn Store>) {
+    s.enqueue(0, 0, vec![task("a"), task("b")]).await.unwrap();
+    let held = s
+        .claim_poll_batch(0, 0, 1.into(), 1000)
+        .await
+        .unwrap()
+        .tasks
+        .remove(0);
+    assert_eq!(s.defer_service("producer".into(), 5000).await.unwrap(), 1);
+    let free = if held.id == "a" { "b" } else { "a" };
+    let v = s.get_task(free.into()).await.unwrap().unwrap();
+    assert_eq!(v.next_poll_at, Some(5000));
+    s.record_polls(10, vec![resched(&held, 20)], None)
+        .await
+        .unwrap();
+    let v = s.get_task(held.id.clone()).await.unwrap().unwrap();
+    assert_eq!((v.next_poll_at, v.polls), (Some(20), 1));
+    // A deferral never brings a task forward.
+    assert_eq!(s.defer_service("producer".into(), 10).await.unwrap(), 0);
+}
+
+pub async fn an_expiry_claim_whose_lease_ran_out_is_claimed_again(s: Arc<dyn Store>) {
+    s.enqueue(0, 1_000_000, vec![task("old")]).await.unwrap();
+    let first = s.claim_expired(100, 50, 10, 500).await.unwrap().remove(0);
+    assert!(s.claim_expired(499, 50, 10, 900).await.unwrap().is_empty());
+    // The expiring worker died: at the lease's end the task is claimed
+    // again, under a new claim; the dead worker's finish is ignored.
+    let again = s.claim_expired(500, 50, 10, 900).await.unwrap().remove(0);
+    assert!(again.claim > first.claim);
+    s.record_polls(600, vec![finish(&first, &["w"])], None)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_task("old".into()).await.unwrap().unwrap().status,
+        TaskStatus::Watching
+    );
+    s.record_polls(600, vec![finish(&again, &[])], None)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_task("old".into()).await.unwrap().unwrap().status,
+        TaskStatus::Done
+    );
+}
+
+pub async fn replaying_every_dead_letter_leaves_parked_ones_parked(s: Arc<dyn Store>) {
+    finished_a(&s, &["dead", "parked"]).await;
+    settle_all(&s, 20, |_| DeliveryVerdict::DeadLetter).await;
+    let ds = s.list_deliveries(None, 10).await.unwrap();
+    // Park the second one: replay it (it is a dead letter now), claim it
+    // and report its webhook gone from the configuration.
+    let parked = ds.iter().find(|d| d.webhook == "parked").unwrap().id;
+    assert!(s.replay_delivery(30, parked).await.unwrap());
+    let d = s
+        .claim_deliveries(30, 10, 5000, vec![], 100)
+        .await
+        .unwrap()
+        .deliveries
+        .remove(0);
+    s.record_deliveries(40, vec![report(&d, DeliveryVerdict::WebhookRemoved)])
+        .await
+        .unwrap();
+    assert_eq!(s.resume_parked(50, vec![]).await.unwrap(), 0);
+    assert_eq!(s.replay_all_failed(50).await.unwrap(), 1);
+    let st = s.stats().await.unwrap();
+    assert_eq!(
+        (st.deliveries_pending, st.dead_letters, st.webhook_removed),
+        (1, 0, 1)
+    );
+    let left = s
+        .claim_deliveries(50, 10, 5000, vec![], 100)
+        .await
+        .unwrap()
+        .deliveries;
+    assert_eq!(left.len(), 1);
+    assert_eq!((left[0].webhook.as_str(), left[0].attempts), ("dead", 0));
+}
+
+pub async fn listings_are_newest_first_and_bounded(s: Arc<dyn Store>) {
+    s.enqueue(0, 1000, vec![task("a"), task("b"), task("c")])
+        .await
+        .unwrap();
+    s.enqueue(500, 1000, vec![task("d")]).await.unwrap();
+    let ts = s
+        .claim_poll_batch(1000, 1000, 3.into(), 2000)
+        .await
+        .unwrap()
+        .tasks;
+    s.record_polls(1100, ts.iter().map(|t| finish(t, &["w"])).collect(), None)
+        .await
+        .unwrap();
+    let all = s.list_deliveries(None, 10).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(all.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    let two = s
+        .list_deliveries(Some(DeliveryState::Pending), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        two.iter().map(|d| d.id).collect::<Vec<_>>(),
+        all[..2].iter().map(|d| d.id).collect::<Vec<_>>()
+    );
+    let st = s.stats().await.unwrap();
+    assert_eq!((st.watching, st.delivering), (1, 3));
+    assert_eq!(st.oldest_watching_enqueued_at, Some(500));
 }
