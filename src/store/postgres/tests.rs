@@ -4,7 +4,7 @@
 //! settlers of one event, migrations, wake-ups and their reconnection,
 //! leadership, recovery after the server drops every connection, TLS, and
 //! the enqueue and claim figures. The shared rules are checked by the
-//! conformance suite (`tests/store_conformance.rs`).
+//! conformance suite (`tests/it/store_conformance.rs`).
 
 use std::collections::HashMap;
 use std::io::Write;

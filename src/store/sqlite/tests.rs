@@ -1,5 +1,5 @@
 //! SQLite-only cases: opening, restarts, bad files, migrations. The shared
-//! rules are checked by the conformance suite (`tests/store_conformance.rs`).
+//! rules are checked by the conformance suite (`tests/it/store_conformance.rs`).
 
 use super::*;
 use crate::store::testing::{finish, task};

@@ -1,12 +1,10 @@
 //! Receivers misbehaving (contract §6): 410 Gone, redirects, slow answers,
 //! concurrency caps; and the dead-letter commands of the CLI.
 
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 fn hook(name: &str, r: &Receiver) -> String {

@@ -4,13 +4,11 @@
 //! event. Also: a service that pages its answers, unknown state words, and
 //! a profile override applied by SIGHUP.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 /// Every single-record fixture: (task ID, service, documented state, record).

@@ -1,12 +1,10 @@
 //! The core watch loop end to end: the real binary, the simulator and
 //! recording receivers on loopback ports.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 fn webhooks_toml(a: &Receiver, b: &Receiver) -> String {

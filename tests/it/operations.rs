@@ -1,13 +1,11 @@
 //! Running it where it lives: metrics, health checks, systemd notification,
 //! reload, and secrets kept out of every output.
 
-mod common;
-
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

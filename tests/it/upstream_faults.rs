@@ -1,11 +1,9 @@
 //! The upstream misbehaving: faults of every kind, a refused token, refused
 //! batch sizes. Whatever happens, no ID is dropped.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

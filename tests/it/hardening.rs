@@ -4,13 +4,11 @@
 //! without end, proxies, a configuration without webhooks, JSON errors,
 //! a reloaded concurrency cap, and logs written to a file.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 /// `text` with `lines` added at the top of `[section]`.

@@ -1,11 +1,9 @@
 //! The command line: config checking, the client subcommands and the demo.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[test]

@@ -1,6 +1,5 @@
 //! Shared test harness: the real `taskhook` binary started on loopback
 //! ports, a recording webhook receiver, and poll-until helpers.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

@@ -4,16 +4,14 @@
 //! refused at start with a clear error. Needs root (a small tmpfs is
 //! mounted; files are made immutable with chattr), so a plain `cargo test`
 //! lists these tests as ignored; `.ci/run` runs them as root with
-//! `cargo test --test store_faults -- --include-ignored`. Run that way,
+//! `cargo test --test it store_faults:: -- --include-ignored`. Run that way,
 //! a `mount` or `chattr` that cannot run fails the test with the reason.
-
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 /// Runs a system tool the test cannot do without; a tool that is missing

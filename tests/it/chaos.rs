@@ -4,14 +4,12 @@
 //! straddle a kill.
 //!
 //! CI runs a short form. The full run:
-//!   CHAOS_TASKS=2000 CHAOS_KILLS=10 cargo test --release --test chaos -- --nocapture
-
-mod common;
+//!   CHAOS_TASKS=2000 CHAOS_KILLS=10 cargo test --release --test it chaos:: -- --nocapture
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 

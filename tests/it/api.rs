@@ -1,11 +1,9 @@
 //! The control API as a pipeline sees it: auth, validation, duplicates,
 //! inspection, dead letters and replay.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 async fn send(

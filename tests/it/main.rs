@@ -1,0 +1,19 @@
+//! taskhook's integration tests, one binary: each module starts the real
+//! `taskhook` binary (or the real store) and drives it the way a user would.
+//! `common` holds the harness they share.
+
+mod common;
+
+mod api;
+mod chaos;
+mod cli;
+mod documented_records;
+mod e2e;
+mod hardening;
+mod operations;
+mod properties;
+mod receivers;
+mod services;
+mod store_conformance;
+mod store_faults;
+mod upstream_faults;
