@@ -7,18 +7,20 @@
 //! profiles, the terminal rule) → [`fanout`] (events and who gets them) →
 //! [`deliver`] (lanes, attempts, signatures, the SSRF guard). Beside it:
 //! the control [`api`], the [`runtime`] that wires and runs it all, and the
-//! [`cli`]. Shared: [`config`], [`clock`], [`heartbeat`], [`http`],
-//! [`metrics`], [`redact`].
+//! [`cli`]. Shared: [`config`], [`clock`], [`cluster`], [`heartbeat`], [`http`],
+//! [`metrics`], [`redact`], [`limit`].
 
 pub mod api;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod deliver;
 pub mod fanout;
 pub mod heartbeat;
 pub mod http;
 pub mod ingest;
+pub mod limit;
 pub mod metrics;
 pub mod poll;
 pub mod redact;

@@ -31,6 +31,18 @@ pub struct UnknownStateLabel {
     pub word: String,
 }
 
+/// The `op` label: a store operation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: &'static str,
+}
+
+/// The `kind` label: what a claim took.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
 /// The `service` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabel {
@@ -64,6 +76,12 @@ pub struct Metrics {
     pub detection_lag: Histogram,
     pub unknown_states: Family<UnknownStateLabel, Counter>,
     pub service_broken: Family<ServiceLabel, Gauge>,
+    /// Live daemons sharing the store (1 on SQLite).
+    pub instances: Gauge,
+    /// 1 while this daemon leads the periodic work.
+    pub leader: Gauge,
+    pub store_query: Family<OpLabel, Histogram>,
+    pub claim_size: Family<KindLabel, Histogram>,
     /// The (service, word) pairs seen, each logged once.
     unknown_seen: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
@@ -93,6 +111,16 @@ impl Metrics {
             detection_lag: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
             unknown_states: Family::default(),
             service_broken: Family::default(),
+            instances: Gauge::default(),
+            leader: Gauge::default(),
+            store_query: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+            }),
+            claim_size: Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.0, 1.0, 5.0, 10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0,
+                ])
+            }),
             unknown_seen: Default::default(),
             registry: Registry::default(),
         };
@@ -172,6 +200,26 @@ impl Metrics {
             "1 while the upstream refuses a service (404, 405, api_not_implemented, ...), else 0",
             m.service_broken.clone(),
         );
+        r.register(
+            "instances",
+            "Live daemons sharing the store (1 with SQLite)",
+            m.instances.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this daemon leads the periodic work (purge, expiry)",
+            m.leader.clone(),
+        );
+        r.register(
+            "store_query_duration_seconds",
+            "Time for one store call on the hot path, by operation",
+            m.store_query.clone(),
+        );
+        r.register(
+            "claim_size",
+            "Rows one claim took, by kind (tasks, deliveries)",
+            m.claim_size.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -232,6 +280,20 @@ impl Metrics {
                 service: service.to_string(),
             })
             .set(broken as i64);
+    }
+
+    /// Times one store call on the hot path.
+    pub fn store_call(&self, op: &'static str, started: std::time::Instant) {
+        self.store_query
+            .get_or_create(&OpLabel { op })
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Records how many rows a claim took.
+    pub fn claimed(&self, kind: &'static str, n: usize) {
+        self.claim_size
+            .get_or_create(&KindLabel { kind })
+            .observe(n as f64);
     }
 
     pub fn delivery(&self, o: &'static str) {

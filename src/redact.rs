@@ -37,6 +37,22 @@ pub fn url(s: &str) -> String {
     u.to_string()
 }
 
+/// `url` with only its password replaced by [`REDACTED`] (the user stays:
+/// it says which role connects). Text that is not a URL is fully redacted
+/// when it might hold a password.
+pub fn password(s: &str) -> String {
+    match url::Url::parse(s) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some(REDACTED));
+            }
+            u.to_string()
+        }
+        Err(_) if s.contains('@') || s.contains("password") => REDACTED.to_string(),
+        Err(_) => s.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,5 +70,18 @@ mod tests {
         assert_eq!(url("pipeline"), "pipeline");
         let out = url("http://u:SECRET@h/?k=SECRET");
         assert!(!out.contains("SECRET"), "{out}");
+    }
+
+    #[test]
+    fn a_database_url_keeps_its_user_and_loses_its_password() {
+        assert_eq!(
+            password("postgres://taskhook:s3cret@db:5432/taskhook?sslmode=require"),
+            "postgres://taskhook:%5Bredacted%5D@db:5432/taskhook?sslmode=require"
+        );
+        assert_eq!(
+            password("postgres://taskhook@db/t"),
+            "postgres://taskhook@db/t"
+        );
+        assert_eq!(password("host=db password=x"), REDACTED);
     }
 }

@@ -40,6 +40,8 @@ pub struct ApiState {
     pub dispatcher_wake: Arc<Notify>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub clock: SharedClock,
+    /// This daemon among others sharing the store.
+    pub cluster: Arc<crate::cluster::Cluster>,
     /// The last store write check and when it ran: `/readyz` writes at most
     /// once a second however often it is asked.
     pub write_check: Arc<tokio::sync::Mutex<Option<WriteCheck>>>,

@@ -52,7 +52,9 @@ pub(super) async fn enqueue(
     let n = tasks.len();
     let receives = tasks.iter().all(|t| !t.webhooks.is_empty());
     let first = cfg.poll.first_poll_after.as_millis() as i64;
+    let started = std::time::Instant::now();
     let out = s.store.enqueue(s.clock.now_ms(), first, tasks).await?;
+    s.metrics.store_call("enqueue", started);
     tracing::info!(
         tasks = n,
         accepted = out.accepted,
@@ -113,6 +115,14 @@ pub(super) async fn stats(State(s): State<ApiState>) -> ApiResult<Response> {
         "dead_letters": st.dead_letters,
         "oldest_watching_enqueued_at": st.oldest_watching_enqueued_at.map(crate::clock::rfc3339),
         "upstream": up,
+        "store": s.config.borrow().store.describe(),
+        "instance": s.cluster.me.id,
+        "instances": s.cluster.live(),
+        "leader": s.cluster.leader().map(|(instance, term)| json!({"instance": instance, "term": term})),
+        "budget": {
+            "requests_per_second": s.upstream.share().1,
+            "concurrent_requests": s.upstream.share().0,
+        },
     }))
     .into_response())
 }

@@ -235,14 +235,69 @@ pub enum SyncMode {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
+    /// The PostgreSQL URL; when set, it wins over `path`.
+    #[serde(default, serialize_with = "serde_util::ser_db_url")]
+    pub url: Option<Secret>,
+    #[serde(default, skip_serializing)]
+    url_file: Option<PathBuf>,
+    /// Connections to PostgreSQL at most (the LISTEN session is one more).
+    pub pool_size: usize,
     pub path: PathBuf,
     pub sync: SyncMode,
     #[serde(with = "duration")]
     pub done_retention: Duration,
 }
 
+/// Which store the configuration selects.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Backend<'a> {
+    /// One daemon, one SQLite file.
+    Sqlite(&'a Path),
+    /// Several daemons may share one PostgreSQL database.
+    Postgres(&'a str),
+}
+
 impl StoreConfig {
-    fn check(&self) -> Result<(), ConfigError> {
+    /// The backend in force: PostgreSQL when `url` is set, else SQLite.
+    pub fn backend(&self) -> Backend<'_> {
+        match &self.url {
+            Some(u) => Backend::Postgres(u.expose()),
+            None => Backend::Sqlite(&self.path),
+        }
+    }
+
+    /// One line for operators: which store, where (password redacted).
+    pub fn describe(&self) -> String {
+        match self.backend() {
+            Backend::Sqlite(p) => format!("SQLite at {} (one daemon)", p.display()),
+            Backend::Postgres(u) => format!(
+                "PostgreSQL at {} (several daemons may share it)",
+                crate::redact::password(u)
+            ),
+        }
+    }
+
+    fn check(&mut self) -> Result<(), ConfigError> {
+        self.url = secret::resolve(
+            "store.url",
+            self.url.take(),
+            self.url_file.take().as_deref(),
+            None,
+        )?;
+        if let Some(u) = &self.url {
+            let shown = crate::redact::password(u.expose());
+            match Url::parse(u.expose()) {
+                Ok(p) if matches!(p.scheme(), "postgres" | "postgresql") => {}
+                Ok(_) => {
+                    return err(
+                        "store.url",
+                        format!("must be a postgres:// or postgresql:// URL, got {shown:?}"),
+                    );
+                }
+                Err(e) => return err("store.url", format!("invalid URL {shown:?}: {e}")),
+            }
+        }
+        range("store.pool_size", self.pool_size, 1, 256)?;
         if self.path.as_os_str().is_empty() {
             return err("store.path", "must not be empty");
         }

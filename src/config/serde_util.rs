@@ -57,3 +57,11 @@ pub fn ser_opt_url<S: Serializer>(u: &Option<Url>, s: S) -> Result<S::Ok, S::Err
 pub fn ser_headers<S: Serializer>(h: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
     s.collect_map(h.keys().map(|k| (k, crate::redact::REDACTED)))
 }
+
+/// A database URL with its password (only) redacted.
+pub fn ser_db_url<S: Serializer>(u: &Option<super::Secret>, s: S) -> Result<S::Ok, S::Error> {
+    match u {
+        Some(u) => s.serialize_str(&crate::redact::password(u.expose())),
+        None => s.serialize_none(),
+    }
+}

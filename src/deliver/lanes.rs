@@ -14,6 +14,7 @@ use super::attempt::Job;
 use super::clients::Clients;
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::limit::Limit;
 use crate::store::{ClaimedDelivery, DeliveryReport};
 
 /// Deliveries queued for one webhook, per slot, at most; a handed-off
@@ -26,35 +27,17 @@ const LANE_QUEUE_PER_SLOT: usize = 32;
 /// attempts wait for one.
 #[derive(Clone)]
 pub(super) struct Lane {
-    slots: Arc<Semaphore>,
-    cap: usize,
+    /// Follows a reloaded `max_concurrent_per_webhook`.
+    slots: Limit,
     waiting: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Lane {
     fn new(cap: usize) -> Lane {
         Lane {
-            slots: Arc::new(Semaphore::new(cap)),
-            cap,
+            slots: Limit::new(cap),
             waiting: Arc::default(),
         }
-    }
-
-    /// Follows a reloaded `max_concurrent_per_webhook`: more slots at once;
-    /// fewer as attempts in flight give theirs back.
-    fn resize(&mut self, cap: usize) {
-        if cap > self.cap {
-            self.slots.add_permits(cap - self.cap);
-        } else if cap < self.cap {
-            let slots = self.slots.clone();
-            let excess = (self.cap - cap) as u32;
-            tokio::spawn(async move {
-                if let Ok(p) = slots.acquire_many_owned(excess).await {
-                    p.forget();
-                }
-            });
-        }
-        self.cap = cap;
     }
 }
 
@@ -80,8 +63,8 @@ impl Work {
             .lanes
             .entry(d.webhook.clone())
             .or_insert_with(|| Lane::new(cap));
-        if lane.cap != cap {
-            lane.resize(cap);
+        if lane.slots.size() != cap {
+            lane.slots.resize(cap);
         }
         let lane = lane.clone();
         if lane.waiting.load(Ordering::Relaxed) >= LANE_QUEUE_PER_SLOT * cap {
@@ -100,7 +83,7 @@ impl Work {
         lane.waiting.fetch_add(1, Ordering::Relaxed);
         self.attempts.spawn(async move {
             let _slot = slot;
-            let turn = lane.slots.acquire_owned().await.expect("never closed");
+            let turn = lane.slots.acquire().await;
             lane.waiting.fetch_sub(1, Ordering::Relaxed);
             job.attempt(d).await;
             drop(turn);
@@ -111,12 +94,12 @@ impl Work {
     /// Webhooks whose slots are all taken.
     pub fn saturated(&mut self) -> Vec<String> {
         self.lanes.retain(|_, l| {
-            l.slots.available_permits() < l.cap
+            l.slots.available() < l.slots.size()
                 || l.waiting.load(std::sync::atomic::Ordering::Relaxed) > 0
         });
         self.lanes
             .iter()
-            .filter(|(_, l)| l.slots.available_permits() == 0)
+            .filter(|(_, l)| l.slots.available() == 0)
             .map(|(k, _)| k.clone())
             .collect()
     }

@@ -64,6 +64,7 @@ impl Dispatcher {
         };
         let (tx, rx) = mpsc::channel::<DeliveryReport>(MAX_IN_FLIGHT);
         let writer = tokio::spawn(reports::write_reports(
+            self.metrics.clone(),
             self.clock.clone(),
             self.store.clone(),
             rx,
@@ -110,7 +111,8 @@ impl Dispatcher {
             let exclude = work.saturated();
             let now = self.clock.now_ms();
             let saturated = !exclude.is_empty();
-            let claim = match self
+            let started = std::time::Instant::now();
+            let claimed = self
                 .store
                 .claim_deliveries(
                     now,
@@ -119,9 +121,13 @@ impl Dispatcher {
                     exclude,
                     cfg.delivery.max_concurrent_per_webhook,
                 )
-                .await
-            {
-                Ok(c) => c,
+                .await;
+            self.metrics.store_call("claim_deliveries", started);
+            let claim = match claimed {
+                Ok(c) => {
+                    self.metrics.claimed("deliveries", c.deliveries.len());
+                    c
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot claim deliveries; retrying in 1s");
                     tokio::select! {

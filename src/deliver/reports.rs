@@ -15,6 +15,7 @@ use crate::store::{DeliveryQueue, DeliveryReport};
 /// each. A failed write is retried (the reports stay in memory) so a store
 /// hiccup does not turn into re-deliveries.
 pub(super) async fn write_reports(
+    metrics: Arc<crate::metrics::Metrics>,
     clock: SharedClock,
     store: Arc<dyn DeliveryQueue>,
     mut rx: mpsc::Receiver<DeliveryReport>,
@@ -25,7 +26,10 @@ pub(super) async fn write_reports(
         let batch = std::mem::take(&mut buf);
         let mut delay = Duration::from_millis(100);
         loop {
-            match store.record_deliveries(clock.now_ms(), batch.clone()).await {
+            let started = std::time::Instant::now();
+            let recorded = store.record_deliveries(clock.now_ms(), batch.clone()).await;
+            metrics.store_call("record_deliveries", started);
+            match recorded {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::error!(error = %e, reports = batch.len(), "cannot record delivery results; retrying");

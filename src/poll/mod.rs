@@ -23,7 +23,7 @@ pub use decide::{decide, finished_at_secs};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -52,6 +52,12 @@ pub struct Poller {
     pub wake: Arc<Notify>,
     /// Woken when a round produced events, so delivery starts at once.
     pub deliveries_ready: Arc<Notify>,
+    /// Whether this daemon leads the periodic work (the expiry sweep), and
+    /// knows its share of the budget (before that it claims nothing).
+    pub cluster: Arc<crate::cluster::Cluster>,
+    /// Hand new deliveries to this daemon's dispatcher already leased (one
+    /// daemon); with several, they wait to be claimed.
+    pub hand_off: bool,
 }
 
 /// How far ahead of its due time a task may be polled to fill a batch.
@@ -61,16 +67,21 @@ pub fn coalesce_window(cfg: &Config) -> Duration {
 
 impl Poller {
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let slots = Arc::new(Semaphore::new(
-            self.upstream.config().max_concurrent_requests,
-        ));
         let mut batches = JoinSet::new();
         let mut paused_since: Option<std::time::Instant> = None;
         let mut last_sweep: Option<std::time::Instant> = None;
         'run: loop {
             self.heartbeat.beat();
             while batches.try_join_next().is_some() {}
-            if last_sweep.is_none_or(|at| at.elapsed() >= EXPIRY_SWEEP_EVERY) {
+            if !self.cluster.is_ready() {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+            if self.cluster.is_leader()
+                && last_sweep.is_none_or(|at| at.elapsed() >= EXPIRY_SWEEP_EVERY)
+            {
                 last_sweep = Some(std::time::Instant::now());
                 let cfg = self.config.borrow().clone();
                 self.expire_overdue(&cfg).await;
@@ -130,12 +141,17 @@ impl Poller {
                     .time_for(cfg.upstream.max_concurrent_requests * 2))
                 + ms(cfg.upstream.request_timeout * 2)
                 + 30_000;
-            let claim = match self
+            let started = std::time::Instant::now();
+            let claimed = self
                 .store
                 .claim_poll_batch(now, window_end, limits, lease)
-                .await
-            {
-                Ok(c) => c,
+                .await;
+            self.metrics.store_call("claim_poll_batch", started);
+            let claim = match claimed {
+                Ok(c) => {
+                    self.metrics.claimed("tasks", c.tasks.len());
+                    c
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot claim tasks to poll; retrying in 1s");
                     tokio::select! {
@@ -164,10 +180,11 @@ impl Poller {
             while !tasks.is_empty() {
                 let rest = tasks.split_off(batch.min(tasks.len()));
                 let slot = tokio::select! {
-                    p = slots.clone().acquire_owned() => p.expect("never closed"),
+                    p = self.upstream.slot() => p,
                     _ = shutdown.cancelled() => break 'run,
                 };
                 let round = Round {
+                    hand_off: self.hand_off,
                     clock: self.clock.clone(),
                     store: self.store.clone(),
                     upstream: self.upstream.clone(),

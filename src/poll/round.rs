@@ -32,6 +32,8 @@ pub(super) struct Round {
     /// The poll loop's wake-up: a round may make tasks due sooner than the
     /// loop planned to look (a failed batch is retried after the back-off).
     pub poller_wake: Arc<Notify>,
+    /// Store new deliveries leased to this daemon and hand them over.
+    pub hand_off: bool,
 }
 
 impl Round {
@@ -157,8 +159,11 @@ impl Round {
         let finished = updates
             .iter()
             .any(|u| matches!(u, PollUpdate::Finish { .. }));
-        let lease = self.cfg.delivery.lease_until(now);
-        match self.store.record_polls(now, updates, Some(lease)).await {
+        let lease = self.hand_off.then(|| self.cfg.delivery.lease_until(now));
+        let started = std::time::Instant::now();
+        let recorded = self.store.record_polls(now, updates, lease).await;
+        self.metrics.store_call("record_polls", started);
+        match recorded {
             Ok(handed) if !handed.is_empty() => {
                 // If the dispatcher is gone (shutdown), the leases are taken
                 // back at the next start: nothing is lost.

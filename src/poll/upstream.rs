@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tokio::sync::Semaphore;
 
 use crate::config::{Secret, UpstreamConfig};
 use crate::http::parse_retry_after;
@@ -348,7 +347,9 @@ pub struct UpstreamClient {
     /// The token, replaceable by a config reload.
     token: std::sync::RwLock<Option<Secret>>,
     pacer: Mutex<Pacer>,
-    in_flight: Semaphore,
+    /// Requests in flight at once: `max_concurrent_requests`, or this
+    /// instance's share of it when several share the store.
+    slots: crate::limit::Limit,
     health: Mutex<UpstreamHealth>,
     /// Services the upstream refuses, by name.
     broken: Mutex<HashMap<String, ServiceState>>,
@@ -378,7 +379,7 @@ impl UpstreamClient {
                 rate: cfg.max_requests_per_second,
                 max_rate: cfg.max_requests_per_second,
             }),
-            in_flight: Semaphore::new(cfg.max_concurrent_requests),
+            slots: crate::limit::Limit::new(cfg.max_concurrent_requests),
             health: Mutex::new(UpstreamHealth {
                 token_accepted: true,
                 requests_per_second: cfg.max_requests_per_second,
@@ -478,15 +479,48 @@ impl UpstreamClient {
             + Duration::from_secs_f64(requests as f64 / p.rate)
     }
 
+    /// Waits for a request slot: the caller holds it while its request is
+    /// in flight.
+    pub async fn slot(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.slots.acquire().await
+    }
+
+    /// This instance's share of the request budget when `instances` daemons
+    /// share the store and it is the `rank`-th oldest: the rate divided
+    /// evenly, the concurrent requests divided with the remainder going to
+    /// the oldest (an instance beyond `max_concurrent_requests` gets none
+    /// and polls nothing until one leaves).
+    pub fn set_share(&self, instances: usize, rank: usize) {
+        let n = instances.max(1);
+        let total = self.cfg.max_concurrent_requests;
+        let concurrency = total / n + usize::from(rank < total % n);
+        if concurrency != self.slots.size() {
+            self.slots.resize(concurrency);
+        }
+        let rate = self.cfg.max_requests_per_second / n as f64;
+        let mut p = self.pacer.lock().expect("pacer lock");
+        if (p.max_rate - rate).abs() > f64::EPSILON {
+            p.max_rate = rate;
+            p.rate = p.rate.min(rate).max(MIN_RATE.min(rate));
+        }
+    }
+
+    /// The concurrent requests and the rate this instance may use now.
+    pub fn share(&self) -> (usize, f64) {
+        (
+            self.slots.size(),
+            self.pacer.lock().expect("pacer lock").max_rate,
+        )
+    }
+
     /// Asks about `ids` of `service` (one `retrieve_batch`, or one
-    /// `retrieve` for a single-task profile), within the concurrency cap.
+    /// `retrieve` for a single-task profile). The caller holds a [`slot`](Self::slot).
     pub async fn retrieve(
         &self,
         service: &str,
         profile: &Profile,
         ids: &[&str],
     ) -> Result<BatchAnswer, UpstreamError> {
-        let _permit = self.in_flight.acquire().await.expect("never closed");
         let started = Instant::now();
         let result = self.request(service, profile, ids).await;
         self.metrics

@@ -4,6 +4,7 @@
 //!
 //! May call: every stage (it wires them), `config`, `clock`, `heartbeat`.
 
+mod cluster;
 mod purge;
 mod reload;
 mod signals;
@@ -24,12 +25,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiState, router};
 use crate::clock::SharedClock;
-use crate::config::Config;
+use crate::cluster::Cluster;
+use crate::config::{Backend, Config};
 use crate::deliver::Dispatcher;
 use crate::heartbeat::Heartbeat;
 use crate::poll::Poller;
 use crate::poll::upstream::UpstreamClient;
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::postgres::{PostgresOptions, PostgresStore};
+use crate::store::{SqliteStore, Store, StoreError, Wake};
 
 /// A started daemon: where its API listens, and how to stop it.
 pub struct Daemon {
@@ -42,6 +45,9 @@ pub struct Daemon {
 
 /// The longest a worker loop sleeps when systemd's watchdog is off.
 const MAX_IDLE: Duration = Duration::from_secs(10);
+/// With a shared store, the longest a loop sleeps: other daemons' work is
+/// announced by NOTIFY, and a lost notification delays nothing for longer.
+const SHARED_MAX_IDLE: Duration = Duration::from_secs(1);
 
 /// What the workers share: the store, the configuration as it changes,
 /// the upstream client, the wake-ups between stages, the metrics, the clock.
@@ -53,6 +59,9 @@ struct Shared {
     dispatcher_wake: Arc<Notify>,
     metrics: Arc<crate::metrics::Metrics>,
     clock: SharedClock,
+    cluster: Arc<Cluster>,
+    /// Several daemons may share the store (PostgreSQL).
+    shared_store: bool,
 }
 
 impl Daemon {
@@ -64,7 +73,9 @@ impl Daemon {
 
     /// [`Daemon::start`] on a given clock (tests drive time with it).
     pub async fn start_with_clock(config: Config, clock: SharedClock) -> anyhow::Result<Daemon> {
+        let shared_store = matches!(config.store.backend(), Backend::Postgres(_));
         let store = open_store(&config, &clock).await?;
+        tracing::info!(store = %config.store.describe(), "store open");
         let listener = TcpListener::bind(config.api.listen)
             .await
             .with_context(|| format!("api.listen: cannot listen on {}", config.api.listen))?;
@@ -86,7 +97,9 @@ impl Daemon {
             poller_wake: Arc::new(Notify::new()),
             dispatcher_wake: Arc::new(Notify::new()),
             metrics,
+            cluster: Arc::new(Cluster::new(clock.now_ms())),
             clock,
+            shared_store,
         };
         let reloader = Reloader::new(
             config_tx,
@@ -101,6 +114,15 @@ impl Daemon {
             shared.dispatcher_wake.clone(),
             webhook_names(&shared.config.borrow()),
         ));
+        tasks.spawn(cluster::run(
+            shared.cluster.clone(),
+            shared.store.clone(),
+            shared.upstream.clone(),
+            shared.metrics.clone(),
+            shared.clock.clone(),
+            shutdown.child_token(),
+        ));
+        spawn_wakeups(&shared, &mut tasks, &shutdown);
         spawn_workers(&shared, &mut tasks, &shutdown);
         serve_api(&shared, listener, &mut tasks, &shutdown);
         tracing::info!(api = %api_addr, "taskhook is running");
@@ -142,17 +164,60 @@ impl Daemon {
 /// Opens the configured store; a store that cannot be opened stops the
 /// start with its reason.
 async fn open_store(config: &Config, clock: &SharedClock) -> anyhow::Result<Arc<dyn Store>> {
-    let path = config.store.path.clone();
-    let sync = config.store.sync;
-    let now = clock.now_ms();
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path, sync, now))
-        .await
-        .context("opening the store")?
-        .map_err(|e| match e {
-            StoreError::Fatal(m) => anyhow::anyhow!(m),
-            e @ StoreError::Unavailable(_) => anyhow::anyhow!(e),
-        })?;
-    Ok(Arc::new(store))
+    let fail = |e: StoreError| match e {
+        StoreError::Fatal(m) => anyhow::anyhow!(m),
+        e @ StoreError::Unavailable(_) => anyhow::anyhow!(e),
+    };
+    match config.store.backend() {
+        Backend::Postgres(url) => {
+            let opts = PostgresOptions {
+                pool_size: config.store.pool_size,
+                schema: None,
+            };
+            let store = PostgresStore::connect(url, opts)
+                .await
+                .map_err(|e| fail(e).context("store.url"))?;
+            Ok(Arc::new(store))
+        }
+        Backend::Sqlite(path) => {
+            let path = path.to_path_buf();
+            let sync = config.store.sync;
+            let now = clock.now_ms();
+            let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path, sync, now))
+                .await
+                .context("opening the store")?
+                .map_err(fail)?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// Work other daemons announce (new tasks, newly due deliveries) wakes this
+/// daemon's loops at once.
+fn spawn_wakeups(s: &Shared, tasks: &mut JoinSet<()>, shutdown: &CancellationToken) {
+    let Some(mut rx) = s.store.wakeups() else {
+        return;
+    };
+    let (poller, dispatcher) = (s.poller_wake.clone(), s.dispatcher_wake.clone());
+    let stop = shutdown.child_token();
+    tasks.spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let wake = tokio::select! {
+                w = rx.recv() => w,
+                _ = stop.cancelled() => return,
+            };
+            match wake {
+                Ok(Wake::Tasks) => poller.notify_one(),
+                Ok(Wake::Deliveries) => dispatcher.notify_one(),
+                Err(RecvError::Lagged(_)) => {
+                    poller.notify_one();
+                    dispatcher.notify_one();
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
 }
 
 fn webhook_names(cfg: &Config) -> Vec<String> {
@@ -165,7 +230,12 @@ fn spawn_workers(s: &Shared, tasks: &mut JoinSet<()>, shutdown: &CancellationTok
     let mut watchdog_usec = 0;
     let watchdog_timeout = sd_notify::watchdog_enabled(false, &mut watchdog_usec)
         .then(|| Duration::from_micros(watchdog_usec));
-    let max_idle = watchdog_timeout.map_or(MAX_IDLE, |t| (t / 4).min(MAX_IDLE));
+    let idle = if s.shared_store {
+        SHARED_MAX_IDLE
+    } else {
+        MAX_IDLE
+    };
+    let max_idle = watchdog_timeout.map_or(idle, |t| (t / 4).min(idle));
     let poller_beat = Heartbeat::new(max_idle);
     let dispatcher_beat = Heartbeat::new(max_idle);
     let (handoff_tx, handoff_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -180,6 +250,10 @@ fn spawn_workers(s: &Shared, tasks: &mut JoinSet<()>, shutdown: &CancellationTok
         config: s.config.clone(),
         wake: s.poller_wake.clone(),
         deliveries_ready: s.dispatcher_wake.clone(),
+        cluster: s.cluster.clone(),
+        // With several daemons, new deliveries wait to be claimed, so the
+        // claim can hold each webhook to its cap across all of them.
+        hand_off: !s.shared_store,
     };
     tasks.spawn(poller.run(shutdown.child_token()));
     let dispatcher = Dispatcher {
@@ -193,6 +267,7 @@ fn spawn_workers(s: &Shared, tasks: &mut JoinSet<()>, shutdown: &CancellationTok
     };
     tasks.spawn(dispatcher.run(shutdown.child_token()));
     tasks.spawn(purge::purge_loop(
+        s.cluster.clone(),
         s.clock.clone(),
         s.store.clone(),
         s.config.clone(),
@@ -224,6 +299,7 @@ fn serve_api(
         dispatcher_wake: s.dispatcher_wake.clone(),
         metrics: s.metrics.clone(),
         clock: s.clock.clone(),
+        cluster: s.cluster.clone(),
         write_check: Default::default(),
     });
     let stop = shutdown.clone();

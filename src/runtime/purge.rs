@@ -19,6 +19,7 @@ pub const PURGE_EVERY: Duration = Duration::from_secs(60);
 /// Drops finished work past its retention, every [`PURGE_EVERY`], chunk
 /// after chunk until nothing is left.
 pub(super) async fn purge_loop(
+    cluster: Arc<crate::cluster::Cluster>,
     clock: SharedClock,
     store: Arc<dyn Admin>,
     config: watch::Receiver<Arc<Config>>,
@@ -28,6 +29,11 @@ pub(super) async fn purge_loop(
         tokio::select! {
             _ = tokio::time::sleep(PURGE_EVERY) => {}
             _ = shutdown.cancelled() => return,
+        }
+        // One daemon purges a shared store; a second doing it too would be
+        // harmless (each chunk is idempotent), only wasteful.
+        if !cluster.is_leader() {
+            continue;
         }
         let cfg = config.borrow().clone();
         let now = clock.now_ms();

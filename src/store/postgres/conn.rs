@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
 use tokio_postgres::config::SslMode;
-use tokio_postgres::{Client, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::store::{StoreError, StoreResult};
@@ -220,7 +220,10 @@ pub(super) fn pool(target: &Target, size: usize) -> StoreResult<Pool> {
 
 /// A connection outside the pool, its driver spawned on the runtime (for
 /// tests and tools).
-pub(super) async fn connect_spawned(target: &Target) -> Result<Client, tokio_postgres::Error> {
+#[cfg(any(test, feature = "testing"))]
+pub(super) async fn connect_spawned(
+    target: &Target,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     match &target.tls {
         Tls::Off => {
             let (client, conn) = target.config.connect(NoTls).await?;
@@ -250,6 +253,7 @@ pub(super) fn is_misconfiguration(e: &tokio_postgres::Error) -> bool {
 /// time, a name that does not resolve), as opposed to a server that
 /// answered: an error from the server, a failed TLS handshake or a closed
 /// session are not this.
+#[cfg(any(test, feature = "testing"))]
 pub(super) fn is_unreachable(e: &tokio_postgres::Error) -> bool {
     let text = e.to_string();
     e.as_db_error().is_none()
