@@ -43,6 +43,8 @@ pub struct Classified {
     pub verdict: DeliveryVerdict,
     pub status: Option<u16>,
     pub error: Option<String>,
+    /// The start of the receiver's answer.
+    pub answer: Option<String>,
 }
 
 /// What `answer` to attempt number `attempt` (1-based) means, given the
@@ -65,32 +67,44 @@ pub fn classify(
         },
         None => DeliveryVerdict::DeadLetter,
     };
+    let kept = |body: String| (!body.is_empty()).then_some(body);
     match answer {
-        Answer::Status { code, .. } if (200..300).contains(&code) => Classified {
+        Answer::Status { code, body, .. } if (200..300).contains(&code) => Classified {
             verdict: DeliveryVerdict::Delivered,
             status: Some(code),
             error: None,
+            answer: kept(body),
         },
-        Answer::Status { code: 410, .. } => Classified {
+        Answer::Status {
+            code: 410, body, ..
+        } => Classified {
             verdict: DeliveryVerdict::Gone,
             status: Some(410),
             error: Some("410 Gone".into()),
+            answer: kept(body),
         },
-        Answer::Status { code, retry_after } => Classified {
+        Answer::Status {
+            code,
+            retry_after,
+            body,
+        } => Classified {
             // Only 429 and 503 say when to come back.
             verdict: retry(retry_after.filter(|_| matches!(code, 429 | 503))),
             status: Some(code),
             error: Some(format!("HTTP {code}")),
+            answer: kept(body),
         },
         Answer::Blocked(reason) => Classified {
             verdict: DeliveryVerdict::DeadLetter,
             status: None,
             error: Some(format!("blocked: {reason}")),
+            answer: None,
         },
         Answer::NoAnswer(error) => Classified {
             verdict: retry(None),
             status: None,
             error: Some(error),
+            answer: None,
         },
     }
 }
@@ -109,14 +123,21 @@ impl Job {
             let Some(target) = self.prepare(&d) else {
                 tracing::warn!("the delivery's webhook is no longer configured; parked as webhook_removed (it resumes when a webhook of that name is configured again)");
                 let error = format!("webhook {:?} is not configured", d.webhook);
-                self.record(&d, Classified { verdict: DeliveryVerdict::WebhookRemoved, status: None, error: Some(error) }).await;
+                let parked = Classified {
+                    verdict: DeliveryVerdict::WebhookRemoved,
+                    status: None,
+                    error: Some(error),
+                    answer: None,
+                };
+                self.record(&d, parked, None).await;
                 return;
             };
             let started = std::time::Instant::now();
             let answer = self.send(&d, &target).await;
-            self.metrics
-                .delivery_duration
-                .observe(started.elapsed().as_secs_f64());
+            let took = started.elapsed();
+            self.metrics.delivery_duration.observe(took.as_secs_f64());
+            let latency_ms =
+                (!matches!(answer, Answer::Blocked(_))).then_some(took.as_millis() as i64);
             let now = self.clock.now_ms();
             let c = classify(
                 answer,
@@ -126,7 +147,7 @@ impl Job {
                 rand::random(),
             );
             self.log(&d, &c, now);
-            self.record(&d, c).await;
+            self.record(&d, c, latency_ms).await;
         }
         .instrument(span)
         .await
@@ -216,8 +237,9 @@ impl Job {
         }
     }
 
-    /// Stage 3: the report, for the batched writer.
-    async fn record(&self, d: &ClaimedDelivery, c: Classified) {
+    /// Stage 3: the report (and its line in the attempt log), for the
+    /// batched writer.
+    async fn record(&self, d: &ClaimedDelivery, c: Classified, latency_ms: Option<i64>) {
         self.metrics.delivery(match c.verdict {
             DeliveryVerdict::Delivered => "delivered",
             DeliveryVerdict::Retry { .. } => "retry",
@@ -235,6 +257,10 @@ impl Job {
                 verdict: c.verdict,
                 status: c.status,
                 error: c.error,
+                webhook: d.webhook.clone(),
+                attempt: d.attempts + 1,
+                latency_ms,
+                answer: c.answer,
             })
             .await;
     }
@@ -255,6 +281,7 @@ mod tests {
         let status = |code: u16, ra: Option<u64>| Answer::Status {
             code,
             retry_after: ra.map(s),
+            body: String::new(),
         };
         assert_eq!(c(status(204, None), 1).verdict, DeliveryVerdict::Delivered);
         assert_eq!(c(status(410, None), 1).verdict, DeliveryVerdict::Gone);

@@ -21,11 +21,12 @@ pub struct Attempt<'a> {
 /// `attempt::classify` to say).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
-    /// The receiver answered with this status, and `Retry-After` if it
-    /// sent one.
+    /// The receiver answered with this status, `Retry-After` if it sent
+    /// one, and the start of its body (at most [`ANSWER_KEPT`] bytes).
     Status {
         code: u16,
         retry_after: Option<Duration>,
+        body: String,
     },
     /// The SSRF guard refused the destination.
     Blocked(String),
@@ -35,6 +36,8 @@ pub enum Answer {
 
 /// How much of a receiver's answer is read.
 pub const RECEIVER_ANSWER_CAP: usize = 4096;
+/// How much of it is kept in the attempt log.
+pub const ANSWER_KEPT: usize = 1024;
 
 /// Sends one attempt. Never follows redirects (the client is built so).
 pub async fn send(client: &reqwest::Client, a: &Attempt<'_>) -> Answer {
@@ -64,8 +67,15 @@ pub async fn send(client: &reqwest::Client, a: &Attempt<'_>) -> Answer {
             // Read at most a few KiB of the answer (a receiver that streams
             // without end must not exhaust memory); a short answer is read
             // whole, so the connection can be reused.
-            let _ = crate::http::read_capped(resp, RECEIVER_ANSWER_CAP).await;
-            Answer::Status { code, retry_after }
+            let body = match crate::http::read_capped(resp, RECEIVER_ANSWER_CAP).await {
+                Ok((bytes, _)) => excerpt(&bytes),
+                Err(_) => String::new(),
+            };
+            Answer::Status {
+                code,
+                retry_after,
+                body,
+            }
         }
         Err(e) => {
             let mut source = std::error::Error::source(&e);
@@ -77,5 +87,33 @@ pub async fn send(client: &reqwest::Client, a: &Attempt<'_>) -> Answer {
             }
             Answer::NoAnswer(crate::http::describe_reqwest_error(&e))
         }
+    }
+}
+
+/// The start of an answer, as text: at most [`ANSWER_KEPT`] bytes, cut at
+/// a character boundary.
+fn excerpt(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(ANSWER_KEPT + 3)]);
+    let mut end = text.len().min(ANSWER_KEPT);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_excerpt_is_at_most_a_kib_and_whole_characters() {
+        assert_eq!(excerpt(b"ok"), "ok");
+        let long = "é".repeat(1000);
+        let e = excerpt(long.as_bytes());
+        assert!(
+            e.len() <= ANSWER_KEPT && e.chars().all(|c| c == 'é'),
+            "{}",
+            e.len()
+        );
     }
 }

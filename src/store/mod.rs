@@ -91,6 +91,20 @@ pub trait PollQueue: Send + Sync {
     /// Pushes the next poll of `service`'s unleased tasks to `until` (at
     /// the latest): the upstream refuses that service for now.
     async fn defer_service(&self, service: String, until: Millis) -> StoreResult<u64>;
+
+    /// Makes the watched tasks named in `ids` (of `service`) due at `now`
+    /// unless leased: a callback said they may have finished. Unknown IDs
+    /// and tasks of another service change nothing. Returns how many.
+    async fn hurry(&self, now: Millis, service: String, ids: Vec<String>) -> StoreResult<u64>;
+
+    /// Folds observed durations (milliseconds from enqueue to the upstream's
+    /// finish) into `service`'s learned model and returns it.
+    async fn learn_durations(
+        &self,
+        now: Millis,
+        service: String,
+        durations_ms: Vec<i64>,
+    ) -> StoreResult<DurationModel>;
 }
 
 /// The dispatcher's side: due deliveries leased, given back unsent, and
@@ -120,9 +134,10 @@ pub trait DeliveryQueue: Send + Sync {
     -> StoreResult<()>;
 }
 
-/// What the control API and the CLI read.
+/// What the control API, the console and the CLI read.
 #[async_trait]
 pub trait ReadModel: Send + Sync {
+    /// One task with its event, deliveries and attempt log.
     async fn get_task(&self, id: String) -> StoreResult<Option<TaskView>>;
     async fn stats(&self) -> StoreResult<StoreStats>;
     async fn list_deliveries(
@@ -130,6 +145,21 @@ pub trait ReadModel: Send + Sync {
         state: Option<DeliveryState>,
         limit: usize,
     ) -> StoreResult<Vec<DeliveryView>>;
+    /// Tasks matching `filter`, newest first (by `enqueued_at`, then ID),
+    /// at most `filter.limit`; without their deliveries, event and attempts.
+    async fn list_tasks(&self, filter: TaskFilter) -> StoreResult<Vec<TaskView>>;
+    /// Dead letters (or parked deliveries) matching `filter`, newest first,
+    /// at most `limit`: what a bulk replay of that filter would take.
+    async fn list_matching(
+        &self,
+        filter: ReplayFilter,
+        limit: usize,
+    ) -> StoreResult<Vec<DeliveryView>>;
+    /// Enqueues, deliveries and failed attempts since `since`, and each
+    /// webhook's health from the attempts logged since then.
+    async fn activity(&self, now: Millis, since: Millis) -> StoreResult<Activity>;
+    /// The learned durations of every service that has one.
+    async fn duration_models(&self) -> StoreResult<Vec<DurationModel>>;
 }
 
 /// Operators' actions and housekeeping.
@@ -140,6 +170,10 @@ pub trait Admin: Send + Sync {
     /// Makes a failed (dead-lettered) or parked delivery pending again, due `now`.
     async fn replay_delivery(&self, now: Millis, id: i64) -> StoreResult<bool>;
     async fn replay_all_failed(&self, now: Millis) -> StoreResult<u64>;
+    /// Makes every delivery matching `filter` pending again, due `now`
+    /// (their tasks delivering again). Returns how many. The dispatcher's
+    /// lanes then pace them within each webhook's cap.
+    async fn replay_matching(&self, now: Millis, filter: ReplayFilter) -> StoreResult<u64>;
     /// Makes deliveries parked because their webhook left the
     /// configuration pending again, for the webhooks in `names` (those
     /// configured now). Returns how many.

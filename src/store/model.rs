@@ -203,6 +203,15 @@ pub struct DeliveryReport {
     pub verdict: DeliveryVerdict,
     pub status: Option<u16>,
     pub error: Option<String>,
+    /// The webhook's name (configured) or redacted URL, for the attempt log.
+    pub webhook: String,
+    /// This attempt's number (1-based).
+    pub attempt: u32,
+    /// How long the attempt took, in milliseconds (`None` when no request
+    /// was made: parked, blocked).
+    pub latency_ms: Option<i64>,
+    /// The first KiB of the receiver's answer, as text.
+    pub answer: Option<String>,
 }
 
 /// The lifecycle of a watched task, as the API shows it.
@@ -289,6 +298,101 @@ pub struct TaskView {
     /// The event body as signed and sent, while it is kept.
     pub event: Option<serde_json::Value>,
     pub deliveries: Vec<DeliveryView>,
+    /// Every attempt of its deliveries, oldest first (while kept).
+    pub attempts: Vec<AttemptView>,
+}
+
+/// One delivery attempt as it is logged: kept until purged by age, shown
+/// on a task's page.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AttemptView {
+    pub delivery_id: i64,
+    pub webhook: String,
+    pub attempt: u32,
+    #[serde(serialize_with = "ser_time")]
+    pub at: Millis,
+    pub status: Option<u16>,
+    pub latency_ms: Option<i64>,
+    pub error: Option<String>,
+    /// The first KiB of the receiver's answer.
+    pub answer: Option<String>,
+    /// What the attempt led to: delivered, retry, failed (dead letter),
+    /// gone, webhook_removed.
+    pub verdict: String,
+}
+
+/// Which tasks a listing shows, newest first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskFilter {
+    pub service: Option<String>,
+    pub status: Option<TaskStatus>,
+    /// `succeeded`, `failed`, `not_found` or `expired`.
+    pub outcome: Option<String>,
+    /// IDs that start with this.
+    pub id_prefix: Option<String>,
+    /// Only tasks listed after this one (its `(enqueued_at, id)`): the
+    /// next page.
+    pub after: Option<(Millis, String)>,
+    pub limit: usize,
+}
+
+/// Which dead letters (or parked deliveries) a bulk replay takes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayFilter {
+    /// `Failed` (dead letters) or `WebhookRemoved` (parked).
+    pub state: DeliveryState,
+    pub webhook: Option<String>,
+    /// An event type, e.g. `task.failed`.
+    pub event_type: Option<String>,
+    /// Settled (dead-lettered or parked) at or after this.
+    pub since: Option<Millis>,
+    /// Settled before this.
+    pub until: Option<Millis>,
+}
+
+/// What happened since a moment, for the console's overview.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct Activity {
+    #[serde(serialize_with = "ser_time")]
+    pub since: Millis,
+    /// Tasks enqueued since then.
+    pub enqueued: u64,
+    /// Deliveries delivered since then.
+    pub delivered: u64,
+    /// Attempts that failed since then (retried or dead-lettered).
+    pub failed_attempts: u64,
+    pub webhooks: Vec<WebhookHealth>,
+}
+
+/// One webhook's recent health, from the attempt log.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct WebhookHealth {
+    pub webhook: String,
+    pub attempts: u64,
+    pub delivered: u64,
+    /// Latency of the attempts that got an answer, in milliseconds.
+    pub p50_ms: Option<i64>,
+    pub p95_ms: Option<i64>,
+    pub last_error: Option<String>,
+    #[serde(serialize_with = "ser_opt_time")]
+    pub last_error_at: Option<Millis>,
+    /// Deliveries of it leased now (in flight, across every daemon).
+    pub in_flight: u64,
+}
+
+/// How long one service's tasks take, learned from those that finished:
+/// a streaming estimate of quantiles of (finished_at - enqueued_at).
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct DurationModel {
+    pub service: String,
+    /// Tasks observed.
+    pub count: u64,
+    /// Estimated quantiles of the duration, in milliseconds: p10, p50, p90.
+    pub p10_ms: i64,
+    pub p50_ms: i64,
+    pub p90_ms: i64,
+    #[serde(serialize_with = "ser_time")]
+    pub updated_at: Millis,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]

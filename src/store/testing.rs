@@ -142,6 +142,10 @@ async fn settle_all(s: &Arc<dyn Store>, now: Millis, verdict: impl Fn(&str) -> D
             verdict: verdict(&d.task_id),
             status: None,
             error: None,
+            webhook: String::new(),
+            attempt: 1,
+            latency_ms: None,
+            answer: None,
         })
         .collect();
     s.record_deliveries(now, reports).await.unwrap();
@@ -185,6 +189,10 @@ pub async fn handed_off_deliveries_are_leased_until_given_back(s: Arc<dyn Store>
             verdict: DeliveryVerdict::Delivered,
             status: Some(200),
             error: None,
+            webhook: String::new(),
+            attempt: 1,
+            latency_ms: None,
+            answer: None,
         }],
     )
     .await
@@ -432,6 +440,10 @@ pub async fn deliveries_retry_settle_and_finish_the_task(s: Arc<dyn Store>) {
         verdict,
         status: Some(500),
         error: Some("HTTP 500".into()),
+        webhook: String::new(),
+        attempt: 1,
+        latency_ms: None,
+        answer: None,
     };
     s.record_deliveries(
         20,
@@ -503,6 +515,10 @@ pub async fn dead_letters_list_replay_and_purge(s: Arc<dyn Store>) {
             },
             status: Some(503),
             error: None,
+            webhook: String::new(),
+            attempt: 1,
+            latency_ms: None,
+            answer: None,
         })
         .collect();
     s.record_deliveries(20, reports).await.unwrap();
@@ -542,6 +558,10 @@ pub async fn dead_letters_list_replay_and_purge(s: Arc<dyn Store>) {
             verdict: DeliveryVerdict::DeadLetter,
             status: None,
             error: Some("down".into()),
+            webhook: String::new(),
+            attempt: 1,
+            latency_ms: None,
+            answer: None,
         }],
     )
     .await
@@ -563,6 +583,10 @@ pub async fn dead_letters_list_replay_and_purge(s: Arc<dyn Store>) {
             verdict: DeliveryVerdict::DeadLetter,
             status: None,
             error: None,
+            webhook: String::new(),
+            attempt: 1,
+            latency_ms: None,
+            answer: None,
         }],
     )
     .await
@@ -636,6 +660,10 @@ fn report(d: &ClaimedDelivery, verdict: DeliveryVerdict) -> DeliveryReport {
         verdict,
         status: None,
         error: None,
+        webhook: d.webhook.clone(),
+        attempt: d.attempts + 1,
+        latency_ms: None,
+        answer: None,
     }
 }
 
@@ -1059,6 +1087,10 @@ pub async fn claims_and_views_carry_every_field_through(s: Arc<dyn Store>) {
             verdict: DeliveryVerdict::Retry { at: 5000 },
             status: Some(503),
             error: Some("HTTP 503".into()),
+            webhook: String::new(),
+            attempt: 1,
+            latency_ms: None,
+            answer: None,
         }],
     )
     .await

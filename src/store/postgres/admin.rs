@@ -188,11 +188,34 @@ fn task_view(r: &Row) -> TaskView {
             .collect(),
         event: None,
         deliveries: Vec::new(),
+        attempts: Vec::new(),
     }
 }
 
 #[async_trait]
 impl ReadModel for PostgresStore {
+    async fn list_tasks(&self, _filter: TaskFilter) -> StoreResult<Vec<TaskView>> {
+        Err(StoreError::unavailable_msg("list_tasks: not built yet"))
+    }
+
+    async fn list_matching(
+        &self,
+        _filter: ReplayFilter,
+        _limit: usize,
+    ) -> StoreResult<Vec<DeliveryView>> {
+        Err(StoreError::unavailable_msg("list_matching: not built yet"))
+    }
+
+    async fn activity(&self, _now: Millis, _since: Millis) -> StoreResult<Activity> {
+        Err(StoreError::unavailable_msg("activity: not built yet"))
+    }
+
+    async fn duration_models(&self) -> StoreResult<Vec<DurationModel>> {
+        Err(StoreError::unavailable_msg(
+            "duration_models: not built yet",
+        ))
+    }
+
     async fn get_task(&self, id: String) -> StoreResult<Option<TaskView>> {
         let tx = self.tx().await?;
         let c = tx.client();
@@ -335,6 +358,12 @@ impl PostgresStore {
 
 #[async_trait]
 impl Admin for PostgresStore {
+    async fn replay_matching(&self, _now: Millis, _filter: ReplayFilter) -> StoreResult<u64> {
+        Err(StoreError::unavailable_msg(
+            "replay_matching: not built yet",
+        ))
+    }
+
     async fn delete_task(&self, id: String) -> StoreResult<bool> {
         let tx = self.tx().await?;
         let c = tx.client();

@@ -321,6 +321,21 @@ fn claimed_tasks(rows: &[Row]) -> Vec<ClaimedTask> {
 
 #[async_trait]
 impl PollQueue for PostgresStore {
+    async fn hurry(&self, _now: Millis, _service: String, _ids: Vec<String>) -> StoreResult<u64> {
+        Err(StoreError::unavailable_msg("hurry: not built yet"))
+    }
+
+    async fn learn_durations(
+        &self,
+        _now: Millis,
+        _service: String,
+        _durations_ms: Vec<i64>,
+    ) -> StoreResult<DurationModel> {
+        Err(StoreError::unavailable_msg(
+            "learn_durations: not built yet",
+        ))
+    }
+
     async fn enqueue(
         &self,
         now: Millis,

@@ -35,6 +35,10 @@ fn delivered(d: &ClaimedDelivery) -> DeliveryReport {
         verdict: DeliveryVerdict::Delivered,
         status: Some(200),
         error: None,
+        webhook: d.webhook.clone(),
+        attempt: d.attempts + 1,
+        latency_ms: None,
+        answer: None,
     }
 }
 

@@ -453,6 +453,21 @@ fn not_in(column: &str, skipped: &[String], first: usize) -> String {
 
 #[async_trait]
 impl PollQueue for SqliteStore {
+    async fn hurry(&self, _now: Millis, _service: String, _ids: Vec<String>) -> StoreResult<u64> {
+        Err(StoreError::unavailable_msg("hurry: not built yet"))
+    }
+
+    async fn learn_durations(
+        &self,
+        _now: Millis,
+        _service: String,
+        _durations_ms: Vec<i64>,
+    ) -> StoreResult<DurationModel> {
+        Err(StoreError::unavailable_msg(
+            "learn_durations: not built yet",
+        ))
+    }
+
     async fn enqueue(
         &self,
         now: Millis,
@@ -845,6 +860,28 @@ impl DeliveryQueue for SqliteStore {
 
 #[async_trait]
 impl ReadModel for SqliteStore {
+    async fn list_tasks(&self, _filter: TaskFilter) -> StoreResult<Vec<TaskView>> {
+        Err(StoreError::unavailable_msg("list_tasks: not built yet"))
+    }
+
+    async fn list_matching(
+        &self,
+        _filter: ReplayFilter,
+        _limit: usize,
+    ) -> StoreResult<Vec<DeliveryView>> {
+        Err(StoreError::unavailable_msg("list_matching: not built yet"))
+    }
+
+    async fn activity(&self, _now: Millis, _since: Millis) -> StoreResult<Activity> {
+        Err(StoreError::unavailable_msg("activity: not built yet"))
+    }
+
+    async fn duration_models(&self) -> StoreResult<Vec<DurationModel>> {
+        Err(StoreError::unavailable_msg(
+            "duration_models: not built yet",
+        ))
+    }
+
     async fn get_task(&self, id: String) -> StoreResult<Option<TaskView>> {
         self.read(move |c| {
             let task = c
@@ -885,6 +922,7 @@ impl ReadModel for SqliteStore {
                             .collect(),
                         event: None,
                         deliveries: Vec::new(),
+                        attempts: Vec::new(),
                     })
                 })
                 .optional()?;
@@ -954,6 +992,12 @@ impl ReadModel for SqliteStore {
 
 #[async_trait]
 impl Admin for SqliteStore {
+    async fn replay_matching(&self, _now: Millis, _filter: ReplayFilter) -> StoreResult<u64> {
+        Err(StoreError::unavailable_msg(
+            "replay_matching: not built yet",
+        ))
+    }
+
     async fn delete_task(&self, id: String) -> StoreResult<bool> {
         self.write(move |tx| {
             let event: Option<Option<String>> = tx
