@@ -1,5 +1,6 @@
-//! The control API (contract §5): enqueue and inspect tasks, list and replay
-//! deliveries, health and metrics. JSON in, JSON out; every error is
+//! The control API (contract §5): enqueue, list and inspect tasks, list
+//! and replay deliveries (one, or all a filter matches), the queue summary
+//! and recent activity, health and metrics; its OpenAPI description. JSON in, JSON out; every error is
 //! `{"error": {"code", "message"}}`. Health and metrics are open; `/v1`
 //! needs the bearer token when `api.token` is set.
 //!
@@ -9,6 +10,8 @@
 mod deliveries;
 mod error;
 mod health;
+pub mod openapi;
+pub(crate) mod stats;
 mod tasks;
 
 pub use error::{ApiError, ApiResult};
@@ -58,18 +61,20 @@ const WRITE_CHECK_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 pub fn router(state: ApiState) -> Router {
     let limit = state.config.borrow().api.max_body_bytes;
     let v1 = Router::new()
-        .route("/v1/tasks", post(tasks::enqueue))
+        .route("/v1/tasks", post(tasks::enqueue).get(tasks::list_tasks))
         .route(
             "/v1/tasks/{id}",
             get(tasks::get_task).delete(tasks::delete_task),
         )
-        .route("/v1/stats", get(tasks::stats))
+        .route("/v1/stats", get(stats::stats))
+        .route("/v1/activity", get(stats::activity))
         .route("/v1/deliveries", get(deliveries::list_deliveries))
+        .route("/v1/deliveries/replay", post(deliveries::replay_matching))
         .route("/v1/deliveries/{id}/replay", post(deliveries::replay))
-        .route("/v1/deliveries/replay-failed", post(deliveries::replay_all))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v1)
+        .route("/v1/openapi.json", get(openapi::serve))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

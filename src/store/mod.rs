@@ -29,6 +29,9 @@ use async_trait::async_trait;
 
 use crate::clock::Millis;
 
+/// The most rows [`ReadModel::count_matching`] counts by listing.
+pub const COUNT_CAP: usize = 1_000_000;
+
 /// Rows removed per purge call and kind, so the writer is never held long.
 pub const PURGE_CHUNK: usize = 5_000;
 
@@ -155,6 +158,11 @@ pub trait ReadModel: Send + Sync {
         filter: ReplayFilter,
         limit: usize,
     ) -> StoreResult<Vec<DeliveryView>>;
+    /// How many dead letters (or parked deliveries) match `filter`: what
+    /// a bulk replay of it would take now.
+    async fn count_matching(&self, filter: ReplayFilter) -> StoreResult<u64> {
+        Ok(self.list_matching(filter, COUNT_CAP).await?.len() as u64)
+    }
     /// Enqueues, deliveries and failed attempts since `since`, and each
     /// webhook's health from the attempts logged since then.
     async fn activity(&self, now: Millis, since: Millis) -> StoreResult<Activity>;
@@ -225,13 +233,15 @@ pub enum Wake {
 }
 
 /// One live daemon, as the others see it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct InstanceInfo {
     pub id: String,
     pub host: String,
     #[serde(serialize_with = "crate::clock::ser_time")]
+    #[schema(value_type = String, format = DateTime)]
     pub started_at: Millis,
     #[serde(serialize_with = "crate::clock::ser_time")]
+    #[schema(value_type = String, format = DateTime)]
     pub heartbeat_at: Millis,
 }
 

@@ -274,6 +274,18 @@ shutdown_grace = "5s"
     path
 }
 
+/// Sets `api.token` in a config [`daemon_config`] wrote.
+pub fn set_api_token(cfg: &Path, token: &str) {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    let with = text.replacen(
+        "[api]\nlisten = \"127.0.0.1:0\"\n",
+        &format!("[api]\nlisten = \"127.0.0.1:0\"\ntoken = \"{token}\"\n"),
+        1,
+    );
+    assert_ne!(text, with, "no [api] table to set the token in");
+    std::fs::write(cfg, with).unwrap();
+}
+
 /// A child process that is killed and reaped when dropped (a test that
 /// fails midway leaves no daemon behind); otherwise used as a [`Child`].
 pub struct ChildGuard(pub Child);
@@ -407,6 +419,8 @@ pub struct Hit {
     pub webhook_id: String,
     pub signature_ok: bool,
     pub body: Value,
+    /// The body as it came, byte for byte (what the signature covers).
+    pub raw: Vec<u8>,
     pub headers: HashMap<String, String>,
     pub status_sent: u16,
     /// Unix milliseconds when the request arrived.
@@ -507,6 +521,7 @@ async fn record(
         webhook_id,
         signature_ok,
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        raw: body.to_vec(),
         headers: headers
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
