@@ -22,6 +22,7 @@ use crate::store::{DeliveryState, DeliveryView, ReplayFilter};
 pub(super) struct ListQuery {
     /// Only deliveries in this state: `pending`, `delivered`, `failed`
     /// (dead letters), `gone` or `webhook_removed` (parked).
+    #[param(value_type = Option<DeliveryState>)]
     state: Option<String>,
     /// At most this many, newest first (1 to 10000, default 100).
     #[param(minimum = 1, maximum = 10000)]
@@ -60,7 +61,14 @@ pub(super) async fn list_deliveries(
             )
         })?),
     };
-    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::new(
+            400,
+            "invalid_query",
+            format!("limit: {limit} is not between 1 and 10000"),
+        ));
+    }
     let deliveries = s.store.list_deliveries(state, limit).await?;
     Ok(Json(DeliveryList { deliveries }))
 }

@@ -115,9 +115,11 @@ pub(super) struct ListQuery {
     /// Only tasks of this service.
     service: Option<String>,
     /// Only tasks in this status: `watching`, `delivering` or `done`.
+    #[param(value_type = Option<TaskStatus>)]
     status: Option<String>,
     /// Only finished tasks with this outcome: `succeeded`, `failed`,
     /// `not_found` or `expired`.
+    #[param(schema_with = outcome_schema)]
     outcome: Option<String>,
     /// Only tasks whose ID starts with this.
     prefix: Option<String>,
@@ -139,6 +141,13 @@ pub struct TaskList {
 
 /// The outcomes a finished task can have.
 const OUTCOMES: [&str; 4] = ["succeeded", "failed", "not_found", "expired"];
+
+fn outcome_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(OUTCOMES))
+        .build()
+}
 
 /// Lists tasks, newest first, filtered by service, status, outcome and ID
 /// prefix; page with the `next` cursor.

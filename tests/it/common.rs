@@ -274,6 +274,30 @@ shutdown_grace = "5s"
     path
 }
 
+/// An external test tool (schemathesis, node): `$VAR` if set, else `name`
+/// on the PATH. Missing under CI (`CI=true`) fails the test (`.ci/run`
+/// installs it); elsewhere the test is skipped with a loud message.
+pub fn external_tool(var: &str, name: &str, install: &str) -> Option<PathBuf> {
+    let found = std::env::var_os(var)
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|d| d.join(name))
+                    .find(|p| p.is_file())
+            })
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{name} is missing (set {var} or put it on the PATH): {install}"
+        );
+        eprintln!("SKIPPED: {name} is not installed ({install}; or set {var})");
+    }
+    found
+}
+
 /// Sets `api.token` in a config [`daemon_config`] wrote.
 pub fn set_api_token(cfg: &Path, token: &str) {
     let text = std::fs::read_to_string(cfg).unwrap();

@@ -5,6 +5,7 @@
 mod common;
 
 mod api;
+mod api_fuzz;
 mod chaos;
 mod cli;
 mod documented_records;
