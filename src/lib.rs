@@ -18,6 +18,7 @@ pub mod config;
 pub mod deliver;
 pub mod fanout;
 pub mod heartbeat;
+pub mod hints;
 pub mod http;
 pub mod ingest;
 pub mod limit;

@@ -13,6 +13,7 @@ mod batches;
 mod decide;
 pub mod profile;
 mod round;
+pub mod pace;
 pub mod schedule;
 pub mod terminal;
 pub mod upstream;
