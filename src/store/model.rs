@@ -203,9 +203,11 @@ pub struct DeliveryReport {
     pub verdict: DeliveryVerdict,
     pub status: Option<u16>,
     pub error: Option<String>,
-    /// The webhook's name (configured) or redacted URL, for the attempt log.
+    /// The webhook's name (configured) or redacted URL, for the attempt log
+    /// (which records the delivery's stored name, the same).
     pub webhook: String,
-    /// This attempt's number (1-based).
+    /// This attempt's number (1-based; the log records the delivery's
+    /// count, the same).
     pub attempt: u32,
     /// How long the attempt took, in milliseconds (`None` when no request
     /// was made: parked, blocked).
@@ -389,7 +391,8 @@ pub struct WebhookHealth {
     pub webhook: String,
     pub attempts: u64,
     pub delivered: u64,
-    /// Latency of the attempts that got an answer, in milliseconds.
+    /// Latency of the attempts that made a request (a timeout counts with
+    /// its time), in milliseconds: nearest-rank percentiles.
     pub p50_ms: Option<i64>,
     pub p95_ms: Option<i64>,
     pub last_error: Option<String>,
@@ -401,7 +404,8 @@ pub struct WebhookHealth {
 }
 
 /// How long one service's tasks take, learned from those that finished:
-/// a streaming estimate of quantiles of (finished_at - enqueued_at).
+/// a streaming estimate of quantiles of (finished_at - enqueued_at); see
+/// [`durations`](super::durations) for the estimator and its accuracy.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq, Default)]
 pub struct DurationModel {
     pub service: String,

@@ -39,7 +39,10 @@ use super::*;
 
 /// This backend's schema migrations, in order; the `taskhook_migrations`
 /// table lists those applied.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/v1.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/v1.sql"),
+    include_str!("migrations/v2.sql"),
+];
 
 /// Advisory-lock class of the migration (the object is the schema's
 /// hash): two instances starting together migrate one after the other.
