@@ -31,9 +31,6 @@ use async_trait::async_trait;
 
 use crate::clock::Millis;
 
-/// The most rows [`ReadModel::count_matching`] counts by listing.
-pub const COUNT_CAP: usize = 1_000_000;
-
 /// Rows removed per purge call and kind, so the writer is never held long.
 pub const PURGE_CHUNK: usize = 5_000;
 
@@ -193,9 +190,7 @@ pub trait ReadModel: Send + Sync {
     ) -> StoreResult<Vec<DeliveryView>>;
     /// How many dead letters (or parked deliveries) match `filter`: what
     /// a bulk replay of it would take now.
-    async fn count_matching(&self, filter: ReplayFilter) -> StoreResult<u64> {
-        Ok(self.list_matching(filter, COUNT_CAP).await?.len() as u64)
-    }
+    async fn count_matching(&self, filter: ReplayFilter) -> StoreResult<u64>;
     /// Enqueues, deliveries and failed attempts since `since`, and each
     /// webhook's health from the attempts logged since then.
     ///

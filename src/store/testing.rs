@@ -1525,14 +1525,22 @@ fn replay_filter(state: DeliveryState) -> ReplayFilter {
     }
 }
 
-/// Which (task, webhook) pairs `list_matching` shows for `f`, in its order.
+/// Which (task, webhook) pairs `list_matching` shows for `f`, in its
+/// order; `count_matching` must count as many.
 async fn matching(s: &Arc<dyn Store>, f: ReplayFilter) -> Vec<(String, String)> {
-    s.list_matching(f, 100)
+    let listed: Vec<(String, String)> = s
+        .list_matching(f.clone(), 100)
         .await
         .unwrap()
         .into_iter()
         .map(|d| (d.task_id, d.webhook))
-        .collect()
+        .collect();
+    assert_eq!(
+        s.count_matching(f.clone()).await.unwrap(),
+        listed.len() as u64,
+        "count_matching({f:?})"
+    );
+    listed
 }
 
 fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -377,6 +377,26 @@ impl ReadModel for PostgresStore {
         Ok(rows.iter().map(delivery_view).collect())
     }
 
+    async fn count_matching(&self, filter: ReplayFilter) -> StoreResult<u64> {
+        if !shared::replayable(filter.state) {
+            return Ok(0);
+        }
+        let c = self.conn().await?;
+        let st = c
+            .prepare_cached(&format!("SELECT count(*) {MATCHING}"))
+            .await
+            .map_err(db)?;
+        let (state, since, until) = matching_window(&filter);
+        let row = c
+            .query_one(
+                &st,
+                &[&state, &since, &until, &filter.webhook, &filter.event_type],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
     async fn activity(&self, now: Millis, since: Millis) -> StoreResult<Activity> {
         let tx = self.tx().await?;
         let c = tx.client();

@@ -1134,6 +1134,19 @@ impl ReadModel for SqliteStore {
         .await
     }
 
+    async fn count_matching(&self, filter: ReplayFilter) -> StoreResult<u64> {
+        if !shared::replayable(filter.state) {
+            return Ok(0);
+        }
+        self.read(move |c| {
+            c.prepare_cached(&format!("SELECT count(*) {MATCHING}"))?
+                .query_row(rusqlite::params_from_iter(matching_args(&filter)), |r| {
+                    r.get(0)
+                })
+        })
+        .await
+    }
+
     async fn activity(&self, now: Millis, since: Millis) -> StoreResult<Activity> {
         self.read(move |c| {
             // One snapshot for every figure.
