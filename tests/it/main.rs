@@ -13,6 +13,7 @@ mod hardening;
 mod operations;
 mod properties;
 mod receivers;
+mod scale_out;
 mod services;
 mod store_conformance;
 mod store_faults;
