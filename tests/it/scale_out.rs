@@ -975,7 +975,9 @@ async fn both_daemons_ride_out_the_database_going_away() {
             return;
         }
     };
-    let sim = spawn_sim(&[]);
+    // Every answer takes 800 ms: when the database goes, rounds are in
+    // flight, and their results can only be written once it is back.
+    let sim = spawn_sim(&["--fault-rate", "1", "--faults", "slow", "--slow-ms", "800"]);
     let receiver = Receiver::start(Some(SECRET_A)).await;
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
