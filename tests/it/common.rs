@@ -676,3 +676,69 @@ pub async fn post_json(url: &str, body: &Value) -> (u16, Value) {
     let s = r.status().as_u16();
     (s, r.json().await.unwrap_or(Value::Null))
 }
+
+/// `url` with `search_path=SCHEMA` in its query: a daemon's `store.url`
+/// for that PostgreSQL schema.
+pub fn pg_store_url(url: &str, schema: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}search_path={schema}")
+}
+
+/// Sets `key = VALUE` in `[section]` of the config file `path`: `value` is
+/// TOML as written (`"20"`, `"\"1s\""`, `"[\"a\"]"`). Replaces the key's
+/// line when the section has one, else adds the line under the header.
+pub fn set_config_key(path: &Path, section: &str, key: &str, value: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let header = format!("[{section}]");
+    let start = lines
+        .iter()
+        .position(|l| l.trim() == header)
+        .unwrap_or_else(|| panic!("{} has no {header} section", path.display()));
+    let end = lines[start + 1..]
+        .iter()
+        .position(|l| l.trim_start().starts_with('['))
+        .map_or(lines.len(), |i| start + 1 + i);
+    let line = format!("{key} = {value}");
+    let existing = lines[start + 1..end].iter().position(|l| {
+        l.split_once('=')
+            .is_some_and(|(k, _)| k.trim() == key && !l.trim_start().starts_with('#'))
+    });
+    match existing {
+        Some(i) => lines[start + 1 + i] = line,
+        None => lines.insert(start + 1, line),
+    }
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+/// Points the config file `path` at PostgreSQL (`store.url`), with a small
+/// pool so several daemons and tests share the server's connections.
+pub fn use_postgres(path: &Path, store_url: &str) {
+    let quoted = toml::Value::String(store_url.to_string()).to_string();
+    set_config_key(path, "store", "url", &quoted);
+    set_config_key(path, "store", "pool_size", "3");
+}
+
+/// A `[[webhooks]]` entry that receives only the event types `events`.
+pub fn webhook_toml_for(name: &str, url: &str, secret: Option<&str>, events: &[&str]) -> String {
+    let list: Vec<String> = events.iter().map(|e| format!("{e:?}")).collect();
+    format!(
+        "{}events = [{}]\n",
+        webhook_toml(name, url, secret),
+        list.join(", ")
+    )
+}
+
+/// A value of `/metrics` at `api`: the first sample line starting with
+/// `line_prefix` (`"taskhook_instances "`), or `None` when there is none.
+pub async fn metric_value(api: &str, line_prefix: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{api}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .and_then(|v| v.trim().parse().ok())
+}

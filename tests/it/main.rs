@@ -16,6 +16,7 @@ mod operations;
 mod properties;
 mod receivers;
 mod recovery;
+mod scale_out;
 mod services;
 mod store_conformance;
 mod store_faults;
