@@ -207,16 +207,25 @@ mod tests {
         let results: Vec<Received> = (0..20)
             .map(|i| h.receive(a, "suno", vec![format!("t{i}")]))
             .collect();
-        let limited = results.iter().filter(|r| **r == Received::RateLimited).count();
+        let limited = results
+            .iter()
+            .filter(|r| **r == Received::RateLimited)
+            .count();
         assert!((10..=15).contains(&limited), "{results:?}");
         assert_eq!(h.receive(b, "suno", vec!["x".into()]), Received::Hinted);
         assert_eq!(h.receive(b, "suno", vec![]), Received::NoId);
 
         let big = Hints::new(1_000_000);
         for i in 0..MAX_PENDING {
-            assert_eq!(big.receive(a, "suno", vec![format!("id{i}")]), Received::Hinted);
+            assert_eq!(
+                big.receive(a, "suno", vec![format!("id{i}")]),
+                Received::Hinted
+            );
         }
-        assert_eq!(big.receive(a, "suno", vec!["one-more".into()]), Received::Overflow);
+        assert_eq!(
+            big.receive(a, "suno", vec!["one-more".into()]),
+            Received::Overflow
+        );
         // A repeated ID does not count twice.
         let h = Hints::new(100);
         h.receive(a, "suno", vec!["same".into()]);

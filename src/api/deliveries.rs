@@ -207,7 +207,7 @@ impl ReplayRequest {
     post,
     path = "/v1/deliveries/replay",
     tag = "deliveries",
-    request_body(content = Option<ReplayRequest>, description = "The filter (an empty body is `{}`)"),
+    request_body(content = Option<ReplayRequest>, description = "The filter (no body, or `null`, is `{}`)"),
     responses(
         (status = 202, description = "Replayed (or, with `dry_run`, counted)", body = Replayed),
         (status = 400, description = "Bad JSON, an unknown field, a bad time", body = ErrorBody),
@@ -219,11 +219,12 @@ pub(super) async fn replay_matching(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<Replayed>)> {
     let body = body_or_error(body)?;
-    let req: ReplayRequest = if body.iter().all(u8::is_ascii_whitespace) {
+    let req: ReplayRequest = if body.is_empty() {
         ReplayRequest::default()
     } else {
-        serde_json::from_slice(&body)
+        serde_json::from_slice::<Option<ReplayRequest>>(&body)
             .map_err(|e| ApiError::new(400, "bad_json", format!("replay filter: {e}")))?
+            .unwrap_or_default()
     };
     let filter = req.filter()?;
     if req.dry_run {

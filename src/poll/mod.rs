@@ -11,9 +11,9 @@
 
 mod batches;
 mod decide;
+pub mod pace;
 pub mod profile;
 mod round;
-pub mod pace;
 pub mod schedule;
 pub mod terminal;
 pub mod upstream;

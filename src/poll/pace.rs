@@ -68,9 +68,8 @@ pub const MIN_SAMPLES: u64 = 20;
 /// `max`; `fixed` until enough of them have finished.
 pub fn first_poll_after(model: Option<&DurationModel>, fixed: Duration, max: Duration) -> Duration {
     match model {
-        Some(m) if m.count >= MIN_SAMPLES => {
-            Duration::from_millis(m.p10_ms.max(0) as u64).clamp(FIRST_POLL_MIN, max.max(FIRST_POLL_MIN))
-        }
+        Some(m) if m.count >= MIN_SAMPLES => Duration::from_millis(m.p10_ms.max(0) as u64)
+            .clamp(FIRST_POLL_MIN, max.max(FIRST_POLL_MIN)),
         _ => fixed,
     }
 }
@@ -146,9 +145,21 @@ mod tests {
             updated_at: 0,
         };
         assert_eq!(first_poll_after(None, fixed, max), fixed);
-        assert_eq!(first_poll_after(Some(&model(5, 300_000)), fixed, max), fixed);
-        assert_eq!(first_poll_after(Some(&model(50, 300_000)), fixed, max), secs(300.0));
-        assert_eq!(first_poll_after(Some(&model(50, 3_600_000)), fixed, max), max);
-        assert_eq!(first_poll_after(Some(&model(50, 20)), fixed, max), FIRST_POLL_MIN);
+        assert_eq!(
+            first_poll_after(Some(&model(5, 300_000)), fixed, max),
+            fixed
+        );
+        assert_eq!(
+            first_poll_after(Some(&model(50, 300_000)), fixed, max),
+            secs(300.0)
+        );
+        assert_eq!(
+            first_poll_after(Some(&model(50, 3_600_000)), fixed, max),
+            max
+        );
+        assert_eq!(
+            first_poll_after(Some(&model(50, 20)), fixed, max),
+            FIRST_POLL_MIN
+        );
     }
 }

@@ -264,6 +264,7 @@ fn spawn_workers(s: &Shared, tasks: &mut JoinSet<()>, shutdown: &CancellationTok
         store: s.store.clone(),
         config: s.config.clone(),
         wake: s.dispatcher_wake.clone(),
+        cluster: s.cluster.clone(),
     };
     tasks.spawn(dispatcher.run(shutdown.child_token()));
     tasks.spawn(purge::purge_loop(

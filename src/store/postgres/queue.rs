@@ -87,7 +87,7 @@ due AS (
 ),
 c AS (SELECT nextval('task_claims') AS n),
 leased AS (
-    UPDATE tasks t SET leased = true, claim = c.n, next_poll_at = $3
+    UPDATE tasks t SET leased = true, claim = c.n, next_poll_at = $3, leased_by = $8
     FROM c
     WHERE t.id = ANY(ARRAY(SELECT id FROM due))
     RETURNING t.id, t.service, t.claim, t.enqueued_at, t.polls, t.misses, t.fail_seen,
@@ -165,7 +165,7 @@ WITH due AS (
     FOR UPDATE SKIP LOCKED
 ),
 c AS (SELECT nextval('task_claims') AS n)
-UPDATE tasks t SET leased = true, claim = c.n, next_poll_at = $4
+UPDATE tasks t SET leased = true, claim = c.n, next_poll_at = $4, leased_by = $5
 FROM c
 WHERE t.id = ANY(ARRAY(SELECT id FROM due))
 RETURNING t.id, t.service, t.claim, t.enqueued_at, t.polls, t.misses, t.fail_seen,
@@ -226,7 +226,8 @@ pick AS (
     LIMIT $2
 ),
 leased AS (
-    UPDATE deliveries d SET leased = true, claim = d.claim + 1, next_attempt_at = $3
+    UPDATE deliveries d SET leased = true, claim = d.claim + 1, next_attempt_at = $3,
+        leased_by = $7
     WHERE d.id = ANY(ARRAY(SELECT id FROM pick))
     RETURNING d.id, d.claim, d.event_id, d.task_id, d.webhook, d.url, d.attempts,
         d.task_enqueued_at, d.kind
@@ -508,6 +509,7 @@ impl PollQueue for PostgresStore {
                     &services,
                     &ns,
                     &(limits.default as i64),
+                    &self.me(),
                 ],
             )
             .await
@@ -573,7 +575,13 @@ impl PollQueue for PostgresStore {
         let rows = c
             .query(
                 &st,
-                &[&now, &enqueued_before, &(limit as i64), &lease_until],
+                &[
+                    &now,
+                    &enqueued_before,
+                    &(limit as i64),
+                    &lease_until,
+                    &self.me(),
+                ],
             )
             .await
             .map_err(db)?;
@@ -774,8 +782,16 @@ impl DeliveryQueue for PostgresStore {
         // One round trip: the claim's snapshot is taken once the lock is
         // held, so it sees every lease committed before.
         let lock_args: [&(dyn ToSql + Sync); 2] = [&DELIVERY_CLAIM_LOCK, schema];
-        let claim_args: [&(dyn ToSql + Sync); 6] =
-            [&now, &limit, &lease_until, &exclude, &per_webhook, &scan];
+        let me = self.me();
+        let claim_args: [&(dyn ToSql + Sync); 7] = [
+            &now,
+            &limit,
+            &lease_until,
+            &exclude,
+            &per_webhook,
+            &scan,
+            &me,
+        ];
         let (_, _, rows, _) = tokio::try_join!(
             biased;
             c.batch_execute("BEGIN"),

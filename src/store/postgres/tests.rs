@@ -126,6 +126,95 @@ async fn an_expired_lease_goes_to_another_instance_and_the_stale_write_is_ignore
     assert_eq!(v.deliveries.len(), 1);
 }
 
+fn instance(id: &str, now: Millis) -> InstanceInfo {
+    InstanceInfo {
+        id: id.into(),
+        host: "h".into(),
+        started_at: now,
+        heartbeat_at: now,
+    }
+}
+
+/// A daemon that dies holding leases does not hold its tasks and its
+/// webhooks' concurrency slots until the leases run out: the next heartbeat
+/// of another instance after its own lapsed gives them back, due at once;
+/// the dead one's late writes are ignored. A live instance's leases stay.
+#[tokio::test]
+async fn the_leases_of_a_dead_instance_are_given_back_at_once() {
+    let Some((a, guard)) = fresh(2).await else {
+        return;
+    };
+    let b = open(&guard, 2).await;
+    let ttl = 8_000;
+    a.heartbeat(0, instance("a", 0), ttl).await.unwrap();
+    b.heartbeat(0, instance("b", 0), ttl).await.unwrap();
+    finished(&a, "d", 3, &["w"], 0).await;
+    a.enqueue(0, 0, vec![task("p")]).await.unwrap();
+    let polled = a
+        .claim_poll_batch(0, 0, 10.into(), 600_000)
+        .await
+        .unwrap()
+        .tasks;
+    assert_eq!(polled.len(), 1);
+    let sending = a
+        .claim_deliveries(0, 10, 600_000, vec![], 2)
+        .await
+        .unwrap()
+        .deliveries;
+    assert_eq!(sending.len(), 2, "the cap of 2");
+    // B, alive, sees the cap full and the task leased.
+    b.heartbeat(1_000, instance("b", 0), ttl).await.unwrap();
+    assert!(
+        b.claim_deliveries(1_000, 10, 600_000, vec![], 2)
+            .await
+            .unwrap()
+            .deliveries
+            .is_empty()
+    );
+    assert!(
+        b.claim_poll_batch(1_000, 1_000, 10.into(), 600_000)
+            .await
+            .unwrap()
+            .tasks
+            .is_empty()
+    );
+    // A dies (no more heartbeats). Past its TTL, B's heartbeat frees its leases.
+    b.heartbeat(9_000, instance("b", 0), ttl).await.unwrap();
+    let taken = b
+        .claim_deliveries(9_000, 10, 600_000, vec![], 2)
+        .await
+        .unwrap()
+        .deliveries;
+    assert_eq!(taken.len(), 2, "the slots A held are free");
+    let task = b
+        .claim_poll_batch(9_000, 9_000, 10.into(), 600_000)
+        .await
+        .unwrap()
+        .tasks;
+    assert_eq!(task.len(), 1, "the task A held is due again");
+    // A's late report of its attempt is ignored: B's lease holds.
+    a.record_deliveries(9_100, sending.iter().map(delivered).collect())
+        .await
+        .unwrap();
+    assert_eq!(a.stats().await.unwrap().deliveries_pending, 3);
+    // B is alive: its own leases survive its own and others' heartbeats.
+    b.heartbeat(10_000, instance("b", 0), ttl).await.unwrap();
+    a.heartbeat(10_000, instance("a2", 10_000), ttl)
+        .await
+        .unwrap();
+    assert!(
+        a.claim_deliveries(10_000, 10, 600_000, vec![], 2)
+            .await
+            .unwrap()
+            .deliveries
+            .is_empty()
+    );
+    b.record_deliveries(10_100, taken.iter().map(delivered).collect())
+        .await
+        .unwrap();
+    assert_eq!(b.stats().await.unwrap().deliveries_pending, 1);
+}
+
 /// 2,000 tasks, eight claim loops on eight connections (six poll claims,
 /// two expiry claims) until nothing is left: every task is claimed exactly
 /// once, and no claim number is shared by two batches.
@@ -860,7 +949,7 @@ async fn a_version_1_schema_migrates_with_its_rows_and_ids_in_byte_order() {
         .get(0);
     assert!(between);
     let s = open(&guard, 2).await;
-    assert_eq!(s.schema_version().await.unwrap(), 2);
+    assert_eq!(s.schema_version().await.unwrap(), MIGRATIONS.len() as i64);
     let collation: Option<String> = c
         .query_one(
             "SELECT collation_name::text FROM information_schema.columns \
