@@ -110,6 +110,10 @@ pub struct SimArgs {
     /// Fraction of callbacks sent twice.
     #[arg(long, default_value_t = 0.0)]
     pub callback_duplicate_rate: f64,
+    /// Callbacks in flight at once; more wait their turn (when many tasks
+    /// settle together they then reuse connections, which keeps them prompt).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub callback_concurrency: u32,
 }
 
 impl Default for SimArgs {
@@ -135,6 +139,7 @@ impl Default for SimArgs {
             callback_delay_ms: 0,
             callback_loss_rate: 0.0,
             callback_duplicate_rate: 0.0,
+            callback_concurrency: 64,
         }
     }
 }

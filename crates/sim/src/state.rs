@@ -191,8 +191,8 @@ impl Shared {
     pub(crate) fn new(args: SimArgs) -> Self {
         Self {
             state: Mutex::new(SimState::new(&args)),
+            callbacks: Callbacks::new(args.callback_concurrency),
             args,
-            callbacks: Callbacks::new(),
         }
     }
 

@@ -305,6 +305,7 @@ fn callback_flags() {
     assert_eq!(cli.sim.callback_delay_ms, 0);
     assert_eq!(cli.sim.callback_loss_rate, 0.0);
     assert_eq!(cli.sim.callback_duplicate_rate, 0.0);
+    assert_eq!(cli.sim.callback_concurrency, 64);
     let cli = Cli::parse_from([
         "sim",
         "--callback-url",
@@ -324,4 +325,5 @@ fn callback_flags() {
     assert_eq!(cli.sim.callback_loss_rate, 0.1);
     assert_eq!(cli.sim.callback_duplicate_rate, 0.2);
     assert!(Cli::try_parse_from(["sim", "--callback-url", "nope"]).is_err());
+    assert!(Cli::try_parse_from(["sim", "--callback-concurrency", "0"]).is_err());
 }
