@@ -7,6 +7,7 @@
 //! May call: `ingest`, `store`, `config`, `poll::upstream` (health),
 //! `deliver::ssrf`, `metrics`, `clock`.
 
+mod callbacks;
 mod deliveries;
 mod error;
 mod health;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -41,6 +42,8 @@ pub struct ApiState {
     pub poller_wake: Arc<Notify>,
     /// Wakes the dispatcher after a replay.
     pub dispatcher_wake: Arc<Notify>,
+    /// Where callbacks' hints go.
+    pub hints: Arc<crate::hints::Hints>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub clock: SharedClock,
     /// This daemon among others sharing the store.
@@ -75,6 +78,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .merge(v1)
         .route("/v1/openapi.json", get(openapi::serve))
+        .route("/v1/callbacks/{service}", post(callbacks::receive))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
@@ -97,12 +101,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 async fn auth(State(s): State<ApiState>, headers: HeaderMap, req: Request, next: Next) -> Response {
     let token = s.config.borrow().api.token.clone();
     if let Some(token) = token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            Some(g) if constant_time_eq(g.trim().as_bytes(), token.expose().as_bytes()) => {}
+        match callbacks::bearer(&headers) {
+            Some(g) if constant_time_eq(g.as_bytes(), token.expose().as_bytes()) => {}
             Some(_) => {
                 return ApiError::new(401, "unauthorized", "wrong API token").into_response();
             }

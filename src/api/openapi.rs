@@ -8,12 +8,12 @@ use axum::Json;
 use serde_json::json;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::request_body::RequestBody;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, RefOr, Required, Response, Schema};
 use utoipa::{Modify, OpenApi};
 
 use super::error::{ErrorBody, ErrorDetail};
-use super::{deliveries, stats, tasks};
+use super::{callbacks, deliveries, stats, tasks};
 
 /// The description: every `/v1` operation, its parameters, bodies and
 /// answers.
@@ -36,6 +36,7 @@ use super::{deliveries, stats, tasks};
         deliveries::list_deliveries,
         deliveries::replay,
         deliveries::replay_matching,
+        callbacks::receive,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&Conventions),
@@ -64,6 +65,13 @@ impl Modify for Conventions {
                     .description(Some("`api.token`, when it is set"))
                     .build(),
             ),
+        );
+        components.add_security_scheme(
+            "callback_token",
+            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
+                "token",
+                "`api.callback_token` (else `api.token`) in the callback URL",
+            ))),
         );
         components
             .schemas

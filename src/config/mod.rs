@@ -316,15 +316,50 @@ pub struct ApiConfig {
     token_file: Option<PathBuf>,
     pub max_body_bytes: usize,
     pub max_webhooks_per_task: usize,
+    /// The token `POST /v1/callbacks/{service}` takes in its URL
+    /// (`?token=`); unset: `token`. A leaked callback token lets its
+    /// holder send hints only.
+    #[serde(default)]
+    pub callback_token: Option<Secret>,
+    #[serde(default, skip_serializing)]
+    callback_token_file: Option<PathBuf>,
+    /// The largest callback body read.
+    pub max_callback_bytes: usize,
+    /// Callbacks one source address may send per second (twice that in a
+    /// burst); more are counted and ignored.
+    pub callbacks_per_second_per_source: u32,
 }
 
 impl ApiConfig {
+    /// The token a callback URL must carry, if any.
+    pub fn callback_token(&self) -> Option<&Secret> {
+        self.callback_token.as_ref().or(self.token.as_ref())
+    }
+
     fn check(&mut self) -> Result<(), ConfigError> {
         self.token = secret::resolve(
             "api.token",
             self.token.take(),
             self.token_file.take().as_deref(),
             None,
+        )?;
+        self.callback_token = secret::resolve(
+            "api.callback_token",
+            self.callback_token.take(),
+            self.callback_token_file.take().as_deref(),
+            None,
+        )?;
+        range(
+            "api.max_callback_bytes",
+            self.max_callback_bytes,
+            1024,
+            64 << 20,
+        )?;
+        range(
+            "api.callbacks_per_second_per_source",
+            self.callbacks_per_second_per_source,
+            1,
+            1_000_000,
         )?;
         range("api.max_body_bytes", self.max_body_bytes, 1024, 1 << 30)?;
         range(

@@ -113,16 +113,15 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_descriptio
         "not every one of the {operations} operations was tested:\n{report}"
     );
 
-    // The daemon took all of it and still works: the seeded tasks are there.
+    // The daemon took all of it and still works. (The seeded tasks may be
+    // gone: the stateful phase deletes the IDs it finds, as it may.)
     let (s, v) = get_json(&format!("{}/readyz", daemon.url)).await;
     assert_eq!(s, 200, "{v}");
-    for id in &ids {
-        let r = http
-            .get(format!("{}/v1/tasks/{id}", daemon.url))
-            .bearer_auth("fuzz-token")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "task {id} survived the fuzzing");
-    }
+    let r = http
+        .get(format!("{}/v1/stats", daemon.url))
+        .bearer_auth("fuzz-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }

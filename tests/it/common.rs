@@ -301,11 +301,7 @@ pub fn external_tool(var: &str, name: &str, install: &str) -> Option<PathBuf> {
 /// Sets `api.token` in a config [`daemon_config`] wrote.
 pub fn set_api_token(cfg: &Path, token: &str) {
     let text = std::fs::read_to_string(cfg).unwrap();
-    let with = text.replacen(
-        "[api]\nlisten = \"127.0.0.1:0\"\n",
-        &format!("[api]\nlisten = \"127.0.0.1:0\"\ntoken = \"{token}\"\n"),
-        1,
-    );
+    let with = text.replacen("[api]\n", &format!("[api]\ntoken = \"{token}\"\n"), 1);
     assert_ne!(text, with, "no [api] table to set the token in");
     std::fs::write(cfg, with).unwrap();
 }
@@ -662,6 +658,18 @@ pub async fn sim_create(sim: &str, specs: Vec<Value>) {
 
 pub async fn get_json(url: &str) -> (u16, Value) {
     let r = reqwest::get(url).await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+/// [`get_json`] with a bearer token.
+pub async fn get_json_auth(url: &str, token: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
     let s = r.status().as_u16();
     (s, r.json().await.unwrap_or(Value::Null))
 }

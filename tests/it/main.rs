@@ -6,6 +6,7 @@ mod common;
 
 mod api;
 mod api_fuzz;
+mod callbacks;
 mod chaos;
 mod cli;
 mod documented_records;
