@@ -88,6 +88,10 @@ pub struct Metrics {
     pub leader: Gauge,
     pub store_query: Family<OpLabel, Histogram>,
     pub claim_size: Family<KindLabel, Histogram>,
+    /// The interval every watched task is polled at now.
+    pub poll_interval: Gauge<f64, AtomicU64>,
+    /// The share of the request budget polling at that interval takes.
+    pub poll_budget_in_use: Gauge<f64, AtomicU64>,
     /// Callbacks received, by what became of them.
     pub callbacks: Family<ResultLabel, Counter>,
     /// Watched tasks a callback made due at once.
@@ -131,6 +135,8 @@ impl Metrics {
                     0.0, 1.0, 5.0, 10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0,
                 ])
             }),
+            poll_interval: Gauge::default(),
+            poll_budget_in_use: Gauge::default(),
             callbacks: Family::default(),
             hinted: Counter::default(),
             unknown_seen: Default::default(),
@@ -231,6 +237,16 @@ impl Metrics {
             "claim_size",
             "Rows one claim took, by kind (tasks, deliveries)",
             m.claim_size.clone(),
+        );
+        r.register(
+            "poll_interval_seconds",
+            "The interval every watched task is polled at now (poll.interval while the budget allows)",
+            m.poll_interval.clone(),
+        );
+        r.register(
+            "poll_budget_in_use_ratio",
+            "The share of the upstream request budget polling at that interval takes",
+            m.poll_budget_in_use.clone(),
         );
         r.register(
             "callbacks",

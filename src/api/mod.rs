@@ -44,6 +44,8 @@ pub struct ApiState {
     pub dispatcher_wake: Arc<Notify>,
     /// Where callbacks' hints go.
     pub hints: Arc<crate::hints::Hints>,
+    /// The poll interval in force; each service's first poll.
+    pub pace: Arc<crate::poll::pace::Pace>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub clock: SharedClock,
     /// This daemon among others sharing the store.

@@ -39,6 +39,9 @@ pub struct Stats {
     pub leader: Option<Leader>,
     /// This daemon's share of the upstream budget.
     pub budget: Budget,
+    /// How polling spends the budget: the interval in force, the demand,
+    /// each service's first poll and learned durations.
+    pub polling: crate::poll::pace::PaceView,
 }
 
 /// Tasks by status.
@@ -102,6 +105,7 @@ pub(crate) async fn snapshot(s: &ApiState) -> StoreResult<Stats> {
             requests_per_second,
             concurrent_requests,
         },
+        polling: s.pace.view(),
     })
 }
 

@@ -69,9 +69,20 @@ pub(super) async fn enqueue(
     }
     let n = tasks.len();
     let receives = tasks.iter().all(|t| !t.webhooks.is_empty());
-    let first = cfg.poll.first_poll_after.as_millis() as i64;
+    // Each service's tasks are first polled when its tasks usually finish
+    // (one write per service; a request rarely names more than one).
+    let mut by_service: std::collections::BTreeMap<String, Vec<_>> = Default::default();
+    for t in tasks {
+        by_service.entry(t.service.clone()).or_default().push(t);
+    }
+    let mut out = crate::store::EnqueueOutcome::default();
     let started = std::time::Instant::now();
-    let out = s.store.enqueue(s.clock.now_ms(), first, tasks).await?;
+    for (service, tasks) in by_service {
+        let first = s.pace.first_poll_after(&cfg, &service).as_millis() as i64;
+        let o = s.store.enqueue(s.clock.now_ms(), first, tasks).await?;
+        out.accepted += o.accepted;
+        out.duplicates += o.duplicates;
+    }
     s.metrics.store_call("enqueue", started);
     tracing::info!(
         tasks = n,

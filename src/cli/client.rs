@@ -196,6 +196,49 @@ fn render_summary(st: &Value) -> String {
         ("oldest watching", show(&st["oldest_watching_enqueued_at"])),
         ("upstream", health),
     ];
+    let p = &st["polling"];
+    if let Some(effective) = p["effective_interval_ms"].as_u64() {
+        let floor = p["floor_interval_ms"].as_u64().unwrap_or(0);
+        let pace = if effective > floor {
+            format!(
+                "every {} (the budget cannot cover {})",
+                ms(effective),
+                ms(floor)
+            )
+        } else {
+            format!("every {}", ms(effective))
+        };
+        rows.push((
+            "polling",
+            format!(
+                "{pace}; {:.0}% of {} req/s in use ({})",
+                p["budget_in_use"].as_f64().unwrap_or(0.0) * 100.0,
+                show(&p["budget_requests_per_second"]),
+                show(&p["strategy"])
+            ),
+        ));
+    }
+    for sp in p["services"].as_array().into_iter().flatten() {
+        let first = ms(sp["first_poll_after_ms"].as_u64().unwrap_or(0));
+        let learned = match sp["learned"]["count"].as_u64() {
+            Some(n) => format!(
+                " (learned from {n} tasks: p10 {}, p50 {}, p90 {})",
+                ms(sp["learned"]["p10_ms"].as_u64().unwrap_or(0)),
+                ms(sp["learned"]["p50_ms"].as_u64().unwrap_or(0)),
+                ms(sp["learned"]["p90_ms"].as_u64().unwrap_or(0)),
+            ),
+            None => String::new(),
+        };
+        rows.push((
+            "service",
+            format!(
+                "{}: {} watched, {} IDs per request, first poll after {first}{learned}",
+                show(&sp["service"]),
+                show(&sp["watching"]),
+                show(&sp["batch"]),
+            ),
+        ));
+    }
     let parked = st["deliveries"]["webhook_removed"].as_u64().unwrap_or(0);
     if parked > 0 {
         rows.push((
@@ -220,6 +263,17 @@ fn render_summary(st: &Value) -> String {
         .map(|(k, v)| format!("{k:<19}{v}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Milliseconds as a short duration: `850ms`, `2.5s`, `4m10s`.
+fn ms(v: u64) -> String {
+    if v < 1000 {
+        format!("{v}ms")
+    } else if v < 60_000 {
+        format!("{}s", (v as f64 / 100.0).round() / 10.0)
+    } else {
+        humantime::format_duration(std::time::Duration::from_secs(v / 1000)).to_string()
+    }
 }
 
 /// One task, field by field, then its deliveries.

@@ -183,6 +183,15 @@ pub struct PollConfig {
     pub task_ttl: Duration,
     pub missing_grace: u32,
     pub failure_confirmations: u32,
+    /// `budget`: every task at `interval` while the request budget allows;
+    /// `backoff`: `interval × backoff_factor^n` up to `max_interval`.
+    pub strategy: crate::poll::pace::Strategy,
+    /// Place a new task's first poll near the moment its service's tasks
+    /// usually finish, once enough have finished.
+    pub learn_first_poll: bool,
+    /// A learned first poll comes no later than this after enqueue.
+    #[serde(with = "duration")]
+    pub first_poll_max: Duration,
 }
 
 impl PollConfig {
@@ -199,6 +208,7 @@ impl PollConfig {
         positive("poll.interval", self.interval)?;
         positive("poll.max_interval", self.max_interval)?;
         positive("poll.task_ttl", self.task_ttl)?;
+        positive("poll.first_poll_max", self.first_poll_max)?;
         let f = self.backoff_factor;
         if !(f.is_finite() && (1.0..=10.0).contains(&f)) {
             return err(

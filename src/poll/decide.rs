@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use crate::clock::Millis;
 use crate::config::Config;
+use crate::poll::pace::Spacing;
 use crate::poll::profile::Profile;
+use crate::poll::schedule::{POLL_JITTER, shrink};
 use crate::poll::terminal::{Assessment, Outcome, Verdict, assess};
 use crate::poll::upstream::Record;
 use crate::store::{ClaimedTask, PollUpdate};
@@ -54,17 +56,19 @@ pub fn finished_at_secs(record: &serde_json::Value) -> Option<f64> {
 }
 
 /// Decides what one poll means for one task, reading the record with its
-/// service's profile. `r` is a uniform draw in [0, 1) for jitter. Returns
-/// the update and the state words the profile does not know. Pure.
+/// service's profile; a running task's next poll follows `spacing`. `r` is
+/// a uniform draw in [0, 1) for jitter. Returns the update and the state
+/// words the profile does not know. Pure.
 pub fn decide(
     cfg: &Config,
     task: &ClaimedTask,
     record: Option<&Record>,
     now: Millis,
+    spacing: Spacing,
     r: f64,
 ) -> (PollUpdate, Vec<String>) {
     let profile = cfg.upstream.profiles.for_task(&task.service);
-    let (update, a) = decide_with(cfg, profile, task, record, now, r);
+    let (update, a) = decide_with(cfg, profile, task, record, now, spacing, r);
     (update, a.map(|a| a.unknown_states).unwrap_or_default())
 }
 
@@ -75,12 +79,14 @@ fn decide_with(
     task: &ClaimedTask,
     record: Option<&Record>,
     now: Millis,
+    spacing: Spacing,
     r: f64,
 ) -> (PollUpdate, Option<Assessment>) {
     let poll = &cfg.poll;
     let schedule = poll.schedule();
     let polls = task.polls + 1;
-    let next = now + ms(schedule.jittered_delay_after(polls, r));
+    let delay = shrink(spacing.delay_after(&schedule, polls), POLL_JITTER, r);
+    let next = now + ms(delay);
     let expired = now - task.enqueued_at > ms(poll.task_ttl);
     let finish = |outcome: Outcome, state: String, record: Option<&Record>| {
         finish_update(cfg, task, outcome, state, record, now)
@@ -196,7 +202,7 @@ mod tests {
     }
 
     fn d(c: &Config, t: &ClaimedTask, r: Option<&Record>, now: Millis, draw: f64) -> PollUpdate {
-        decide(c, t, r, now, draw).0
+        decide(c, t, r, now, Spacing::backoff(), draw).0
     }
 
     fn outcome(u: &PollUpdate) -> Option<Outcome> {
@@ -303,7 +309,7 @@ mod tests {
         let c = cfg();
         let t = task();
         let r = rec(json!({"id": "t1", "response": {"data": [{"state": "Thinking"}]}}));
-        let (u, unknown) = decide(&c, &t, Some(&r), 0, 0.5);
+        let (u, unknown) = decide(&c, &t, Some(&r), 0, Spacing::backoff(), 0.5);
         assert!(outcome(&u).is_none());
         assert_eq!(unknown, vec!["thinking".to_string()]);
     }

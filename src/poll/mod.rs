@@ -59,6 +59,8 @@ pub struct Poller {
     /// Hand new deliveries to this daemon's dispatcher already leased (one
     /// daemon); with several, they wait to be claimed.
     pub hand_off: bool,
+    /// The poll interval the budget allows, refreshed beside the loop.
+    pub pace: Arc<pace::Pace>,
 }
 
 /// How far ahead of its due time a task may be polled to fill a batch.
@@ -68,6 +70,18 @@ pub fn coalesce_window(cfg: &Config) -> Duration {
 
 impl Poller {
     pub async fn run(mut self, shutdown: CancellationToken) {
+        let pacing = tokio::spawn(self.pace.clone().run(
+            pace::Sources {
+                store: self.store.clone(),
+                config: self.config.clone(),
+                upstream: self.upstream.clone(),
+                cluster: self.cluster.clone(),
+                batches: self.batches.clone(),
+                metrics: self.metrics.clone(),
+                clock: self.clock.clone(),
+            },
+            shutdown.clone(),
+        ));
         let mut batches = JoinSet::new();
         let mut paused_since: Option<std::time::Instant> = None;
         let mut last_sweep: Option<std::time::Instant> = None;
@@ -195,6 +209,7 @@ impl Poller {
                     poller_wake: self.wake.clone(),
                     metrics: self.metrics.clone(),
                     handoff: self.handoff.clone(),
+                    pace: self.pace.clone(),
                 };
                 batches.spawn(round.poll(claim.service.clone(), tasks, slot));
                 tasks = rest;
@@ -202,6 +217,7 @@ impl Poller {
         }
         // Requests in flight may finish; their leases protect them if not.
         while batches.join_next().await.is_some() {}
+        let _ = pacing.await;
     }
 
     /// Finishes as `task.expired` every task watched longer than

@@ -1,19 +1,32 @@
 //! Spending the request budget: the interval every watched task can be
 //! polled at, given how many are watched and how many IDs one request
 //! carries; and the first poll of a task, placed near the moment its
-//! service's tasks usually finish. Pure: the demand and the learned
-//! durations are passed in.
+//! service's tasks usually finish. The rules are pure functions; [`Pace`]
+//! holds what they found last (refreshed by [`Pace::run`] from the store's
+//! demand) for the rounds, the API and `taskhook status`.
 //!
-//! May call: `store` (the duration model type).
+//! May call: `store` (demand, learned durations), `poll::{batches,
+//! schedule, upstream}`, `cluster`, `config`, `metrics`, `clock`.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
 
-use crate::store::DurationModel;
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::poll::batches::{Batches, batch_for};
+use crate::poll::schedule::PollSchedule;
+use crate::poll::upstream::UpstreamClient;
+use crate::store::{DurationModel, PollQueue};
 
 /// How the time between two polls of a task is chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     /// Every task at `poll.interval` while the budget allows, all slower
@@ -76,6 +89,231 @@ pub fn first_poll_after(model: Option<&DurationModel>, fixed: Duration, max: Dur
 
 /// The earliest a learned first poll is placed.
 pub const FIRST_POLL_MIN: Duration = Duration::from_millis(500);
+
+/// The spacing of polls in force: what deciding a poll needs to place a
+/// running task's next one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spacing {
+    pub strategy: Strategy,
+    /// Under [`Strategy::Budget`]: the interval every task gets now.
+    pub effective: Duration,
+}
+
+impl Spacing {
+    /// Pure back-off, whatever the budget.
+    pub fn backoff() -> Spacing {
+        Spacing {
+            strategy: Strategy::Backoff,
+            effective: Duration::ZERO,
+        }
+    }
+
+    /// The delay after poll number `polls` (1-based) of a running task.
+    pub fn delay_after(&self, schedule: &PollSchedule, polls: u32) -> Duration {
+        match self.strategy {
+            Strategy::Budget => self.effective.max(schedule.interval),
+            Strategy::Backoff => schedule.delay_after(polls),
+        }
+    }
+}
+
+/// What the pacing found last, for `taskhook status`, `/v1/stats` and the
+/// console.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct PaceView {
+    /// `budget` or `backoff` (`poll.strategy`).
+    pub strategy: Option<Strategy>,
+    /// `poll.interval`: the fastest any task is polled.
+    pub floor_interval_ms: u64,
+    /// The interval every task is polled at now (the floor while the
+    /// budget allows; under `backoff`, the floor too, before back-off).
+    pub effective_interval_ms: u64,
+    /// Requests per second polling may use (all daemons together).
+    pub budget_requests_per_second: f64,
+    /// Requests per second polling every task at the floor would take.
+    pub needed_at_floor_requests_per_second: f64,
+    /// The share of the budget polling at the effective interval takes.
+    pub budget_in_use: f64,
+    /// Per service: tasks taking polls, IDs per request, the first poll.
+    pub services: Vec<ServicePace>,
+}
+
+/// One service's part of the demand, and how its new tasks are first polled.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ServicePace {
+    pub service: String,
+    /// Watched tasks taking polls now.
+    pub watching: u64,
+    /// IDs per request in force.
+    pub batch: usize,
+    /// How long after enqueue its new tasks are first polled.
+    pub first_poll_after_ms: u64,
+    /// What was learned of its tasks' durations, once there is something.
+    pub learned: Option<DurationModel>,
+}
+
+/// The pacing in force, shared by the poll loop's rounds (the interval),
+/// the API (first polls of new tasks) and the status views.
+#[derive(Debug, Default)]
+pub struct Pace {
+    effective_ms: AtomicU64,
+    view: Mutex<PaceView>,
+    models: RwLock<HashMap<String, DurationModel>>,
+}
+
+/// Where [`Pace::run`] reads the demand and the budget.
+pub struct Sources {
+    pub store: Arc<dyn PollQueue>,
+    pub config: watch::Receiver<Arc<Config>>,
+    pub upstream: Arc<UpstreamClient>,
+    pub cluster: Arc<crate::cluster::Cluster>,
+    pub batches: Arc<Batches>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub clock: SharedClock,
+}
+
+/// How often the demand is counted, at least; a slow count waits longer.
+pub const REFRESH: Duration = Duration::from_secs(2);
+
+impl Pace {
+    /// Starts from the durations learned so far (the store's).
+    pub fn new(models: Vec<DurationModel>) -> Arc<Self> {
+        let pace = Pace::default();
+        for m in models {
+            pace.learned(m);
+        }
+        Arc::new(pace)
+    }
+
+    /// The spacing the rounds use now.
+    pub fn spacing(&self, cfg: &Config) -> Spacing {
+        let effective = Duration::from_millis(self.effective_ms.load(Ordering::Relaxed));
+        Spacing {
+            strategy: cfg.poll.strategy,
+            effective: effective.max(cfg.poll.interval),
+        }
+    }
+
+    /// When a new task of `service` is first polled, after its enqueue.
+    pub fn first_poll_after(&self, cfg: &Config, service: &str) -> Duration {
+        if !cfg.poll.learn_first_poll {
+            return cfg.poll.first_poll_after;
+        }
+        let models = self.models.read().expect("pace lock");
+        first_poll_after(
+            models.get(service),
+            cfg.poll.first_poll_after,
+            cfg.poll.first_poll_max,
+        )
+    }
+
+    /// Takes a service's newly learned durations.
+    pub fn learned(&self, model: DurationModel) {
+        self.models
+            .write()
+            .expect("pace lock")
+            .insert(model.service.clone(), model);
+    }
+
+    /// What the pacing found last.
+    pub fn view(&self) -> PaceView {
+        self.view.lock().expect("pace lock").clone()
+    }
+
+    /// Counts the demand every [`REFRESH`] (or twenty times as long as the
+    /// count took) and sets the interval it allows, until cancelled.
+    pub async fn run(self: Arc<Self>, from: Sources, shutdown: CancellationToken) {
+        loop {
+            let cfg = from.config.borrow().clone();
+            let started = std::time::Instant::now();
+            let now = from.clock.now_ms();
+            let horizon = now + cfg.poll.interval.as_millis() as i64;
+            match from.store.demand(horizon).await {
+                Ok(demand) => {
+                    let demand: Vec<ServiceDemand> = demand
+                        .into_iter()
+                        .map(|(service, watching)| ServiceDemand {
+                            batch: batch_for(&cfg, &from.batches, &service),
+                            service,
+                            watching,
+                        })
+                        .collect();
+                    // The rate in force (lowered after 429s) for every
+                    // daemon, within the configured budget.
+                    let instances = from.cluster.live().len().max(1) as f64;
+                    let budget = (from.upstream.health().requests_per_second * instances)
+                        .min(cfg.upstream.max_requests_per_second);
+                    self.set(&cfg, demand, budget, &from.metrics);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot count the watched tasks; keeping the last poll interval")
+                }
+            }
+            let wait = REFRESH.max(started.elapsed() * 20);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Sets the interval `demand` allows within `budget`, and the view.
+    pub fn set(
+        &self,
+        cfg: &Config,
+        demand: Vec<ServiceDemand>,
+        budget: f64,
+        metrics: &crate::metrics::Metrics,
+    ) {
+        let floor = cfg.poll.interval;
+        let effective = match cfg.poll.strategy {
+            Strategy::Budget => effective_interval(floor, &demand, budget),
+            Strategy::Backoff => floor,
+        };
+        self.effective_ms
+            .store(effective.as_millis() as u64, Ordering::Relaxed);
+        let needed = requests_per_second(floor, &demand);
+        let in_use = if budget > 0.0 {
+            requests_per_second(effective, &demand) / budget
+        } else {
+            0.0
+        };
+        metrics.poll_interval.set(effective.as_secs_f64());
+        metrics.poll_budget_in_use.set(in_use);
+        let models = self.models.read().expect("pace lock").clone();
+        let mut services: Vec<ServicePace> = demand
+            .iter()
+            .map(|d| ServicePace {
+                service: d.service.clone(),
+                watching: d.watching,
+                batch: d.batch,
+                first_poll_after_ms: self.first_poll_after(cfg, &d.service).as_millis() as u64,
+                learned: models.get(&d.service).cloned(),
+            })
+            .collect();
+        for (service, m) in &models {
+            if !demand.iter().any(|d| &d.service == service) {
+                services.push(ServicePace {
+                    service: service.clone(),
+                    watching: 0,
+                    batch: batch_for(cfg, &Batches::new(), service),
+                    first_poll_after_ms: self.first_poll_after(cfg, service).as_millis() as u64,
+                    learned: Some(m.clone()),
+                });
+            }
+        }
+        services.sort_by(|a, b| a.service.cmp(&b.service));
+        *self.view.lock().expect("pace lock") = PaceView {
+            strategy: Some(cfg.poll.strategy),
+            floor_interval_ms: floor.as_millis() as u64,
+            effective_interval_ms: effective.as_millis() as u64,
+            budget_requests_per_second: budget,
+            needed_at_floor_requests_per_second: needed,
+            budget_in_use: in_use,
+            services,
+        };
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -161,5 +399,69 @@ mod tests {
             first_poll_after(Some(&model(50, 20)), fixed, max),
             FIRST_POLL_MIN
         );
+    }
+
+    fn cfg(extra: &str) -> Config {
+        Config::from_toml(&format!(
+            "[poll]\ninterval = \"5s\"\nfirst_poll_after = \"10s\"\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_pace_sets_the_interval_the_view_and_the_first_polls() {
+        let metrics = crate::metrics::Metrics::new();
+        let c = cfg("");
+        let pace = Pace::new(vec![DurationModel {
+            service: "kling".into(),
+            count: 40,
+            p10_ms: 240_000,
+            p50_ms: 300_000,
+            p90_ms: 360_000,
+            updated_at: 0,
+        }]);
+        pace.set(&c, vec![demand(10_000, 50)], 5.0, &metrics);
+        let sp = pace.spacing(&c);
+        assert_eq!((sp.strategy, sp.effective), (Strategy::Budget, secs(50.0)));
+        let v = pace.view();
+        assert_eq!(
+            (v.floor_interval_ms, v.effective_interval_ms),
+            (5_000, 50_000)
+        );
+        assert_eq!(v.needed_at_floor_requests_per_second, 40.0);
+        assert!((v.budget_in_use - 0.8).abs() < 1e-9, "{}", v.budget_in_use);
+        let names: Vec<&str> = v.services.iter().map(|s| s.service.as_str()).collect();
+        assert_eq!(names, ["kling", "suno"], "learned services are listed too");
+        assert_eq!(v.services[0].first_poll_after_ms, 240_000);
+        assert_eq!(pace.first_poll_after(&c, "suno"), secs(10.0));
+        assert_eq!(pace.first_poll_after(&c, "kling"), secs(240.0));
+        // Learning off: the fixed first poll; back-off: the floor.
+        let fixed = cfg("learn_first_poll = false\nstrategy = \"backoff\"");
+        assert_eq!(pace.first_poll_after(&fixed, "kling"), secs(10.0));
+        pace.set(&fixed, vec![demand(10_000, 50)], 5.0, &metrics);
+        assert_eq!(pace.spacing(&fixed).strategy, Strategy::Backoff);
+        assert_eq!(pace.view().effective_interval_ms, 5_000);
+    }
+
+    #[test]
+    fn under_the_budget_strategy_every_poll_waits_the_effective_interval() {
+        let schedule = cfg("").poll.schedule();
+        let budget = Spacing {
+            strategy: Strategy::Budget,
+            effective: secs(12.0),
+        };
+        for polls in [1, 2, 10, 100] {
+            assert_eq!(budget.delay_after(&schedule, polls), secs(12.0));
+            assert_eq!(
+                Spacing::backoff().delay_after(&schedule, polls),
+                schedule.delay_after(polls)
+            );
+        }
+        // Never below the floor (a reload may raise it before the next count).
+        let stale = Spacing {
+            strategy: Strategy::Budget,
+            effective: secs(1.0),
+        };
+        assert_eq!(stale.delay_after(&schedule, 1), secs(5.0));
     }
 }

@@ -15,7 +15,9 @@ use crate::clock::{Millis, SharedClock};
 use crate::config::Config;
 use crate::poll::batches::Batches;
 use crate::poll::decide::{decide, finished_at_secs, ms, retry_or_expire};
+use crate::poll::pace::Pace;
 use crate::poll::profile::Profile;
+use crate::poll::terminal::Outcome;
 use crate::poll::upstream::{BatchAnswer, UpstreamClient, UpstreamError};
 use crate::store::{ClaimedDelivery, ClaimedTask, PollQueue, PollUpdate};
 
@@ -35,6 +37,8 @@ pub(super) struct Round {
     pub poller_wake: Arc<Notify>,
     /// Store new deliveries leased to this daemon and hand them over.
     pub hand_off: bool,
+    /// The poll interval in force; learns from the tasks that finish.
+    pub pace: Arc<Pace>,
 }
 
 impl Round {
@@ -51,8 +55,9 @@ impl Round {
             let answer = self.request(&service, &profile, &tasks, slot).await;
             let now = self.clock.now_ms();
             let updates = self.decide(&service, &tasks, &answer, now).await;
-            self.observe(&profile, &updates, &answer, now);
+            let durations = self.observe(&profile, &tasks, &updates, &answer, now);
             self.persist(updates, now).await;
+            self.learn(&service, durations, now).await;
         }
         .instrument(span)
         .await
@@ -127,14 +132,18 @@ impl Round {
         }
     }
 
-    /// Logs and counts the tasks that finished, and how late they were seen.
+    /// Logs and counts the tasks that finished and how late they were
+    /// seen; returns how long those the upstream finished took since their
+    /// enqueue (its `finished_at`, else now), to learn from.
     fn observe(
         &self,
         profile: &Profile,
+        tasks: &[ClaimedTask],
         updates: &[PollUpdate],
         answer: &Result<BatchAnswer, UpstreamError>,
         now: Millis,
-    ) {
+    ) -> Vec<i64> {
+        let mut durations = Vec::new();
         for u in updates {
             let PollUpdate::Finish { id, outcome, .. } = u else {
                 continue;
@@ -151,6 +160,29 @@ impl Round {
             {
                 self.metrics.detection_lag.observe(lag);
             }
+            if matches!(outcome, Outcome::Succeeded | Outcome::Failed)
+                && let Some(t) = tasks.iter().find(|t| &t.id == id)
+            {
+                let at = finished_at.map_or(now, |s| (s * 1000.0) as Millis);
+                durations.push(at - t.enqueued_at);
+            }
+        }
+        durations
+    }
+
+    /// Folds the finished tasks' durations into the service's learned
+    /// model, when first polls are learned.
+    async fn learn(&self, service: &str, durations: Vec<i64>, now: Millis) {
+        if durations.is_empty() || !self.cfg.poll.learn_first_poll {
+            return;
+        }
+        match self
+            .store
+            .learn_durations(now, service.to_string(), durations)
+            .await
+        {
+            Ok(model) => self.pace.learned(model),
+            Err(e) => tracing::debug!(error = %e, "cannot record the finished tasks' durations"),
         }
     }
 
@@ -236,7 +268,9 @@ impl Round {
             }
         }
         let cfg = &self.cfg;
-        let later = |t: &ClaimedTask| now + ms(cfg.poll.schedule().delay_after(t.polls.max(1)));
+        let spacing = self.pace.spacing(cfg);
+        let schedule = cfg.poll.schedule();
+        let later = |t: &ClaimedTask| now + ms(spacing.delay_after(&schedule, t.polls.max(1)));
         tasks
             .iter()
             .map(|t| match answer.records.get(&t.id) {
@@ -249,7 +283,7 @@ impl Round {
                     retry_or_expire(cfg, t, if again_now { now } else { later(t) }, now)
                 }
                 record => {
-                    let (update, unknown) = decide(cfg, t, record, now, rand::random());
+                    let (update, unknown) = decide(cfg, t, record, now, spacing, rand::random());
                     for w in unknown {
                         self.metrics.unknown_state(service, &w);
                     }

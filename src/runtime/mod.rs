@@ -62,6 +62,8 @@ struct Shared {
     cluster: Arc<Cluster>,
     /// Callbacks' hints, passed on to the store in coalesced writes.
     hints: Arc<crate::hints::Hints>,
+    /// The poll interval in force and the learned first polls.
+    pace: Arc<crate::poll::pace::Pace>,
     /// Several daemons may share the store (PostgreSQL).
     shared_store: bool,
 }
@@ -92,6 +94,11 @@ impl Daemon {
             metrics.clone(),
         )?);
         let hints = crate::hints::Hints::new(config.api.callbacks_per_second_per_source);
+        let learned = store.duration_models().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the learned durations; first polls follow poll.first_poll_after until tasks finish");
+            Vec::new()
+        });
+        let pace = crate::poll::pace::Pace::new(learned);
         let (config_tx, config_rx) = watch::channel(Arc::new(config));
         let shared = Shared {
             store,
@@ -103,6 +110,7 @@ impl Daemon {
             cluster: Arc::new(Cluster::new(clock.now_ms())),
             clock,
             hints,
+            pace,
             shared_store,
         };
         let reloader = Reloader::new(
@@ -265,6 +273,7 @@ fn spawn_workers(s: &Shared, tasks: &mut JoinSet<()>, shutdown: &CancellationTok
         // With several daemons, new deliveries wait to be claimed, so the
         // claim can hold each webhook to its cap across all of them.
         hand_off: !s.shared_store,
+        pace: s.pace.clone(),
     };
     tasks.spawn(poller.run(shutdown.child_token()));
     let dispatcher = Dispatcher {
@@ -310,6 +319,7 @@ fn serve_api(
         poller_wake: s.poller_wake.clone(),
         dispatcher_wake: s.dispatcher_wake.clone(),
         hints: s.hints.clone(),
+        pace: s.pace.clone(),
         metrics: s.metrics.clone(),
         clock: s.clock.clone(),
         cluster: s.cluster.clone(),

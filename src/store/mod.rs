@@ -105,6 +105,11 @@ pub trait PollQueue: Send + Sync {
     /// pollers when any task moved.
     async fn hurry(&self, now: Millis, service: String, ids: Vec<String>) -> StoreResult<u64>;
 
+    /// Watched tasks that take polls now, per service, sorted by service:
+    /// those polled at least once, and those due by `horizon` (not those
+    /// whose first poll is planned later). What the poll budget must cover.
+    async fn demand(&self, horizon: Millis) -> StoreResult<Vec<(String, u64)>>;
+
     /// Folds observed durations (milliseconds from enqueue to the upstream's
     /// finish) into `service`'s learned model and returns it.
     ///

@@ -59,7 +59,8 @@ macro_rules! store_conformance {
             the_attempt_log_keeps_every_attempt_that_landed,
             activity_counts_the_window_and_each_webhooks_health,
             hurry_brings_named_watched_tasks_forward,
-            learned_durations_accumulate_per_service
+            learned_durations_accumulate_per_service,
+            demand_counts_the_tasks_that_take_polls_now
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
@@ -2248,4 +2249,50 @@ pub async fn learned_durations_accumulate_per_service(s: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(same, second);
     assert_eq!(s.duration_models().await.unwrap(), [k, second]);
+}
+
+/// The demand the poll budget must cover: watched tasks polled at least
+/// once, or due by the horizon, per service (sorted by service); not
+/// finished ones, not those whose first poll is planned past the horizon.
+pub async fn demand_counts_the_tasks_that_take_polls_now(s: Arc<dyn Store>) {
+    assert!(s.demand(0).await.unwrap().is_empty());
+    s.enqueue(0, 0, vec![task("p1"), task("p2")]).await.unwrap();
+    s.enqueue(0, 100_000, vec![task("later")]).await.unwrap();
+    let mut k = task("k");
+    k.service = "kling".into();
+    s.enqueue(0, 0, vec![k]).await.unwrap();
+    let ts = s
+        .claim_poll_batch(0, 0, 10.into(), 50_000)
+        .await
+        .unwrap()
+        .tasks;
+    let by_id = |id: &str| ts.iter().find(|t| t.id == id).unwrap().clone();
+    s.record_polls(
+        10,
+        vec![
+            PollUpdate::Reschedule {
+                id: "p1".into(),
+                claim: by_id("p1").claim,
+                next_poll_at: 500_000,
+                polled: true,
+                misses: 0,
+                fail_seen: 0,
+                upstream_state: Some("running".into()),
+            },
+            finish(&by_id("p2"), &[]),
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    let counts = |v: Vec<(String, u64)>| v;
+    assert_eq!(
+        counts(s.demand(10_000).await.unwrap()),
+        vec![("kling".to_string(), 1), ("producer".to_string(), 1)],
+        "p1 was polled; later waits for its first poll; p2 finished"
+    );
+    assert_eq!(
+        counts(s.demand(200_000).await.unwrap()),
+        vec![("kling".to_string(), 1), ("producer".to_string(), 2)]
+    );
 }

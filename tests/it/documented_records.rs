@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use taskhook::config::Config;
 use taskhook::poll::decide;
+use taskhook::poll::pace::Spacing;
 use taskhook::poll::profile::Profile;
 use taskhook::poll::terminal::Outcome;
 use taskhook::poll::upstream::{Record, parse_batch, parse_single};
@@ -71,7 +72,16 @@ fn settle(cfg: &Config, service: &str, answer: Option<&Record>, polls: u32) -> O
         webhooks: Vec::new(),
     };
     for i in 0..polls {
-        match decide(cfg, &task, answer, 1_000 + i as i64, 0.5).0 {
+        match decide(
+            cfg,
+            &task,
+            answer,
+            1_000 + i as i64,
+            Spacing::backoff(),
+            0.5,
+        )
+        .0
+        {
             PollUpdate::Finish { outcome, .. } => return Some(outcome),
             PollUpdate::Reschedule {
                 misses, fail_seen, ..

@@ -14,6 +14,7 @@ mod e2e;
 mod hardening;
 mod openapi;
 mod operations;
+mod pacing;
 mod properties;
 mod receivers;
 mod recovery;

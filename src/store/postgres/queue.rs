@@ -171,6 +171,12 @@ WHERE t.id = ANY(ARRAY(SELECT id FROM due))
 RETURNING t.id, t.service, t.claim, t.enqueued_at, t.polls, t.misses, t.fail_seen,
     t.metadata, t.webhooks, t.enqueued_at AS due";
 
+/// Watched tasks taking polls now, per service (see `PollQueue::demand`).
+const DEMAND: &str = "
+SELECT service, count(*) FROM tasks
+WHERE status = 0 AND (polls > 0 OR next_poll_at <= $1)
+GROUP BY service ORDER BY service";
+
 const DEFER_SERVICE: &str = "
 UPDATE tasks SET next_poll_at = $1
 WHERE status = 0 AND NOT leased AND next_poll_at < $1 AND service = $2";
@@ -383,6 +389,16 @@ impl PollQueue for PostgresStore {
             .await
             .map_err(db)?;
         Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    async fn demand(&self, horizon: Millis) -> StoreResult<Vec<(String, u64)>> {
+        let c = self.conn().await?;
+        let st = c.prepare_cached(DEMAND).await.map_err(db)?;
+        let rows = c.query(&st, &[&horizon]).await.map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+            .collect())
     }
 
     async fn learn_durations(

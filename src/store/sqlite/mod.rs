@@ -620,6 +620,19 @@ impl PollQueue for SqliteStore {
         .await
     }
 
+    async fn demand(&self, horizon: Millis) -> StoreResult<Vec<(String, u64)>> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT service, count(*) FROM tasks \
+                 WHERE status = 0 AND (polls > 0 OR next_poll_at <= ?1) \
+                 GROUP BY service ORDER BY service",
+            )?
+            .query_map([horizon], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect()
+        })
+        .await
+    }
+
     async fn learn_durations(
         &self,
         now: Millis,
