@@ -7,6 +7,7 @@ mod common;
 mod api;
 mod chaos;
 mod cli;
+mod console;
 mod documented_records;
 mod e2e;
 mod hardening;
