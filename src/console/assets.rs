@@ -1,4 +1,4 @@
-//! The console's stylesheet and script, compiled into the binary (no
+//! The console's stylesheet, script and icon, compiled into the binary (no
 //! external fonts, CDNs or build step). Their URLs carry a hash of their
 //! content, so a browser may keep them while they stay the same.
 //!
@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 const CSS: &str = include_str!("assets/console.css");
 const JS: &str = include_str!("assets/console.js");
+const ICON: &str = include_str!("assets/favicon.svg");
 
 /// One embedded file: its body, type and content hash.
 struct Asset {
@@ -33,6 +34,7 @@ fn asset(body: &'static str, content_type: &'static str) -> Asset {
 
 static STYLE: LazyLock<Asset> = LazyLock::new(|| asset(CSS, "text/css; charset=utf-8"));
 static SCRIPT: LazyLock<Asset> = LazyLock::new(|| asset(JS, "text/javascript; charset=utf-8"));
+static FAVICON: LazyLock<Asset> = LazyLock::new(|| asset(ICON, "image/svg+xml"));
 
 /// The stylesheet's URL.
 pub(super) fn css_href() -> String {
@@ -44,12 +46,18 @@ pub(super) fn js_href() -> String {
     format!("/ui/assets/console.js?v={}", SCRIPT.version)
 }
 
+/// The icon's URL.
+pub(super) fn icon_href() -> String {
+    format!("/ui/assets/favicon.svg?v={}", FAVICON.version)
+}
+
 /// `GET /ui/assets/{name}`: open, like the login page that needs them;
 /// they hold nothing secret.
 pub(super) async fn serve(Path(name): Path<String>) -> Response {
     let a: &Asset = match name.as_str() {
         "console.css" => &STYLE,
         "console.js" => &SCRIPT,
+        "favicon.svg" => &FAVICON,
         _ => return (StatusCode::NOT_FOUND, "no such asset").into_response(),
     };
     let mut resp = a.body.into_response();

@@ -69,6 +69,7 @@ fn head(title: &str) -> Markup {
             meta name="viewport" content="width=device-width, initial-scale=1";
             meta name="referrer" content="no-referrer";
             title { (title) " · taskhook" }
+            link rel="icon" type="image/svg+xml" href=(assets::icon_href());
             link rel="stylesheet" href=(assets::css_href());
             script src=(assets::js_href()) defer {}
         }
@@ -122,9 +123,10 @@ pub(super) fn page(
                     (body)
                 }
                 footer {
-                    p { "taskhook " (env!("CARGO_PKG_VERSION")) " · "
-                        span #live-status role="status" aria-live="polite" {
-                            @if events.is_some() { "live updates when scripts run; reload for fresh numbers otherwise" }
+                    p { "taskhook " (env!("CARGO_PKG_VERSION"))
+                        @if events.is_some() {
+                            " · "
+                            span #live-status role="status" aria-live="polite" { "reload for fresh numbers" }
                         }
                     }
                 }

@@ -460,7 +460,7 @@ async fn hostile_ids_metadata_and_answers_are_shown_escaped() {
     ] {
         assert!(
             p.body
-                .contains("&lt;script&gt;alert(\"id\")&lt;/script&gt;&amp;/?#x"),
+                .contains("&lt;script&gt;alert(&quot;id&quot;)&lt;/script&gt;&amp;/?#x"),
             "{what} shows the ID escaped: {}",
             p.body
         );
@@ -751,4 +751,127 @@ async fn tasks_are_searched_filtered_and_paged() {
     let one = b.get("/ui/tasks/page-07").await;
     assert!(one.body.contains("<title>Task page-07 · taskhook</title>"));
     assert!(one.body.contains("data-status=\"watching\""));
+}
+
+/// What the browser test needs, or why it cannot run: node, the
+/// playwright-core package (`npm ci --prefix tests/browser`) and Chromium.
+fn browser_prerequisites() -> Result<(PathBuf, String), String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !Path::new(&chromium).exists() {
+        return Err(format!(
+            "no Chromium at {chromium} (apt-get install chromium, or set CHROMIUM)"
+        ));
+    }
+    if !root
+        .join("tests/browser/node_modules/playwright-core/package.json")
+        .exists()
+    {
+        return Err(
+            "tests/browser/node_modules is missing (PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix tests/browser)"
+                .into(),
+        );
+    }
+    let node = std::process::Command::new("node").arg("--version").output();
+    if !node.is_ok_and(|o| o.status.success()) {
+        return Err("node is not installed".into());
+    }
+    Ok((root, chromium))
+}
+
+/// The console in headless Chromium: log in, the overview against
+/// `/v1/stats`, a task's attempts, a replayed dead letter turning
+/// delivered live, a filtered bulk replay behind its count, a narrow
+/// screen, logout. With `TASKHOOK_SCREENSHOTS=1` it also writes the
+/// README's screenshots to `docs/`. Under `CI=true` a missing browser or
+/// package fails the test; elsewhere it is skipped, loudly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_walkthrough() {
+    let (root, chromium) = match browser_prerequisites() {
+        Ok(found) => found,
+        Err(why) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("the browser test cannot run in CI: {why}")
+        }
+        Err(why) => {
+            eprintln!(
+                "\n*** SKIPPED console::browser_walkthrough: {why}. .ci/run installs it; CI fails without it. ***\n"
+            );
+            return;
+        }
+    };
+    let sim = spawn_sim(&[]);
+    let hook = Receiver::start(Some(SECRET_A)).await;
+    // The receiver is down: every delivery ends as a dead letter.
+    hook.behaviour.lock().unwrap().status = Some(503);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = console_config(
+        dir.path(),
+        &sim.url,
+        Some(API_TOKEN),
+        &webhook_toml("orders-service", &hook.url, Some(SECRET_A)),
+    );
+    let daemon = spawn_daemon(&cfg);
+    let api = daemon.url.clone();
+    let mut specs = vec![
+        json!({"id": "song-7f3a-0001", "outcome": "succeeded", "duration_ms": 0, "items": 2}),
+        json!({"id": "song-7f3a-0002", "outcome": "succeeded", "duration_ms": 0}),
+        json!({"id": "song-7f3a-0003", "outcome": "succeeded", "duration_ms": 0}),
+        json!({"id": "video-91c2-0001", "service": "kling", "outcome": "failed", "duration_ms": 0}),
+    ];
+    let finishing: Vec<Value> = specs.iter().map(|s| json!({"id": s["id"], "service": s.get("service").cloned().unwrap_or(json!("producer")), "metadata": {"job": s["id"]}})).collect();
+    specs.push(json!({"id": "song-b210-0009", "outcome": "never"}));
+    specs.push(json!({"id": "image-44d0-0004", "service": "midjourney", "outcome": "never"}));
+    sim_create(&sim.url, specs).await;
+    let mut tasks = finishing;
+    tasks.push(json!({"id": "song-b210-0009"}));
+    tasks.push(json!({"id": "image-44d0-0004", "service": "midjourney"}));
+    let r = reqwest::Client::new()
+        .post(format!("{api}/v1/tasks"))
+        .bearer_auth(API_TOKEN)
+        .json(&json!({"tasks": tasks}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    eventually(
+        "four dead letters, nothing pending",
+        Duration::from_secs(60),
+        || async {
+            let st = stats(&api, Some(API_TOKEN)).await;
+            (st["dead_letters"] == json!(4)
+                && st["tasks"]["delivering"] == json!(0)
+                && st["deliveries"]["pending"] == json!(0))
+            .then_some(())
+        },
+    )
+    .await;
+    // The receiver recovers: replays will be delivered.
+    hook.behaviour.lock().unwrap().status = None;
+
+    let mut cmd = std::process::Command::new("node");
+    cmd.arg(root.join("tests/browser/console.mjs"))
+        .current_dir(root.join("tests/browser"))
+        .env("TASKHOOK_URL", &api)
+        .env("TASKHOOK_TOKEN", API_TOKEN)
+        .env("TASK_ID", "song-7f3a-0001")
+        .env("CHROMIUM", &chromium);
+    if std::env::var("TASKHOOK_SCREENSHOTS").as_deref() == Ok("1") {
+        let docs = root.join("docs");
+        std::fs::create_dir_all(&docs).unwrap();
+        cmd.env("SCREENSHOT_DIR", docs);
+    }
+    let out =
+        tokio::task::spawn_blocking(move || output_within(&mut cmd, Duration::from_secs(180)))
+            .await
+            .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the browser walkthrough failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(stdout.contains("all steps passed"), "{stdout}");
+    // Only the receiver's recovery made deliveries: the replays.
+    assert!(hook.hits().iter().all(|h| h.signature_ok));
 }
