@@ -11,7 +11,9 @@
 //! May call: `api` (its state), `store` (`ReadModel::get_task`, through
 //! the overview's snapshot), `clock`.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
@@ -35,6 +37,34 @@ pub(super) const STREAM_LIFETIME: Duration = Duration::from_secs(8);
 /// How soon the browser reconnects after a stream ends.
 const RETRY: Duration = Duration::from_millis(500);
 
+/// The last overview event of each store (by address) and when it was
+/// read: every open console shares one read per tick, however many tabs
+/// are open.
+type Shared = HashMap<usize, (Instant, &'static str, Value)>;
+static LAST_OVERVIEW: LazyLock<Mutex<Shared>> = LazyLock::new(Mutex::default);
+
+/// The overview event, read at most once per tick for every stream.
+async fn overview(s: &ApiState) -> (&'static str, Value) {
+    let key = Arc::as_ptr(&s.store) as *const () as usize;
+    let fresh = |m: &Shared| {
+        m.get(&key)
+            .filter(|(at, _, _)| at.elapsed() < TICK)
+            .map(|(_, name, v)| (*name, v.clone()))
+    };
+    if let Some(hit) = fresh(&LAST_OVERVIEW.lock().expect("overview cache lock")) {
+        return hit;
+    }
+    let (name, v) = match Snapshot::load(s).await {
+        Ok(snap) => ("overview", snap.to_event()),
+        Err(e) => ("unavailable", json!({"error": e.to_string()})),
+    };
+    LAST_OVERVIEW
+        .lock()
+        .expect("overview cache lock")
+        .insert(key, (Instant::now(), name, v.clone()));
+    (name, v)
+}
+
 /// The stream's query: a task to follow instead of the overview.
 #[derive(Deserialize, Default)]
 pub(super) struct EventsQuery {
@@ -55,10 +85,7 @@ impl Follow {
     /// The event for now, as (name, data).
     async fn read(&self) -> (&'static str, Value) {
         match &self.task {
-            None => match Snapshot::load(&self.s).await {
-                Ok(snap) => ("overview", snap.to_event()),
-                Err(e) => ("unavailable", json!({"error": e.to_string()})),
-            },
+            None => overview(&self.s).await,
             Some(id) => match self.s.store.get_task(id.clone()).await {
                 Ok(Some(t)) => {
                     let deliveries: serde_json::Map<String, Value> = t

@@ -213,7 +213,7 @@ pub(super) fn safe_next(next: Option<&str>) -> String {
             if (n == "/ui" || n.starts_with("/ui/") || n.starts_with("/ui?"))
                 && !n.contains("//")
                 && !n.contains('\\')
-                && !n.chars().any(char::is_control) =>
+                && n.chars().all(|c| c.is_ascii_graphic()) =>
         {
             n.to_string()
         }
@@ -418,6 +418,9 @@ mod tests {
             "/v1/stats",
             "/uix",
             "/ui\\x",
+            "/ui/é",
+            "/ui/a b",
+            "/ui/\n",
         ] {
             assert_eq!(safe_next(Some(bad)), "/ui", "{bad}");
         }
