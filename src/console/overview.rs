@@ -1,11 +1,13 @@
 //! The overview (`/ui`): the queue's counts (the same store call as
 //! `/v1/stats`), recent enqueue and delivery rates, the oldest watched
-//! task, the upstream's health and each webhook's. One [`Snapshot`] feeds
+//! task, the upstream's health and each webhook's, and how long each
+//! service's tasks take (learned durations). One [`Snapshot`] feeds
 //! both the page and its server-sent updates, so a live number is written
 //! exactly as the page first showed it.
 //!
-//! May call: `api` (its state), `store` (`ReadModel::stats`, `activity`),
-//! `poll::upstream` (health, budget), `config`, `redact`, `clock`.
+//! May call: `api` (its state), `store` (`ReadModel::stats`, `activity`,
+//! `duration_models`), `poll::upstream` (health, budget), `config`,
+//! `redact`, `clock`.
 
 use std::collections::BTreeMap;
 
@@ -254,6 +256,7 @@ pub(super) async fn page(State(s): State<ApiState>, ctx: Ctx) -> Response {
         Ok(snap) => snap,
         Err(e) => return layout::store_failure(&e),
     };
+    let durations = s.store.duration_models().await.map_err(|e| e.to_string());
     let t: BTreeMap<&str, String> = snap.stats_text().into_iter().collect();
     let tile = |key: &str, label: &str, href: Option<&str>| {
         html! {
@@ -351,6 +354,40 @@ pub(super) async fn page(State(s): State<ApiState>, ctx: Ctx) -> Response {
                                     }
                                     @for (k, v) in w.text() {
                                         td data-field=(k) { (v) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        section aria-labelledby="durations-h" {
+            h2 #durations-h { "How long tasks take" }
+            @match &durations {
+                Err(e) => { p.notice.error { "The store could not report learned durations: " (e) } }
+                Ok(models) if models.is_empty() => { p { "Nothing learned yet: durations are learned from tasks as they finish." } }
+                Ok(models) => {
+                    div.table-wrap tabindex="0" role="region" aria-label="Learned durations" {
+                        table #durations {
+                            caption { "From enqueue to the upstream's finish, learned from finished tasks" }
+                            thead { tr {
+                                th scope="col" { "Service" }
+                                th scope="col" { "Tasks seen" }
+                                th scope="col" { "p10" }
+                                th scope="col" { "p50" }
+                                th scope="col" { "p90" }
+                                th scope="col" { "Updated" }
+                            } }
+                            tbody {
+                                @for m in models {
+                                    tr {
+                                        th scope="row" { (m.service) }
+                                        td { (m.count) }
+                                        td { (fmt_span(m.p10_ms)) }
+                                        td { (fmt_span(m.p50_ms)) }
+                                        td { (fmt_span(m.p90_ms)) }
+                                        td { (layout::time(m.updated_at)) }
                                     }
                                 }
                             }
