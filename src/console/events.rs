@@ -30,10 +30,10 @@ use crate::api::ApiState;
 
 /// How often a stream looks for changes.
 const TICK: Duration = Duration::from_secs(1);
-/// How long one stream lasts before the browser reconnects: shorter than
-/// the default shutdown grace, so a console left open does not hold a
-/// daemon that is stopping.
-pub(super) const STREAM_LIFETIME: Duration = Duration::from_secs(8);
+/// How long one stream lasts before the browser reconnects: well inside
+/// the shutdown grace (`daemon.shutdown_grace`, 10 s by default), so a
+/// console left open does not hold a daemon that is stopping.
+const STREAM_LIFETIME: Duration = Duration::from_secs(4);
 /// How soon the browser reconnects after a stream ends.
 const RETRY: Duration = Duration::from_millis(500);
 

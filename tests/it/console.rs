@@ -609,6 +609,44 @@ async fn server_sent_events_carry_the_overview_and_a_task() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_event_stream_does_not_hold_a_stopping_daemon() {
+    let sim = spawn_sim(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    // The harness's shutdown grace is 5 s; a stream lasts 4 s at most.
+    let cfg = console_config(dir.path(), &sim.url, Some(API_TOKEN), "");
+    let log = dir.path().join("daemon.log");
+    let (mut child, api) = spawn_daemon_logging(&cfg, "info", &log);
+    let b = Browser::new(&api);
+    let mut stream = b
+        .http
+        .get(format!("{api}/ui/events"))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.chunk())
+        .await
+        .expect("a first event")
+        .unwrap()
+        .expect("a first event");
+    assert!(String::from_utf8_lossy(&first).contains("event: overview"));
+    send_signal(child.id(), "TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        let status = wait_child(&mut child, Duration::from_secs(30));
+        drop(child);
+        status
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("grace period over"),
+        "the open stream held the daemon past its grace: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_replay_confirms_the_count_and_takes_only_the_filter() {
     let sim = spawn_sim(&[]);
     let a = Receiver::start(Some(SECRET_A)).await;
