@@ -182,8 +182,8 @@ pub(super) fn login_page(status: StatusCode, next: &str, error: Option<&str>) ->
                     form method="post" action="/ui/login" {
                         input type="hidden" name="next" value=(next);
                         label for="token" { "API token" }
-                        p.hint #token-hint { "The daemon's " code { "api.token" } ". It is asked once; the console then keeps a session cookie for 12 hours." }
                         input #token type="password" name="token" required autocomplete="current-password" aria-describedby="token-hint" autofocus;
+                        p.hint #token-hint { "The daemon's " code { "api.token" } ". It is asked once; the console then keeps a session cookie for 12 hours." }
                         button type="submit" { "Log in" }
                     }
                 }
