@@ -83,6 +83,12 @@ pub fn rfc3339(t: Millis) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }
 
+/// Reads an RFC 3339 timestamp (any offset) as unix milliseconds.
+pub fn parse_rfc3339(s: &str) -> Option<Millis> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +100,17 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
         assert_eq!(c.now_ms(), 1_000 + 3_600_000);
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn rfc3339_reads_any_offset_and_round_trips() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:01Z"), Some(1_000));
+        assert_eq!(parse_rfc3339("1970-01-01T09:00:01.5+09:00"), Some(1_500));
+        assert_eq!(
+            parse_rfc3339(&rfc3339(1_764_000_000_123)),
+            Some(1_764_000_000_123)
+        );
+        assert_eq!(parse_rfc3339("2 hours ago"), None);
+        assert_eq!(parse_rfc3339("2026-11-28"), None);
     }
 }

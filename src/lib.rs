@@ -20,6 +20,7 @@ mod console;
 pub mod deliver;
 pub mod fanout;
 pub mod heartbeat;
+pub mod hints;
 pub mod http;
 pub mod ingest;
 pub mod limit;

@@ -31,6 +31,12 @@ pub struct UnknownStateLabel {
     pub word: String,
 }
 
+/// The `result` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
 /// The `op` label: a store operation.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabel {
@@ -82,6 +88,10 @@ pub struct Metrics {
     pub leader: Gauge,
     pub store_query: Family<OpLabel, Histogram>,
     pub claim_size: Family<KindLabel, Histogram>,
+    /// Callbacks received, by what became of them.
+    pub callbacks: Family<ResultLabel, Counter>,
+    /// Watched tasks a callback made due at once.
+    pub hinted: Counter,
     /// The (service, word) pairs seen, each logged once.
     unknown_seen: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
@@ -121,6 +131,8 @@ impl Metrics {
                     0.0, 1.0, 5.0, 10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0,
                 ])
             }),
+            callbacks: Family::default(),
+            hinted: Counter::default(),
             unknown_seen: Default::default(),
             registry: Registry::default(),
         };
@@ -220,6 +232,17 @@ impl Metrics {
             "Rows one claim took, by kind (tasks, deliveries)",
             m.claim_size.clone(),
         );
+        r.register(
+            "callbacks",
+            "Upstream callbacks received, by result (hinted, no_id, rate_limited, overflow, \
+             bad_json, too_large, unknown_service)",
+            m.callbacks.clone(),
+        );
+        r.register(
+            "callback_hinted_tasks",
+            "Watched tasks a callback made due for a poll at once",
+            m.hinted.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -294,6 +317,10 @@ impl Metrics {
         self.claim_size
             .get_or_create(&KindLabel { kind })
             .observe(n as f64);
+    }
+
+    pub fn callback(&self, result: &'static str) {
+        self.callbacks.get_or_create(&ResultLabel { result }).inc();
     }
 
     pub fn delivery(&self, o: &'static str) {

@@ -1,14 +1,18 @@
-//! The control API (contract §5): enqueue and inspect tasks, list and replay
-//! deliveries, health and metrics. JSON in, JSON out; every error is
+//! The control API (contract §5): enqueue, list and inspect tasks, list
+//! and replay deliveries (one, or all a filter matches), the queue summary
+//! and recent activity, health and metrics; its OpenAPI description. JSON in, JSON out; every error is
 //! `{"error": {"code", "message"}}`. Health and metrics are open; `/v1`
 //! needs the bearer token when `api.token` is set.
 //!
 //! May call: `ingest`, `store`, `config`, `poll::upstream` (health),
 //! `deliver::ssrf`, `metrics`, `clock`.
 
+mod callbacks;
 mod deliveries;
 mod error;
 mod health;
+pub mod openapi;
+pub(crate) mod stats;
 mod tasks;
 
 pub use error::{ApiError, ApiResult};
@@ -17,7 +21,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -38,6 +42,8 @@ pub struct ApiState {
     pub poller_wake: Arc<Notify>,
     /// Wakes the dispatcher after a replay.
     pub dispatcher_wake: Arc<Notify>,
+    /// Where callbacks' hints go.
+    pub hints: Arc<crate::hints::Hints>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub clock: SharedClock,
     /// This daemon among others sharing the store.
@@ -58,19 +64,22 @@ const WRITE_CHECK_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 pub fn router(state: ApiState) -> Router {
     let limit = state.config.borrow().api.max_body_bytes;
     let v1 = Router::new()
-        .route("/v1/tasks", post(tasks::enqueue))
+        .route("/v1/tasks", post(tasks::enqueue).get(tasks::list_tasks))
         .route(
             "/v1/tasks/{id}",
             get(tasks::get_task).delete(tasks::delete_task),
         )
-        .route("/v1/stats", get(tasks::stats))
+        .route("/v1/stats", get(stats::stats))
+        .route("/v1/activity", get(stats::activity))
         .route("/v1/deliveries", get(deliveries::list_deliveries))
+        .route("/v1/deliveries/replay", post(deliveries::replay_matching))
         .route("/v1/deliveries/{id}/replay", post(deliveries::replay))
-        .route("/v1/deliveries/replay-failed", post(deliveries::replay_all))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v1)
         .merge(crate::console::router(state.clone()))
+        .route("/v1/openapi.json", get(openapi::serve))
+        .route("/v1/callbacks/{service}", post(callbacks::receive))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
@@ -93,12 +102,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 async fn auth(State(s): State<ApiState>, headers: HeaderMap, req: Request, next: Next) -> Response {
     let token = s.config.borrow().api.token.clone();
     if let Some(token) = token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            Some(g) if constant_time_eq(g.trim().as_bytes(), token.expose().as_bytes()) => {}
+        match callbacks::bearer(&headers) {
+            Some(g) if constant_time_eq(g.as_bytes(), token.expose().as_bytes()) => {}
             Some(_) => {
                 return ApiError::new(401, "unauthorized", "wrong API token").into_response();
             }

@@ -419,22 +419,68 @@ pub async fn deliveries(
     Ok(())
 }
 
-pub async fn replay(api: &str, all_failed: bool, id: Option<i64>) -> anyhow::Result<()> {
+/// The filter of a bulk replay, as given on the command line.
+pub struct ReplayFilter {
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub webhook: Option<String>,
+    pub event_type: Option<String>,
+    pub parked: bool,
+    pub dry_run: bool,
+}
+
+/// `2h` (that long ago) or an RFC 3339 time, as RFC 3339.
+fn instant(flag: &str, v: &str) -> anyhow::Result<String> {
+    if crate::clock::parse_rfc3339(v).is_some() {
+        return Ok(v.to_string());
+    }
+    let ago = humantime::parse_duration(v).with_context(|| {
+        format!("--{flag}: {v:?} is neither a duration (2h, 30m) nor an RFC 3339 time")
+    })?;
+    Ok(crate::clock::rfc3339(
+        crate::clock::now_ms() - ago.as_millis() as i64,
+    ))
+}
+
+pub async fn replay(api: &str, id: Option<i64>, f: ReplayFilter) -> anyhow::Result<()> {
     let client = ApiClient::new(api);
-    let out = if all_failed {
-        client
-            .call(reqwest::Method::POST, "/v1/deliveries/replay-failed", None)
-            .await?
-    } else {
-        let id = id.expect("clap requires an id");
-        client
+    if let Some(id) = id {
+        let out = client
             .call(
                 reqwest::Method::POST,
                 &format!("/v1/deliveries/{id}/replay"),
                 None,
             )
-            .await?
-    };
-    println!("replayed {}", show(&out["replayed"]));
+            .await?;
+        println!("replayed {}", show(&out["replayed"]));
+        return Ok(());
+    }
+    let mut body = json!({"state": if f.parked { "webhook_removed" } else { "failed" }});
+    if let Some(v) = &f.since {
+        body["since"] = json!(instant("since", v)?);
+    }
+    if let Some(v) = &f.until {
+        body["until"] = json!(instant("until", v)?);
+    }
+    if let Some(v) = f.webhook {
+        body["webhook"] = json!(v);
+    }
+    if let Some(v) = f.event_type {
+        body["type"] = json!(v);
+    }
+    if f.dry_run {
+        body["dry_run"] = json!(true);
+    }
+    let out = client
+        .call(reqwest::Method::POST, "/v1/deliveries/replay", Some(body))
+        .await?;
+    if f.dry_run {
+        println!(
+            "{} match (dry run: nothing replayed)",
+            show(&out["matching"])
+        );
+    } else {
+        println!("replayed {}", show(&out["replayed"]));
+    }
     Ok(())
 }

@@ -98,15 +98,38 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Send dead-lettered deliveries again.
+    /// Send deliveries again: one by ID, or every dead letter a filter
+    /// matches (e.g. `--since 2h --webhook billing`), paced by each
+    /// webhook's concurrency cap.
+    #[command(group(clap::ArgGroup::new("what").required(true).multiple(true)
+        .args(["delivery_id", "all_failed", "since", "until", "webhook", "event_type", "parked"])))]
     Replay {
         #[command(flatten)]
         api: ApiArgs,
-        /// Every failed delivery.
-        #[arg(long, conflicts_with = "delivery_id")]
-        all_failed: bool,
-        #[arg(required_unless_present = "all_failed")]
+        /// One delivery (a dead letter or a parked one).
+        #[arg(conflicts_with_all = ["all_failed", "since", "until", "webhook", "event_type", "parked", "dry_run"])]
         delivery_id: Option<i64>,
+        /// Every dead letter.
+        #[arg(long)]
+        all_failed: bool,
+        /// Dead-lettered at most this long ago (`2h`, `30m`) or since an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Dead-lettered before this long ago, or before an RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only deliveries to this webhook.
+        #[arg(long)]
+        webhook: Option<String>,
+        /// Only events of this type (`task.succeeded`, `task.failed`, ...).
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Parked deliveries (their webhook left the configuration), not dead letters.
+        #[arg(long)]
+        parked: bool,
+        /// Count what the filter matches; replay nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Exit 0 when the daemon is ready (`/readyz`), 1 otherwise: for container health checks.
     Health {
@@ -204,9 +227,26 @@ pub fn main() -> ExitCode {
         } => runtime(client::deliveries(&api.api, failed, limit, json)),
         Command::Replay {
             api,
-            all_failed,
             delivery_id,
-        } => runtime(client::replay(&api.api, all_failed, delivery_id)),
+            all_failed: _,
+            since,
+            until,
+            webhook,
+            event_type,
+            parked,
+            dry_run,
+        } => runtime(client::replay(
+            &api.api,
+            delivery_id,
+            client::ReplayFilter {
+                since,
+                until,
+                webhook,
+                event_type,
+                parked,
+                dry_run,
+            },
+        )),
     }
 }
 

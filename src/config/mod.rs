@@ -316,15 +316,50 @@ pub struct ApiConfig {
     token_file: Option<PathBuf>,
     pub max_body_bytes: usize,
     pub max_webhooks_per_task: usize,
+    /// The token `POST /v1/callbacks/{service}` takes in its URL
+    /// (`?token=`); unset: `token`. A leaked callback token lets its
+    /// holder send hints only.
+    #[serde(default)]
+    pub callback_token: Option<Secret>,
+    #[serde(default, skip_serializing)]
+    callback_token_file: Option<PathBuf>,
+    /// The largest callback body read.
+    pub max_callback_bytes: usize,
+    /// Callbacks one source address may send per second (twice that in a
+    /// burst); more are counted and ignored.
+    pub callbacks_per_second_per_source: u32,
 }
 
 impl ApiConfig {
+    /// The token a callback URL must carry, if any.
+    pub fn callback_token(&self) -> Option<&Secret> {
+        self.callback_token.as_ref().or(self.token.as_ref())
+    }
+
     fn check(&mut self) -> Result<(), ConfigError> {
         self.token = secret::resolve(
             "api.token",
             self.token.take(),
             self.token_file.take().as_deref(),
             None,
+        )?;
+        self.callback_token = secret::resolve(
+            "api.callback_token",
+            self.callback_token.take(),
+            self.callback_token_file.take().as_deref(),
+            None,
+        )?;
+        range(
+            "api.max_callback_bytes",
+            self.max_callback_bytes,
+            1024,
+            64 << 20,
+        )?;
+        range(
+            "api.callbacks_per_second_per_source",
+            self.callbacks_per_second_per_source,
+            1,
+            1_000_000,
         )?;
         range("api.max_body_bytes", self.max_body_bytes, 1024, 1 << 30)?;
         range(
@@ -353,11 +388,18 @@ pub struct DeliveryConfig {
     /// The per-task secret as written (inline or from a file).
     #[serde(default, skip_serializing, rename = "secret")]
     secret_source: Option<Secret>,
+    #[serde(default, skip_serializing, rename = "secrets")]
+    secrets_source: Option<Vec<Secret>>,
     #[serde(default, skip_serializing)]
     secret_file: Option<PathBuf>,
-    /// Signs deliveries to per-task webhook URLs.
-    #[serde(skip_deserializing)]
-    pub secret: Option<SigningKey>,
+    /// Sign deliveries to per-task webhook URLs, one signature each (the
+    /// newest first): several during a rotation.
+    #[serde(
+        skip_deserializing,
+        rename = "secrets",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub keys: Vec<SigningKey>,
     pub allow_private_networks: bool,
     /// Every webhook request goes through this proxy (http, https, socks5).
     #[serde(default, serialize_with = "ser_opt_url")]
@@ -400,7 +442,7 @@ impl DeliveryConfig {
             self.secret_file.take().as_deref(),
             None,
         )?;
-        self.secret = secret::signing_key("delivery.secret", s)?;
+        self.keys = secret::rotation("delivery.secret", self.secrets_source.take(), s)?;
         if let Some(p) = &self.proxy
             && !matches!(p.scheme(), "http" | "https" | "socks5" | "socks5h")
         {
@@ -460,8 +502,17 @@ pub struct WebhookConfig {
     secret_file: Option<PathBuf>,
     #[serde(default, skip_serializing)]
     secret_env: Option<String>,
-    #[serde(skip_deserializing)]
-    pub secret: Option<SigningKey>,
+    /// `secrets = [new, old]`: a rotation, every key signs.
+    #[serde(default, skip_serializing, rename = "secrets")]
+    secrets_source: Option<Vec<Secret>>,
+    /// The keys that sign its deliveries, one signature each, the newest
+    /// first. Several while a rotation is under way; none: unsigned.
+    #[serde(
+        skip_deserializing,
+        rename = "secrets",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub keys: Vec<SigningKey>,
     /// Event types sent to this webhook; `None` means all.
     #[serde(default)]
     pub events: Option<Vec<String>>,
@@ -493,7 +544,7 @@ impl WebhookConfig {
             self.secret_file.take().as_deref(),
             self.secret_env.take().as_deref(),
         )?;
-        self.secret = secret::signing_key(&key("secret"), s)?;
+        self.keys = secret::rotation(&key("secret"), self.secrets_source.take(), s)?;
         for e in self.events.iter().flatten() {
             if !Outcome::EVENT_TYPES.contains(&e.as_str()) {
                 return err(

@@ -109,12 +109,56 @@ pub fn resolve(
     Ok(Some(Secret(value)))
 }
 
-/// A signing key from a resolved secret.
-pub fn signing_key(key: &str, s: Option<Secret>) -> Result<Option<SigningKey>, ConfigError> {
-    match s {
-        None => Ok(None),
-        Some(s) => SigningKey::parse(s.expose())
-            .map(Some)
-            .ok_or_else(|| ConfigError(format!("{key}: must be whsec_ followed by base64"))),
+/// The signing keys of a resolved secret: one key, or several separated
+/// by whitespace (a rotation: the new key first, then the old ones).
+pub fn signing_keys(key: &str, s: Option<Secret>) -> Result<Vec<SigningKey>, ConfigError> {
+    let Some(s) = s else {
+        return Ok(Vec::new());
+    };
+    let words: Vec<&str> = s.expose().split_whitespace().collect();
+    words
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            SigningKey::parse(k).ok_or_else(|| {
+                let which = if words.len() > 1 {
+                    format!("key {} of {}", i + 1, words.len())
+                } else {
+                    "it".to_string()
+                };
+                ConfigError(format!("{key}: {which} must be whsec_ followed by base64"))
+            })
+        })
+        .collect()
+}
+
+/// The keys of `secrets = [new, old, ...]`, or of the one secret given
+/// another way (inline, file, variable). Giving both is an error.
+pub fn rotation(
+    key: &str,
+    list: Option<Vec<Secret>>,
+    single: Option<Secret>,
+) -> Result<Vec<SigningKey>, ConfigError> {
+    let keys_key = format!("{}s", key);
+    match (list, single) {
+        (Some(_), Some(_)) => err(
+            &keys_key,
+            format!("give {key} or {keys_key}, not both (list every key in {keys_key})"),
+        ),
+        (Some(list), None) => {
+            if list.is_empty() {
+                return err(&keys_key, "must list at least one key");
+            }
+            let mut keys = Vec::with_capacity(list.len());
+            for (i, s) in list.iter().enumerate() {
+                let k = format!("{keys_key}[{i}]");
+                match signing_keys(&k, Some(s.clone()))?.as_slice() {
+                    [one] => keys.push(one.clone()),
+                    _ => return err(&k, "must be one key (whsec_ followed by base64)"),
+                }
+            }
+            Ok(keys)
+        }
+        (None, single) => signing_keys(key, single),
     }
 }

@@ -82,3 +82,52 @@ fn redacted_output_hides_every_secret() {
     assert!(out.contains("[redacted]"));
     assert!(!format!("{c:?}").contains("SECRET"));
 }
+
+#[test]
+fn a_secret_rotation_lists_every_key_newest_first() {
+    const NEW: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    const OLD: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    let c = Config::from_toml(&format!(
+        "[[webhooks]]\nname = \"a\"\nurl = \"http://x\"\nsecrets = [\"{NEW}\", \"{OLD}\"]\n\
+         [delivery]\nsecrets = [\"{OLD}\"]"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.webhooks[0].keys,
+        vec![
+            SigningKey::parse(NEW).unwrap(),
+            SigningKey::parse(OLD).unwrap()
+        ]
+    );
+    assert_eq!(c.delivery.keys.len(), 1);
+    let out = c.to_redacted_toml();
+    assert!(!out.contains(NEW) && !out.contains(OLD), "{out}");
+
+    // A file (a Docker secret, a systemd credential) may hold several keys.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys");
+    std::fs::write(&file, format!("{NEW}\n{OLD}\n")).unwrap();
+    let c = Config::from_toml(&format!(
+        "[[webhooks]]\nname = \"a\"\nurl = \"http://x\"\nsecret_file = \"{}\"",
+        file.display()
+    ))
+    .unwrap();
+    assert_eq!(c.webhooks[0].keys.len(), 2);
+
+    assert_eq!(
+        bad(&format!(
+            "[[webhooks]]\nname = \"a\"\nurl = \"http://x\"\nsecret = \"{NEW}\"\nsecrets = [\"{OLD}\"]"
+        )),
+        "webhooks[0].secrets: give webhooks[0].secret or webhooks[0].secrets, not both (list every key in webhooks[0].secrets)"
+    );
+    assert_eq!(
+        bad(&format!(
+            "[[webhooks]]\nname = \"a\"\nurl = \"http://x\"\nsecrets = [\"{NEW}\", \"nope!\"]"
+        )),
+        "webhooks[0].secrets[1]: it must be whsec_ followed by base64"
+    );
+    assert_eq!(
+        bad("[[webhooks]]\nname = \"a\"\nurl = \"http://x\"\nsecrets = []"),
+        "webhooks[0].secrets: must list at least one key"
+    );
+}

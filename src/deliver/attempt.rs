@@ -31,7 +31,7 @@ pub(super) struct Job {
 /// Where one attempt goes and how it is signed.
 struct Target<'a> {
     url: String,
-    key: Option<&'a SigningKey>,
+    keys: &'a [SigningKey],
     headers: Vec<(String, String)>,
     /// A per-task URL: the SSRF guard applies.
     guarded: bool,
@@ -162,7 +162,7 @@ impl Job {
                 let w = self.cfg.webhooks.iter().find(|w| w.name == d.webhook)?;
                 Some(Target {
                     url: w.url.to_string(),
-                    key: w.secret.as_ref(),
+                    keys: &w.keys,
                     headers: w
                         .headers
                         .iter()
@@ -173,7 +173,7 @@ impl Job {
             }
             DeliveryKind::TaskUrl => Some(Target {
                 url: d.url.clone(),
-                key: self.cfg.delivery.secret.as_ref(),
+                keys: &self.cfg.delivery.keys,
                 headers: Vec::new(),
                 guarded: !self.cfg.delivery.allow_private_networks,
             }),
@@ -200,7 +200,7 @@ impl Job {
                 url: &target.url,
                 event_id: &d.event_id,
                 body: d.body.as_bytes(),
-                key: target.key,
+                keys: target.keys,
                 headers: &target.headers,
             },
         )

@@ -51,7 +51,15 @@ pub struct Dispatcher {
     pub config: watch::Receiver<Arc<Config>>,
     /// Woken by the poller when it stored events, and by result writes.
     pub wake: Arc<Notify>,
+    /// Claims wait for this daemon's first heartbeat, so that every lease
+    /// it takes names a live instance (and is given back if it dies).
+    pub cluster: Arc<crate::cluster::Cluster>,
 }
+
+/// How soon to look again when deliveries are due but every one of them
+/// is for a webhook at its cap (here or across daemons): a slot frees up
+/// when an attempt ends, which other daemons do not announce.
+const CAP_RECHECK: Duration = Duration::from_millis(100);
 
 impl Dispatcher {
     pub async fn run(mut self, shutdown: CancellationToken) {
@@ -108,6 +116,12 @@ impl Dispatcher {
                     _ = shutdown.cancelled() => break,
                 }
             }
+            if !self.cluster.is_ready() {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                    _ = shutdown.cancelled() => break,
+                }
+            }
             let exclude = work.saturated();
             let now = self.clock.now_ms();
             let saturated = !exclude.is_empty();
@@ -140,7 +154,8 @@ impl Dispatcher {
                 let sleep = match claim.next_due {
                     // Everything due is for webhooks at their cap: wait for a slot.
                     Some(_) if saturated && !work.attempts.is_empty() => self.heartbeat.max_idle(),
-                    Some(due) => Duration::from_millis((due - now).max(1) as u64),
+                    Some(due) if due <= now => CAP_RECHECK,
+                    Some(due) => Duration::from_millis((due - now) as u64),
                     None => self.heartbeat.max_idle(),
                 }
                 .min(self.heartbeat.max_idle());

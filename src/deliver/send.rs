@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::sign::sign;
+use super::sign::sign_all;
 use crate::config::SigningKey;
 
 /// Where one attempt should go and what it carries.
@@ -13,7 +13,8 @@ pub struct Attempt<'a> {
     pub url: &'a str,
     pub event_id: &'a str,
     pub body: &'a [u8],
-    pub key: Option<&'a SigningKey>,
+    /// One signature per key (the newest first); none: unsigned.
+    pub keys: &'a [SigningKey],
     pub headers: &'a [(String, String)],
 }
 
@@ -53,8 +54,11 @@ pub async fn send(client: &reqwest::Client, a: &Attempt<'_>) -> Answer {
     for (k, v) in a.headers {
         req = req.header(k.as_str(), v.as_str());
     }
-    if let Some(key) = a.key {
-        req = req.header("webhook-signature", sign(key, a.event_id, now, a.body));
+    if !a.keys.is_empty() {
+        req = req.header(
+            "webhook-signature",
+            sign_all(a.keys, a.event_id, now, a.body),
+        );
     }
     match req.body(a.body.to_vec()).send().await {
         Ok(resp) => {

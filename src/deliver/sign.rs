@@ -22,6 +22,16 @@ pub fn sign(key: &SigningKey, msg_id: &str, timestamp: i64, body: &[u8]) -> Stri
     format!("v1,{sig}")
 }
 
+/// The `webhook-signature` header: one `v1,` signature per key,
+/// space-separated (Standard Webhooks lets a receiver accept any of
+/// them, so keys can rotate without downtime).
+pub fn sign_all(keys: &[SigningKey], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+    keys.iter()
+        .map(|k| sign(k, msg_id, timestamp, body))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Checks a `webhook-signature` header (space-separated `v1,...` entries),
 /// as a receiver would. Used by the demo's receiver.
 pub fn verify(key: &SigningKey, msg_id: &str, timestamp: i64, body: &[u8], header: &str) -> bool {
@@ -71,5 +81,22 @@ mod tests {
         assert!(verify(&key, "msg_1", 5, b"{}", &format!("v1,bogus {good}")));
         assert!(!verify(&key, "msg_1", 5, b"{ }", &good));
         assert!(!verify(&key, "msg_1", 6, b"{}", &good));
+    }
+
+    #[test]
+    fn a_rotation_signs_with_every_key_newest_first() {
+        let new = SigningKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let old = SigningKey::parse("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+        let header = sign_all(&[new.clone(), old.clone()], "msg_1", 5, b"{}");
+        assert_eq!(
+            header,
+            format!(
+                "{} {}",
+                sign(&new, "msg_1", 5, b"{}"),
+                sign(&old, "msg_1", 5, b"{}")
+            )
+        );
+        assert!(verify(&new, "msg_1", 5, b"{}", &header));
+        assert!(verify(&old, "msg_1", 5, b"{}", &header));
     }
 }

@@ -11,6 +11,7 @@
 
 mod batches;
 mod decide;
+pub mod pace;
 pub mod profile;
 mod round;
 pub mod schedule;
@@ -140,7 +141,7 @@ impl Poller {
                     .upstream
                     .time_for(cfg.upstream.max_concurrent_requests * 2))
                 + ms(cfg.upstream.request_timeout * 2)
-                + 30_000;
+                + ms(LEASE_SPARE);
             let started = std::time::Instant::now();
             let claimed = self
                 .store
@@ -255,5 +256,8 @@ impl Poller {
 
 /// How often tasks past `poll.task_ttl` are looked for.
 const EXPIRY_SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// A poll claim's lease beyond pacing and the slowest answer: the time a
+/// round has to write its results, store hiccups included.
+pub(super) const LEASE_SPARE: Duration = Duration::from_secs(30);
 /// Tasks expired per statement.
 const EXPIRY_BATCH: usize = 500;

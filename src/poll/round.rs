@@ -6,6 +6,7 @@
 //! `metrics`, `config`, `clock`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tracing::Instrument;
@@ -154,15 +155,32 @@ impl Round {
     }
 
     /// Stages 3 and 4: the round in one write; the finished tasks' new
-    /// deliveries handed to the dispatcher already leased.
+    /// deliveries handed to the dispatcher already leased. A store that
+    /// cannot take the write for now (the database restarting, say) is
+    /// asked again within the claim's spare lease time, so a short outage
+    /// does not leave the round's tasks waiting for their leases to run
+    /// out. Writing a round twice is harmless: a finish applies only to a
+    /// task still watched under the same claim.
     async fn persist(&self, updates: Vec<PollUpdate>, now: Millis) {
         let finished = updates
             .iter()
             .any(|u| matches!(u, PollUpdate::Finish { .. }));
         let lease = self.hand_off.then(|| self.cfg.delivery.lease_until(now));
-        let started = std::time::Instant::now();
-        let recorded = self.store.record_polls(now, updates, lease).await;
-        self.metrics.store_call("record_polls", started);
+        let give_up = std::time::Instant::now() + super::LEASE_SPARE;
+        let mut delay = Duration::from_millis(100);
+        let recorded = loop {
+            let started = std::time::Instant::now();
+            let recorded = self.store.record_polls(now, updates.clone(), lease).await;
+            self.metrics.store_call("record_polls", started);
+            match recorded {
+                Err(e) if e.is_transient() && std::time::Instant::now() + delay < give_up => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "cannot record a poll round; trying again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                recorded => break recorded,
+            }
+        };
         match recorded {
             Ok(handed) if !handed.is_empty() => {
                 // If the dispatcher is gone (shutdown), the leases are taken

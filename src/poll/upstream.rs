@@ -300,7 +300,7 @@ pub const MIN_RATE: f64 = 0.2;
 
 /// What the daemon knows about the upstream's health, for `/readyz` and
 /// `/v1/stats`.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Default, utoipa::ToSchema)]
 pub struct UpstreamHealth {
     /// False after a 401: polling pauses until the token is fixed.
     pub token_accepted: bool,
@@ -308,6 +308,8 @@ pub struct UpstreamHealth {
     pub requests_per_second: f64,
     pub consecutive_failures: u32,
     pub last_error: Option<String>,
+    #[serde(serialize_with = "crate::clock::ser_opt_time")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub last_success_at: Option<i64>,
     pub requests: u64,
     pub failures: u64,
@@ -318,10 +320,11 @@ pub struct UpstreamHealth {
 
 /// A service the upstream refuses: since when, why, and when it is asked
 /// again. Other services are not affected.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ServiceHealth {
     pub service: String,
     #[serde(serialize_with = "crate::clock::ser_time")]
+    #[schema(value_type = String, format = DateTime)]
     pub broken_since: i64,
     pub status: u16,
     pub code: String,
@@ -329,6 +332,7 @@ pub struct ServiceHealth {
     /// Refused requests in a row.
     pub failures: u32,
     #[serde(serialize_with = "crate::clock::ser_time")]
+    #[schema(value_type = String, format = DateTime)]
     pub retry_at: i64,
 }
 

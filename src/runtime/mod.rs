@@ -60,6 +60,8 @@ struct Shared {
     metrics: Arc<crate::metrics::Metrics>,
     clock: SharedClock,
     cluster: Arc<Cluster>,
+    /// Callbacks' hints, passed on to the store in coalesced writes.
+    hints: Arc<crate::hints::Hints>,
     /// Several daemons may share the store (PostgreSQL).
     shared_store: bool,
 }
@@ -89,6 +91,7 @@ impl Daemon {
             config.upstream.clone(),
             metrics.clone(),
         )?);
+        let hints = crate::hints::Hints::new(config.api.callbacks_per_second_per_source);
         let (config_tx, config_rx) = watch::channel(Arc::new(config));
         let shared = Shared {
             store,
@@ -99,6 +102,7 @@ impl Daemon {
             metrics,
             cluster: Arc::new(Cluster::new(clock.now_ms())),
             clock,
+            hints,
             shared_store,
         };
         let reloader = Reloader::new(
@@ -120,6 +124,13 @@ impl Daemon {
             shared.upstream.clone(),
             shared.metrics.clone(),
             shared.clock.clone(),
+            shutdown.child_token(),
+        ));
+        tasks.spawn(shared.hints.clone().run(
+            shared.store.clone(),
+            shared.clock.clone(),
+            shared.poller_wake.clone(),
+            shared.metrics.clone(),
             shutdown.child_token(),
         ));
         spawn_wakeups(&shared, &mut tasks, &shutdown);
@@ -264,6 +275,7 @@ fn spawn_workers(s: &Shared, tasks: &mut JoinSet<()>, shutdown: &CancellationTok
         store: s.store.clone(),
         config: s.config.clone(),
         wake: s.dispatcher_wake.clone(),
+        cluster: s.cluster.clone(),
     };
     tasks.spawn(dispatcher.run(shutdown.child_token()));
     tasks.spawn(purge::purge_loop(
@@ -297,6 +309,7 @@ fn serve_api(
         upstream: s.upstream.clone(),
         poller_wake: s.poller_wake.clone(),
         dispatcher_wake: s.dispatcher_wake.clone(),
+        hints: s.hints.clone(),
         metrics: s.metrics.clone(),
         clock: s.clock.clone(),
         cluster: s.cluster.clone(),
@@ -304,6 +317,8 @@ fn serve_api(
     });
     let stop = shutdown.clone();
     tasks.spawn(async move {
+        // The peer address keys the callbacks' rate cap per source.
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await;

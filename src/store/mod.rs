@@ -13,9 +13,11 @@
 //!
 //! May call: `clock`, `terminal` (the outcome vocabulary), `redact`.
 
+pub mod durations;
 mod error;
 mod model;
 pub mod postgres;
+mod shared;
 pub mod sqlite;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -95,10 +97,23 @@ pub trait PollQueue: Send + Sync {
     /// Makes the watched tasks named in `ids` (of `service`) due at `now`
     /// unless leased: a callback said they may have finished. Unknown IDs
     /// and tasks of another service change nothing. Returns how many.
+    ///
+    /// Only tasks due after `now` move (a due time never goes later), so a
+    /// task already due does not count; a leased task is its worker's,
+    /// even once its lease ran out (it is due then anyway). Meant for a
+    /// few hundred IDs per call (one key lookup each). PostgreSQL wakes the
+    /// pollers when any task moved.
     async fn hurry(&self, now: Millis, service: String, ids: Vec<String>) -> StoreResult<u64>;
 
     /// Folds observed durations (milliseconds from enqueue to the upstream's
     /// finish) into `service`'s learned model and returns it.
+    ///
+    /// The estimator is [`durations`]' histogram. Negative durations and
+    /// those over [`durations::ABSURD_MS`] are ignored; when none is left,
+    /// nothing is written and the model is returned as it stands (for a
+    /// service never learned: `count` 0, quantiles 0, `updated_at` 0).
+    /// Instances learning at once add up (PostgreSQL merges in one upsert
+    /// on the locked row).
     async fn learn_durations(
         &self,
         now: Millis,
@@ -130,6 +145,13 @@ pub trait DeliveryQueue: Send + Sync {
 
     /// Records attempt results in one transaction; a task whose deliveries
     /// are all settled becomes done. Stale claims are ignored.
+    ///
+    /// Each report that updated its delivery appends one row to the attempt
+    /// log (at `now`, its status, latency, error, the first KiB of its
+    /// answer and the verdict's word: `delivered`, `retry`, `failed`,
+    /// `gone`, `webhook_removed`); a stale report logs nothing. The row
+    /// takes the delivery's stored name and attempt count, which the
+    /// report's `webhook` and `attempt` repeat.
     async fn record_deliveries(&self, now: Millis, reports: Vec<DeliveryReport>)
     -> StoreResult<()>;
 }
@@ -137,7 +159,8 @@ pub trait DeliveryQueue: Send + Sync {
 /// What the control API, the console and the CLI read.
 #[async_trait]
 pub trait ReadModel: Send + Sync {
-    /// One task with its event, deliveries and attempt log.
+    /// One task with its event, deliveries and attempt log (every attempt
+    /// at its current event's deliveries, oldest first).
     async fn get_task(&self, id: String) -> StoreResult<Option<TaskView>>;
     async fn stats(&self) -> StoreResult<StoreStats>;
     async fn list_deliveries(
@@ -147,16 +170,38 @@ pub trait ReadModel: Send + Sync {
     ) -> StoreResult<Vec<DeliveryView>>;
     /// Tasks matching `filter`, newest first (by `enqueued_at`, then ID),
     /// at most `filter.limit`; without their deliveries, event and attempts.
+    ///
+    /// IDs compare in byte order (code points). An empty `id_prefix` is no
+    /// filter; a prefix is a range on the primary key. A `limit` of 0
+    /// lists nothing. Watched tasks are read through their age index; a
+    /// listing of other states or of every task may scan the table (done
+    /// tasks are purged after their retention).
     async fn list_tasks(&self, filter: TaskFilter) -> StoreResult<Vec<TaskView>>;
     /// Dead letters (or parked deliveries) matching `filter`, newest first,
     /// at most `limit`: what a bulk replay of that filter would take.
+    ///
+    /// Newest is by settle time (`updated_at`), then ID, descending. A
+    /// `filter.state` other than `Failed` or `WebhookRemoved` lists
+    /// nothing.
     async fn list_matching(
         &self,
         filter: ReplayFilter,
         limit: usize,
     ) -> StoreResult<Vec<DeliveryView>>;
+    /// How many dead letters (or parked deliveries) match `filter`: what
+    /// a bulk replay of it would take now.
+    async fn count_matching(&self, filter: ReplayFilter) -> StoreResult<u64>;
     /// Enqueues, deliveries and failed attempts since `since`, and each
     /// webhook's health from the attempts logged since then.
+    ///
+    /// `enqueued` counts the tasks in the store enqueued since then (a
+    /// deleted or purged task no longer counts). Deliveries and failures
+    /// come from the attempt log (`delivered`; `retry` and `failed`).
+    /// Per webhook (by its stored name, redacted, in name order): p50/p95
+    /// are nearest-rank (rank `ceil(p·n)`) over the attempts with a
+    /// latency; the last error is that of the latest attempt with one;
+    /// `in_flight` counts its deliveries leased at `now` (pending, lease
+    /// not run out), and a webhook with some shows even without attempts.
     async fn activity(&self, now: Millis, since: Millis) -> StoreResult<Activity>;
     /// The learned durations of every service that has one.
     async fn duration_models(&self) -> StoreResult<Vec<DurationModel>>;
@@ -165,7 +210,8 @@ pub trait ReadModel: Send + Sync {
 /// Operators' actions and housekeeping.
 #[async_trait]
 pub trait Admin: Send + Sync {
-    /// Stops watching: removes the task and its pending deliveries.
+    /// Stops watching: removes the task and its pending deliveries, and
+    /// its event's attempt log.
     async fn delete_task(&self, id: String) -> StoreResult<bool>;
     /// Makes a failed (dead-lettered) or parked delivery pending again, due `now`.
     async fn replay_delivery(&self, now: Millis, id: i64) -> StoreResult<bool>;
@@ -173,15 +219,22 @@ pub trait Admin: Send + Sync {
     /// Makes every delivery matching `filter` pending again, due `now`
     /// (their tasks delivering again). Returns how many. The dispatcher's
     /// lanes then pace them within each webhook's cap.
+    ///
+    /// Each is replayed as [`Admin::replay_delivery`] does one (no
+    /// attempts, `updated_at` now, a done task reopened); a `filter.state`
+    /// other than `Failed` or `WebhookRemoved` replays nothing. One
+    /// transaction whatever the count (tens of thousands are fine);
+    /// PostgreSQL sends one wake-up.
     async fn replay_matching(&self, now: Millis, filter: ReplayFilter) -> StoreResult<u64>;
     /// Makes deliveries parked because their webhook left the
     /// configuration pending again, for the webhooks in `names` (those
     /// configured now). Returns how many.
     async fn resume_parked(&self, now: Millis, names: Vec<String>) -> StoreResult<u64>;
     /// Drops done tasks settled before `done_before` with their delivered
-    /// deliveries, and dead letters (and parked deliveries) older than
-    /// `dead_before`, at most [`PURGE_CHUNK`] of each. Returns the rows
-    /// removed; call again while it says [`Purged::more`].
+    /// deliveries, and dead letters (and parked deliveries) and attempt log
+    /// rows older than `dead_before` (the longest retention), at most
+    /// [`PURGE_CHUNK`] of each. Returns the rows removed; call again while
+    /// it says [`Purged::more`].
     async fn purge(&self, done_before: Millis, dead_before: Millis) -> StoreResult<Purged>;
     /// Proves the store takes writes (for readiness).
     async fn check_writable(&self, now: Millis) -> StoreResult<()>;
@@ -225,13 +278,15 @@ pub enum Wake {
 }
 
 /// One live daemon, as the others see it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct InstanceInfo {
     pub id: String,
     pub host: String,
     #[serde(serialize_with = "crate::clock::ser_time")]
+    #[schema(value_type = String, format = DateTime)]
     pub started_at: Millis,
     #[serde(serialize_with = "crate::clock::ser_time")]
+    #[schema(value_type = String, format = DateTime)]
     pub heartbeat_at: Millis,
 }
 

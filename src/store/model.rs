@@ -20,7 +20,7 @@ pub struct NewTask {
 }
 
 /// What an enqueue did: IDs newly watched, and IDs already watched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema, Default)]
 pub struct EnqueueOutcome {
     pub accepted: usize,
     pub duplicates: usize,
@@ -123,7 +123,7 @@ pub struct NewEvent {
 /// Where a delivery goes: a configured webhook, looked up by name when it
 /// is sent (its URL, secret and headers as configured then), or a URL a
 /// task named.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryKind {
     Webhook,
@@ -203,9 +203,11 @@ pub struct DeliveryReport {
     pub verdict: DeliveryVerdict,
     pub status: Option<u16>,
     pub error: Option<String>,
-    /// The webhook's name (configured) or redacted URL, for the attempt log.
+    /// The webhook's name (configured) or redacted URL, for the attempt log
+    /// (which records the delivery's stored name, the same).
     pub webhook: String,
-    /// This attempt's number (1-based).
+    /// This attempt's number (1-based; the log records the delivery's
+    /// count, the same).
     pub attempt: u32,
     /// How long the attempt took, in milliseconds (`None` when no request
     /// was made: parked, blocked).
@@ -215,7 +217,7 @@ pub struct DeliveryReport {
 }
 
 /// The lifecycle of a watched task, as the API shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
     Watching,
@@ -223,8 +225,19 @@ pub enum TaskStatus {
     Done,
 }
 
+impl TaskStatus {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "watching" => Self::Watching,
+            "delivering" => Self::Delivering,
+            "done" => Self::Done,
+            _ => return None,
+        })
+    }
+}
+
 /// The lifecycle of one delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
     Pending,
@@ -254,7 +267,7 @@ impl DeliveryState {
 }
 
 /// One delivery as the API shows it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq)]
 pub struct DeliveryView {
     pub id: i64,
     pub event_id: String,
@@ -267,17 +280,20 @@ pub struct DeliveryView {
     pub state: DeliveryState,
     pub attempts: u32,
     #[serde(serialize_with = "ser_opt_time")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub next_attempt_at: Option<Millis>,
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
     #[serde(serialize_with = "ser_time")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Millis,
     #[serde(serialize_with = "ser_time")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: Millis,
 }
 
 /// One task as the API shows it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq)]
 pub struct TaskView {
     pub id: String,
     pub service: String,
@@ -286,10 +302,13 @@ pub struct TaskView {
     pub outcome: Option<String>,
     pub polls: u32,
     #[serde(serialize_with = "ser_time")]
+    #[schema(value_type = String, format = DateTime)]
     pub enqueued_at: Millis,
     #[serde(serialize_with = "ser_opt_time")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub next_poll_at: Option<Millis>,
     #[serde(serialize_with = "ser_opt_time")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<Millis>,
     pub event_id: Option<String>,
     pub metadata: Option<serde_json::Value>,
@@ -304,12 +323,13 @@ pub struct TaskView {
 
 /// One delivery attempt as it is logged: kept until purged by age, shown
 /// on a task's page.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq)]
 pub struct AttemptView {
     pub delivery_id: i64,
     pub webhook: String,
     pub attempt: u32,
     #[serde(serialize_with = "ser_time")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: Millis,
     pub status: Option<u16>,
     pub latency_ms: Option<i64>,
@@ -351,9 +371,10 @@ pub struct ReplayFilter {
 }
 
 /// What happened since a moment, for the console's overview.
-#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq, Default)]
 pub struct Activity {
     #[serde(serialize_with = "ser_time")]
+    #[schema(value_type = String, format = DateTime)]
     pub since: Millis,
     /// Tasks enqueued since then.
     pub enqueued: u64,
@@ -365,24 +386,27 @@ pub struct Activity {
 }
 
 /// One webhook's recent health, from the attempt log.
-#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq, Default)]
 pub struct WebhookHealth {
     pub webhook: String,
     pub attempts: u64,
     pub delivered: u64,
-    /// Latency of the attempts that got an answer, in milliseconds.
+    /// Latency of the attempts that made a request (a timeout counts with
+    /// its time), in milliseconds: nearest-rank percentiles.
     pub p50_ms: Option<i64>,
     pub p95_ms: Option<i64>,
     pub last_error: Option<String>,
     #[serde(serialize_with = "ser_opt_time")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub last_error_at: Option<Millis>,
     /// Deliveries of it leased now (in flight, across every daemon).
     pub in_flight: u64,
 }
 
 /// How long one service's tasks take, learned from those that finished:
-/// a streaming estimate of quantiles of (finished_at - enqueued_at).
-#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+/// a streaming estimate of quantiles of (finished_at - enqueued_at); see
+/// [`durations`](super::durations) for the estimator and its accuracy.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq, Default)]
 pub struct DurationModel {
     pub service: String,
     /// Tasks observed.
@@ -392,6 +416,7 @@ pub struct DurationModel {
     pub p50_ms: i64,
     pub p90_ms: i64,
     #[serde(serialize_with = "ser_time")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: Millis,
 }
 

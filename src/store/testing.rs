@@ -51,7 +51,15 @@ macro_rules! store_conformance {
             deferral_leaves_leased_tasks_to_their_worker,
             an_expiry_claim_whose_lease_ran_out_is_claimed_again,
             replaying_every_dead_letter_leaves_parked_ones_parked,
-            listings_are_newest_first_and_bounded
+            listings_are_newest_first_and_bounded,
+            task_listings_are_newest_first_paged_and_filtered,
+            task_listings_by_id_prefix_are_exact,
+            bulk_replay_takes_the_dead_letters_its_filter_matches,
+            bulk_replay_takes_parked_and_dead_letters_apart,
+            the_attempt_log_keeps_every_attempt_that_landed,
+            activity_counts_the_window_and_each_webhooks_health,
+            hurry_brings_named_watched_tasks_forward,
+            learned_durations_accumulate_per_service
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
@@ -77,12 +85,18 @@ pub fn task(id: &str) -> NewTask {
 }
 
 pub fn finish(t: &ClaimedTask, hooks: &[&str]) -> PollUpdate {
+    finish_as(t, Outcome::Succeeded, hooks)
+}
+
+/// Finishes `t` with `outcome` (its event of the matching type) and
+/// deliveries to the configured webhooks `hooks`.
+pub fn finish_as(t: &ClaimedTask, outcome: Outcome, hooks: &[&str]) -> PollUpdate {
     PollUpdate::Finish {
         id: t.id.clone(),
         claim: t.claim,
         polled: true,
-        outcome: Outcome::Succeeded,
-        upstream_state: "succeeded".into(),
+        outcome,
+        upstream_state: outcome.as_str().into(),
         event: NewEvent {
             id: format!("msg_{}", t.id),
             body: format!(r#"{{"task":"{}"}}"#, t.id),
@@ -1237,4 +1251,1001 @@ pub async fn listings_are_newest_first_and_bounded(s: Arc<dyn Store>) {
     let st = s.stats().await.unwrap();
     assert_eq!((st.watching, st.delivering), (1, 3));
     assert_eq!(st.oldest_watching_enqueued_at, Some(500));
+}
+
+/// A listing of every task matching `f`, as (enqueued_at, id).
+async fn listed(s: &Arc<dyn Store>, f: TaskFilter) -> Vec<(Millis, String)> {
+    s.list_tasks(f)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.enqueued_at, t.id))
+        .collect()
+}
+
+/// The IDs of a listing.
+async fn listed_ids(s: &Arc<dyn Store>, f: TaskFilter) -> Vec<String> {
+    listed(s, f).await.into_iter().map(|(_, id)| id).collect()
+}
+
+fn all_tasks() -> TaskFilter {
+    TaskFilter {
+        limit: 100,
+        ..Default::default()
+    }
+}
+
+/// Listings go newest first by enqueue time, then ID (both descending);
+/// a page starts strictly after the `(enqueued_at, id)` it is given; the
+/// filters combine; views carry no event, deliveries or attempts, and
+/// per-task URLs are redacted.
+pub async fn task_listings_are_newest_first_paged_and_filtered(s: Arc<dyn Store>) {
+    let own = "http://user:pw@own.example/hook?token=abc";
+    s.enqueue(0, 0, vec![task("held"), task("done")])
+        .await
+        .unwrap();
+    s.enqueue(100, 1_000_000, vec![task("b"), task("a")])
+        .await
+        .unwrap();
+    let mut k = task("k");
+    k.service = "kling".into();
+    k.webhooks = vec![own.into()];
+    s.enqueue(200, 1_000_000, vec![k]).await.unwrap();
+    s.enqueue(300, 1_000_000, vec![task("c")]).await.unwrap();
+
+    let all = s.list_tasks(all_tasks()).await.unwrap();
+    let order: Vec<_> = all.iter().map(|t| (t.enqueued_at, t.id.as_str())).collect();
+    assert_eq!(
+        order,
+        [
+            (300, "c"),
+            (200, "k"),
+            (100, "b"),
+            (100, "a"),
+            (0, "held"),
+            (0, "done")
+        ]
+    );
+    assert!(
+        all.iter()
+            .all(|t| t.event.is_none() && t.deliveries.is_empty() && t.attempts.is_empty())
+    );
+    let kv = all.iter().find(|t| t.id == "k").unwrap();
+    assert_eq!(kv.webhooks, vec![crate::redact::url(own)]);
+    assert_eq!(
+        (kv.service.as_str(), kv.next_poll_at),
+        ("kling", Some(1_000_200))
+    );
+
+    // Pages of two, each strictly after the last one shown.
+    let page = |after: Option<(Millis, &str)>| TaskFilter {
+        after: after.map(|(at, id)| (at, id.to_string())),
+        limit: 2,
+        ..Default::default()
+    };
+    assert_eq!(listed_ids(&s, page(None)).await, ["c", "k"]);
+    assert_eq!(listed_ids(&s, page(Some((200, "k")))).await, ["b", "a"]);
+    assert_eq!(listed_ids(&s, page(Some((100, "b")))).await, ["a", "held"]);
+    assert_eq!(
+        listed_ids(&s, page(Some((100, "a")))).await,
+        ["held", "done"]
+    );
+    assert!(listed_ids(&s, page(Some((0, "done")))).await.is_empty());
+    assert!(
+        s.list_tasks(TaskFilter {
+            limit: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .is_empty()
+    );
+
+    // "held" stays leased and watched; "done" finishes failed without
+    // receivers (done); "a" finishes succeeded with one (delivering).
+    let claimed = s
+        .claim_poll_batch(0, 0, 10.into(), 5_000_000)
+        .await
+        .unwrap()
+        .tasks;
+    let done = claimed.iter().find(|t| t.id == "done").unwrap();
+    s.record_polls(10, vec![finish_as(done, Outcome::Failed, &[])], None)
+        .await
+        .unwrap();
+    let a = s
+        .claim_poll_batch(1_000_100, 1_000_100, 10.into(), 2_000_000)
+        .await
+        .unwrap()
+        .tasks;
+    assert_eq!(a.len(), 2, "a and b");
+    let (fin, back): (Vec<_>, Vec<_>) = a.iter().partition(|t| t.id == "a");
+    s.record_polls(
+        1_000_200,
+        vec![finish(fin[0], &["w"]), resched(back[0], 5_000_000)],
+        None,
+    )
+    .await
+    .unwrap();
+
+    let by = |f: fn(&mut TaskFilter)| {
+        let mut filter = all_tasks();
+        f(&mut filter);
+        filter
+    };
+    assert_eq!(
+        listed_ids(&s, by(|f| f.status = Some(TaskStatus::Watching))).await,
+        ["c", "k", "b", "held"]
+    );
+    assert_eq!(
+        listed_ids(&s, by(|f| f.status = Some(TaskStatus::Delivering))).await,
+        ["a"]
+    );
+    assert_eq!(
+        listed_ids(&s, by(|f| f.status = Some(TaskStatus::Done))).await,
+        ["done"]
+    );
+    assert_eq!(
+        listed_ids(&s, by(|f| f.outcome = Some("failed".into()))).await,
+        ["done"]
+    );
+    assert_eq!(
+        listed_ids(&s, by(|f| f.outcome = Some("succeeded".into()))).await,
+        ["a"]
+    );
+    assert_eq!(
+        listed_ids(&s, by(|f| f.service = Some("kling".into()))).await,
+        ["k"]
+    );
+    assert_eq!(
+        listed_ids(
+            &s,
+            by(|f| {
+                f.service = Some("producer".into());
+                f.status = Some(TaskStatus::Watching);
+                f.after = Some((300, "c".into()));
+            })
+        )
+        .await,
+        ["b", "held"]
+    );
+    assert!(
+        listed_ids(
+            &s,
+            by(|f| {
+                f.service = Some("kling".into());
+                f.status = Some(TaskStatus::Done);
+            })
+        )
+        .await
+        .is_empty()
+    );
+    // A watched task's view says when it is due (a leased one: its lease's end).
+    let w = s
+        .list_tasks(by(|f| f.status = Some(TaskStatus::Watching)))
+        .await
+        .unwrap();
+    let held = w.iter().find(|t| t.id == "held").unwrap();
+    assert_eq!(held.next_poll_at, Some(5_000_000));
+    let d = s
+        .list_tasks(by(|f| f.status = Some(TaskStatus::Delivering)))
+        .await
+        .unwrap();
+    assert_eq!(
+        (d[0].event_id.as_deref(), d[0].next_poll_at, d[0].polls),
+        (Some("msg_a"), None, 1)
+    );
+}
+
+/// An ID prefix takes exactly the IDs that start with it (a range on the
+/// primary key in byte order), with the other filters and pages.
+pub async fn task_listings_by_id_prefix_are_exact(s: Arc<dyn Store>) {
+    let ids = [
+        "job-1", "job-10", "job-1z", "job-2", "job.1", "job", "jo", "jobx", "Job-1", "job-1é", "k",
+    ];
+    s.enqueue(
+        100,
+        1_000_000,
+        ids.iter().map(|id| task(id)).collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    let prefixed = |p: &str| TaskFilter {
+        id_prefix: Some(p.into()),
+        limit: 100,
+        ..Default::default()
+    };
+    let expect = |p: &str| {
+        let mut v: Vec<String> = ids
+            .iter()
+            .filter(|id| id.starts_with(p))
+            .map(|id| id.to_string())
+            .collect();
+        // Newest first: all at 100, so by ID descending (byte order).
+        v.sort_by(|a, b| b.as_bytes().cmp(a.as_bytes()));
+        v
+    };
+    for p in [
+        "job-1", "job", "jo", "job-", "job.", "J", "job-1é", "zz", "k",
+    ] {
+        assert_eq!(listed_ids(&s, prefixed(p)).await, expect(p), "prefix {p:?}");
+    }
+    assert_eq!(
+        listed_ids(&s, prefixed("")).await.len(),
+        ids.len(),
+        "an empty prefix is no filter"
+    );
+    // Paged within a prefix.
+    let mut f = prefixed("job-1");
+    f.limit = 2;
+    assert_eq!(listed_ids(&s, f.clone()).await, ["job-1é", "job-1z"]);
+    f.after = Some((100, "job-1z".into()));
+    assert_eq!(listed_ids(&s, f).await, ["job-10", "job-1"]);
+    let mut f = prefixed("job");
+    f.service = Some("kling".into());
+    assert!(listed_ids(&s, f).await.is_empty());
+}
+
+/// A finished task `id` with deliveries to `hooks`, its event of type
+/// `outcome`; returns its deliveries, claimed at `now`.
+async fn finished_with(
+    s: &Arc<dyn Store>,
+    id: &str,
+    outcome: Outcome,
+    hooks: &[&str],
+    now: Millis,
+) -> Vec<ClaimedDelivery> {
+    s.enqueue(now, 0, vec![task(id)]).await.unwrap();
+    let t = s
+        .claim_poll_batch(now, now, 10.into(), now + 1000)
+        .await
+        .unwrap()
+        .tasks
+        .remove(0);
+    assert_eq!(t.id, id);
+    s.record_polls(now, vec![finish_as(&t, outcome, hooks)], None)
+        .await
+        .unwrap();
+    let mut ds = s
+        .claim_deliveries(now, 100, now + 100_000, vec![], 100)
+        .await
+        .unwrap()
+        .deliveries;
+    ds.sort_by(|a, b| a.webhook.cmp(&b.webhook));
+    assert_eq!(ds.len(), hooks.len());
+    ds
+}
+
+fn replay_filter(state: DeliveryState) -> ReplayFilter {
+    ReplayFilter {
+        state,
+        webhook: None,
+        event_type: None,
+        since: None,
+        until: None,
+    }
+}
+
+/// Which (task, webhook) pairs `list_matching` shows for `f`, in its
+/// order; `count_matching` must count as many.
+async fn matching(s: &Arc<dyn Store>, f: ReplayFilter) -> Vec<(String, String)> {
+    let listed: Vec<(String, String)> = s
+        .list_matching(f.clone(), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.task_id, d.webhook))
+        .collect();
+    assert_eq!(
+        s.count_matching(f.clone()).await.unwrap(),
+        listed.len() as u64,
+        "count_matching({f:?})"
+    );
+    listed
+}
+
+fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|(t, w)| (t.to_string(), w.to_string()))
+        .collect()
+}
+
+/// Dead letters listed and replayed by webhook, event type and settle
+/// window (`[since, until)`), newest first; a replay makes them pending
+/// with no attempts, due now, reopens their tasks and says how many; only
+/// dead letters and parked deliveries are ever taken.
+pub async fn bulk_replay_takes_the_dead_letters_its_filter_matches(s: Arc<dyn Store>) {
+    let s1 = finished_with(&s, "s1", Outcome::Succeeded, &["a", "b"], 10).await;
+    let f1 = finished_with(&s, "f1", Outcome::Failed, &["a", "b"], 20).await;
+    let s2 = finished_with(&s, "s2", Outcome::Succeeded, &["a", "b"], 30).await;
+    let dead = |ds: &[ClaimedDelivery]| -> Vec<DeliveryReport> {
+        ds.iter()
+            .map(|d| report(d, DeliveryVerdict::DeadLetter))
+            .collect()
+    };
+    s.record_deliveries(100, dead(&s1)).await.unwrap();
+    s.record_deliveries(200, dead(&f1)).await.unwrap();
+    s.record_deliveries(
+        300,
+        vec![
+            report(&s2[0], DeliveryVerdict::DeadLetter),
+            report(&s2[1], DeliveryVerdict::Delivered),
+        ],
+    )
+    .await
+    .unwrap();
+    for t in ["s1", "f1", "s2"] {
+        let v = s.get_task(t.into()).await.unwrap().unwrap();
+        assert_eq!(v.status, TaskStatus::Done, "{t}");
+    }
+    let failed = || replay_filter(DeliveryState::Failed);
+    assert_eq!(
+        matching(&s, failed()).await,
+        pairs(&[
+            ("s2", "a"),
+            ("f1", "b"),
+            ("f1", "a"),
+            ("s1", "b"),
+            ("s1", "a")
+        ]),
+        "newest first: by settle time, then ID"
+    );
+    let views = s.list_matching(failed(), 2).await.unwrap();
+    assert_eq!(views.len(), 2);
+    assert_eq!(
+        (views[0].state, views[0].updated_at, views[0].attempts),
+        (DeliveryState::Failed, 300, 1)
+    );
+    assert!(s.list_matching(failed(), 0).await.unwrap().is_empty());
+
+    let with = |f: fn(&mut ReplayFilter)| {
+        let mut filter = failed();
+        f(&mut filter);
+        filter
+    };
+    assert_eq!(
+        matching(&s, with(|f| f.webhook = Some("a".into()))).await,
+        pairs(&[("s2", "a"), ("f1", "a"), ("s1", "a")])
+    );
+    assert_eq!(
+        matching(&s, with(|f| f.event_type = Some("task.failed".into()))).await,
+        pairs(&[("f1", "b"), ("f1", "a")])
+    );
+    assert_eq!(
+        matching(&s, with(|f| f.since = Some(200))).await,
+        pairs(&[("s2", "a"), ("f1", "b"), ("f1", "a")]),
+        "since is inclusive"
+    );
+    assert_eq!(
+        matching(&s, with(|f| f.until = Some(200))).await,
+        pairs(&[("s1", "b"), ("s1", "a")]),
+        "until is exclusive"
+    );
+    assert_eq!(
+        matching(
+            &s,
+            with(|f| {
+                f.since = Some(101);
+                f.until = Some(301);
+                f.webhook = Some("b".into());
+                f.event_type = Some("task.failed".into());
+            })
+        )
+        .await,
+        pairs(&[("f1", "b")])
+    );
+    assert!(
+        matching(&s, with(|f| f.webhook = Some("nobody".into())))
+            .await
+            .is_empty()
+    );
+    for other in [
+        DeliveryState::Pending,
+        DeliveryState::Delivered,
+        DeliveryState::Gone,
+    ] {
+        assert!(matching(&s, replay_filter(other)).await.is_empty());
+        assert_eq!(
+            s.replay_matching(350, replay_filter(other)).await.unwrap(),
+            0
+        );
+    }
+    assert_eq!(s.stats().await.unwrap().dead_letters, 5);
+
+    // Webhook "a", settled from 150 on: f1's and s2's.
+    let n = s
+        .replay_matching(
+            400,
+            with(|f| {
+                f.webhook = Some("a".into());
+                f.since = Some(150);
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    for (t, status) in [
+        ("f1", TaskStatus::Delivering),
+        ("s2", TaskStatus::Delivering),
+        ("s1", TaskStatus::Done),
+    ] {
+        assert_eq!(
+            s.get_task(t.into()).await.unwrap().unwrap().status,
+            status,
+            "{t}"
+        );
+    }
+    let f1v = s.get_task("f1".into()).await.unwrap().unwrap();
+    let fa = f1v.deliveries.iter().find(|d| d.webhook == "a").unwrap();
+    assert_eq!(
+        (fa.state, fa.attempts, fa.next_attempt_at, fa.updated_at),
+        (DeliveryState::Pending, 0, Some(400), 400)
+    );
+    let st = s.stats().await.unwrap();
+    assert_eq!((st.dead_letters, st.deliveries_pending), (3, 2));
+    let mut again = s
+        .claim_deliveries(400, 10, 5000, vec![], 100)
+        .await
+        .unwrap()
+        .deliveries;
+    again.sort_by(|x, y| x.task_id.cmp(&y.task_id));
+    let got: Vec<_> = again
+        .iter()
+        .map(|d| (d.task_id.as_str(), d.webhook.as_str(), d.attempts))
+        .collect();
+    assert_eq!(got, [("f1", "a", 0), ("s2", "a", 0)]);
+    // Delivered now: the tasks are done again.
+    s.record_deliveries(
+        410,
+        again
+            .iter()
+            .map(|d| report(d, DeliveryVerdict::Delivered))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.get_task("s2".into()).await.unwrap().unwrap().status,
+        TaskStatus::Done
+    );
+
+    // By event type: s1's two; then nothing more of that type.
+    let succeeded = || with(|f| f.event_type = Some("task.succeeded".into()));
+    assert_eq!(s.replay_matching(500, succeeded()).await.unwrap(), 2);
+    assert_eq!(
+        s.get_task("s1".into()).await.unwrap().unwrap().status,
+        TaskStatus::Delivering
+    );
+    assert_eq!(s.replay_matching(500, succeeded()).await.unwrap(), 0);
+    // Everything left.
+    assert_eq!(s.replay_matching(600, failed()).await.unwrap(), 1);
+    assert!(matching(&s, failed()).await.is_empty());
+    assert_eq!(s.stats().await.unwrap().deliveries_pending, 3);
+}
+
+/// A bulk replay of parked deliveries takes only parked ones, and one of
+/// dead letters only dead letters.
+pub async fn bulk_replay_takes_parked_and_dead_letters_apart(s: Arc<dyn Store>) {
+    let ds = finished_with(&s, "a", Outcome::Succeeded, &["dead-hook", "gone-hook"], 10).await;
+    s.record_deliveries(
+        30,
+        vec![
+            report(&ds[0], DeliveryVerdict::DeadLetter),
+            report(&ds[1], DeliveryVerdict::WebhookRemoved),
+        ],
+    )
+    .await
+    .unwrap();
+    let parked = || replay_filter(DeliveryState::WebhookRemoved);
+    let failed = || replay_filter(DeliveryState::Failed);
+    assert_eq!(matching(&s, parked()).await, pairs(&[("a", "gone-hook")]));
+    assert_eq!(matching(&s, failed()).await, pairs(&[("a", "dead-hook")]));
+    let mut other_hook = parked();
+    other_hook.webhook = Some("dead-hook".into());
+    assert!(matching(&s, other_hook.clone()).await.is_empty());
+    assert_eq!(s.replay_matching(40, other_hook).await.unwrap(), 0);
+
+    assert_eq!(s.replay_matching(40, parked()).await.unwrap(), 1);
+    let st = s.stats().await.unwrap();
+    assert_eq!(
+        (st.deliveries_pending, st.dead_letters, st.webhook_removed),
+        (1, 1, 0)
+    );
+    assert_eq!(
+        s.get_task("a".into()).await.unwrap().unwrap().status,
+        TaskStatus::Delivering
+    );
+    let d = s
+        .claim_deliveries(40, 10, 5000, vec![], 100)
+        .await
+        .unwrap()
+        .deliveries;
+    assert_eq!(d.len(), 1);
+    assert_eq!((d[0].webhook.as_str(), d[0].attempts), ("gone-hook", 0));
+    assert_eq!(s.replay_matching(50, parked()).await.unwrap(), 0);
+    assert_eq!(s.replay_matching(50, failed()).await.unwrap(), 1);
+}
+
+/// Every attempt whose report landed is logged once, under its delivery's
+/// name and count, with its status, latency, error, the first KiB of the
+/// answer and the verdict's word; a stale report logs nothing. A task's
+/// view lists its attempts oldest first; a delete takes them along and the
+/// purge drops those older than the longest retention.
+pub async fn the_attempt_log_keeps_every_attempt_that_landed(s: Arc<dyn Store>) {
+    let ds = finished_with(&s, "a", Outcome::Succeeded, &["w1", "w2"], 10).await;
+    let (d1, d2) = (&ds[0], &ds[1]);
+    assert!(d1.id < d2.id);
+    let attempt = |d: &ClaimedDelivery,
+                   verdict,
+                   status: Option<u16>,
+                   error: Option<&str>,
+                   latency: Option<i64>,
+                   answer: Option<String>| DeliveryReport {
+        status,
+        error: error.map(str::to_string),
+        latency_ms: latency,
+        answer,
+        ..report(d, verdict)
+    };
+    s.record_deliveries(
+        30,
+        vec![
+            attempt(
+                d1,
+                DeliveryVerdict::Retry { at: 100 },
+                Some(503),
+                Some("HTTP 503"),
+                Some(120),
+                Some("busy".into()),
+            ),
+            attempt(
+                d2,
+                DeliveryVerdict::Delivered,
+                Some(200),
+                None,
+                Some(80),
+                Some("ok".into()),
+            ),
+        ],
+    )
+    .await
+    .unwrap();
+    // Stale: d2 is settled.
+    s.record_deliveries(35, vec![report(d2, DeliveryVerdict::Delivered)])
+        .await
+        .unwrap();
+    let again = s
+        .claim_deliveries(100, 10, 5000, vec![], 100)
+        .await
+        .unwrap()
+        .deliveries
+        .remove(0);
+    assert_eq!((again.id, again.attempts), (d1.id, 1));
+    // Stale: d1's first claim is spent.
+    s.record_deliveries(110, vec![report(d1, DeliveryVerdict::DeadLetter)])
+        .await
+        .unwrap();
+    let long = "é".repeat(1500);
+    s.record_deliveries(
+        120,
+        vec![attempt(
+            &again,
+            DeliveryVerdict::DeadLetter,
+            Some(500),
+            Some("HTTP 500"),
+            Some(5000),
+            Some(long),
+        )],
+    )
+    .await
+    .unwrap();
+    // Stale once more, after the settle.
+    s.record_deliveries(130, vec![report(&again, DeliveryVerdict::Delivered)])
+        .await
+        .unwrap();
+
+    let v = s.get_task("a".into()).await.unwrap().unwrap();
+    assert_eq!(v.status, TaskStatus::Done);
+    let log: Vec<_> = v
+        .attempts
+        .iter()
+        .map(|a| {
+            (
+                a.delivery_id,
+                a.webhook.as_str(),
+                a.attempt,
+                a.at,
+                a.status,
+                a.latency_ms,
+                a.error.as_deref(),
+                a.verdict.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        log,
+        [
+            (
+                d1.id,
+                "w1",
+                1,
+                30,
+                Some(503),
+                Some(120),
+                Some("HTTP 503"),
+                "retry"
+            ),
+            (d2.id, "w2", 1, 30, Some(200), Some(80), None, "delivered"),
+            (
+                d1.id,
+                "w1",
+                2,
+                120,
+                Some(500),
+                Some(5000),
+                Some("HTTP 500"),
+                "failed"
+            ),
+        ]
+    );
+    assert_eq!(v.attempts[0].answer.as_deref(), Some("busy"));
+    assert_eq!(v.attempts[1].answer.as_deref(), Some("ok"));
+    let kept = v.attempts[2].answer.as_deref().unwrap();
+    assert!(
+        kept.len() <= 1024 && kept.len() > 1000 && kept.chars().all(|c| c == 'é'),
+        "{} bytes kept",
+        kept.len()
+    );
+
+    // Gone and parked verdicts have their words too.
+    let b = finished_with(&s, "b", Outcome::Failed, &["g", "r"], 200).await;
+    s.record_deliveries(
+        210,
+        vec![
+            attempt(
+                &b[0],
+                DeliveryVerdict::Gone,
+                Some(410),
+                Some("410 Gone"),
+                Some(9),
+                None,
+            ),
+            attempt(
+                &b[1],
+                DeliveryVerdict::WebhookRemoved,
+                None,
+                Some("not configured"),
+                None,
+                None,
+            ),
+        ],
+    )
+    .await
+    .unwrap();
+    let words: Vec<_> = s
+        .get_task("b".into())
+        .await
+        .unwrap()
+        .unwrap()
+        .attempts
+        .into_iter()
+        .map(|a| (a.webhook, a.verdict, a.latency_ms))
+        .collect();
+    assert_eq!(
+        words,
+        [
+            ("g".to_string(), "gone".to_string(), Some(9)),
+            ("r".to_string(), "webhook_removed".to_string(), None)
+        ]
+    );
+
+    // The purge drops what is older than the longest retention.
+    s.purge(0, 100).await.unwrap();
+    let v = s.get_task("a".into()).await.unwrap().unwrap();
+    let left: Vec<_> = v.attempts.iter().map(|a| a.at).collect();
+    assert_eq!(left, [120]);
+    // A delete takes the task's attempts along (nothing is left to show
+    // in the activity either).
+    assert!(s.delete_task("a".into()).await.unwrap());
+    assert!(s.delete_task("b".into()).await.unwrap());
+    let act = s.activity(1000, 0).await.unwrap();
+    assert!(act.webhooks.is_empty(), "{act:?}");
+    assert_eq!((act.delivered, act.failed_attempts), (0, 0));
+}
+
+/// The overview: tasks enqueued since a moment, deliveries delivered and
+/// attempts failed (retries and dead letters) since then, and per webhook
+/// (by name) its attempts, deliveries, nearest-rank p50/p95 latency, last
+/// error, and deliveries leased now — a webhook with only leased ones
+/// shows too, one whose leases ran out does not.
+pub async fn activity_counts_the_window_and_each_webhooks_health(s: Arc<dyn Store>) {
+    s.enqueue(0, 1_000_000, vec![task("old")]).await.unwrap();
+    let ids: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
+    s.enqueue(1000, 0, ids.iter().map(|id| task(id)).collect())
+        .await
+        .unwrap();
+    let ts = s
+        .claim_poll_batch(1000, 1000, 10.into(), 2000)
+        .await
+        .unwrap()
+        .tasks;
+    assert_eq!(ts.len(), 10);
+    s.record_polls(
+        1000,
+        ts.iter()
+            .map(|t| finish(t, &["fast", "flaky", "idle"]))
+            .collect(),
+        None,
+    )
+    .await
+    .unwrap();
+    let ds = s
+        .claim_deliveries(1100, 100, 6100, vec![], 100)
+        .await
+        .unwrap()
+        .deliveries;
+    assert_eq!(ds.len(), 30);
+    let index = |d: &ClaimedDelivery| d.task_id[1..].parse::<i64>().unwrap();
+    let mut now_reports = Vec::new();
+    let mut later = Vec::new();
+    for d in &ds {
+        let i = index(d);
+        let r = |verdict, status: Option<u16>, error: Option<&str>, latency| DeliveryReport {
+            status,
+            error: error.map(str::to_string),
+            latency_ms: latency,
+            ..report(d, verdict)
+        };
+        match d.webhook.as_str() {
+            "fast" => now_reports.push(r(
+                DeliveryVerdict::Delivered,
+                Some(200),
+                None,
+                Some(10 * (i + 1)),
+            )),
+            "flaky" => match i {
+                0..=5 => now_reports.push(r(
+                    DeliveryVerdict::Retry { at: 5000 },
+                    Some(503),
+                    Some("HTTP 503"),
+                    Some(1000 + i),
+                )),
+                6 | 7 => now_reports.push(r(
+                    DeliveryVerdict::DeadLetter,
+                    None,
+                    Some("timed out"),
+                    Some(30_000),
+                )),
+                8 => now_reports.push(r(
+                    DeliveryVerdict::Gone,
+                    Some(410),
+                    Some("410 Gone"),
+                    Some(7),
+                )),
+                _ => later.push(r(
+                    DeliveryVerdict::WebhookRemoved,
+                    None,
+                    Some("not configured"),
+                    None,
+                )),
+            },
+            _ => {} // idle: in flight until 6100
+        }
+    }
+    s.record_deliveries(1200, now_reports).await.unwrap();
+    s.record_deliveries(1300, later).await.unwrap();
+
+    let a = s.activity(1400, 500).await.unwrap();
+    assert_eq!(a.since, 500);
+    assert_eq!(
+        (a.enqueued, a.delivered, a.failed_attempts),
+        (10, 10, 8),
+        "{a:?}"
+    );
+    let names: Vec<_> = a.webhooks.iter().map(|h| h.webhook.as_str()).collect();
+    assert_eq!(names, ["fast", "flaky", "idle"]);
+    assert_eq!(
+        a.webhooks[0],
+        WebhookHealth {
+            webhook: "fast".into(),
+            attempts: 10,
+            delivered: 10,
+            p50_ms: Some(50),
+            p95_ms: Some(100),
+            last_error: None,
+            last_error_at: None,
+            in_flight: 0,
+        }
+    );
+    assert_eq!(
+        a.webhooks[1],
+        WebhookHealth {
+            webhook: "flaky".into(),
+            attempts: 10,
+            delivered: 0,
+            // 7, 1000..=1005, 30000, 30000: ranks 5 and 9 of 9.
+            p50_ms: Some(1003),
+            p95_ms: Some(30_000),
+            last_error: Some("not configured".into()),
+            last_error_at: Some(1300),
+            in_flight: 0,
+        }
+    );
+    assert_eq!(
+        a.webhooks[2],
+        WebhookHealth {
+            webhook: "idle".into(),
+            in_flight: 10,
+            ..Default::default()
+        }
+    );
+    assert_eq!(s.activity(1400, 0).await.unwrap().enqueued, 11);
+
+    // A narrower window: only the parked attempt at 1300.
+    let a = s.activity(1400, 1250).await.unwrap();
+    assert_eq!((a.enqueued, a.delivered, a.failed_attempts), (0, 0, 0));
+    let flaky = &a.webhooks[0];
+    assert_eq!(
+        (
+            flaky.webhook.as_str(),
+            flaky.attempts,
+            flaky.p50_ms,
+            flaky.last_error_at
+        ),
+        ("flaky", 1, None, Some(1300))
+    );
+    assert_eq!(a.webhooks.len(), 2, "{a:?}");
+    assert_eq!(
+        (a.webhooks[1].webhook.as_str(), a.webhooks[1].in_flight),
+        ("idle", 10)
+    );
+
+    // The idle leases run out at 6100: nothing in flight, nothing to show.
+    let a = s.activity(6100, 1250).await.unwrap();
+    let names: Vec<_> = a.webhooks.iter().map(|h| h.webhook.as_str()).collect();
+    assert_eq!(names, ["flaky"]);
+    // The flaky retries, claimed again, are in flight.
+    let again = s
+        .claim_deliveries(6100, 100, 9000, vec!["idle".into()], 100)
+        .await
+        .unwrap()
+        .deliveries;
+    assert_eq!(again.len(), 6);
+    let a = s.activity(6200, 6000).await.unwrap();
+    assert_eq!(
+        a.webhooks,
+        [WebhookHealth {
+            webhook: "flaky".into(),
+            in_flight: 6,
+            ..Default::default()
+        }]
+    );
+}
+
+/// A hint hurries watched, unleased tasks of its service that were due
+/// later; leased, done, already due and other services' tasks, and
+/// unknown IDs, are left alone.
+pub async fn hurry_brings_named_watched_tasks_forward(s: Arc<dyn Store>) {
+    s.enqueue(0, 0, vec![task("held"), task("done")])
+        .await
+        .unwrap();
+    let ts = s
+        .claim_poll_batch(0, 0, 10.into(), 50_000)
+        .await
+        .unwrap()
+        .tasks;
+    let done = ts.iter().find(|t| t.id == "done").unwrap();
+    let held = ts.iter().find(|t| t.id == "held").unwrap().clone();
+    s.record_polls(10, vec![finish(done, &[])], None)
+        .await
+        .unwrap();
+    s.enqueue(100, 10_000, vec![task("a"), task("b"), task("c")])
+        .await
+        .unwrap();
+    s.enqueue(100, 0, vec![task("due")]).await.unwrap();
+    let mut k = task("k");
+    k.service = "kling".into();
+    s.enqueue(100, 10_000, vec![k]).await.unwrap();
+
+    let named: Vec<String> = ["a", "b", "held", "done", "k", "nope", "due", "a"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(s.hurry(200, "producer".into(), named).await.unwrap(), 2);
+    let due_at = |id: &'static str| {
+        let s = s.clone();
+        async move { s.get_task(id.into()).await.unwrap().unwrap().next_poll_at }
+    };
+    assert_eq!(due_at("a").await, Some(200));
+    assert_eq!(due_at("b").await, Some(200));
+    assert_eq!(due_at("c").await, Some(10_100), "not named");
+    assert_eq!(due_at("k").await, Some(10_100), "another service");
+    assert_eq!(due_at("due").await, Some(100), "never later");
+    assert_eq!(due_at("held").await, Some(50_000), "its lease untouched");
+    assert_eq!(
+        s.get_task("done".into()).await.unwrap().unwrap().status,
+        TaskStatus::Done
+    );
+    assert_eq!(s.hurry(200, "producer".into(), vec![]).await.unwrap(), 0);
+    assert_eq!(
+        s.hurry(200, "producer".into(), vec!["a".into()])
+            .await
+            .unwrap(),
+        0,
+        "already due"
+    );
+    // The held task's worker still owns it.
+    let c = s.claim_poll_batch(200, 200, 10.into(), 1000).await.unwrap();
+    let mut got: Vec<_> = c.tasks.iter().map(|t| t.id.as_str()).collect();
+    got.sort();
+    assert_eq!(
+        (c.service.as_str(), got),
+        ("producer", vec!["a", "b", "due"])
+    );
+    s.record_polls(300, vec![resched(&held, 90_000)], None)
+        .await
+        .unwrap();
+    assert_eq!(
+        due_at("held").await,
+        Some(90_000),
+        "the worker's write landed"
+    );
+    assert_eq!(
+        s.hurry(400, "kling".into(), vec!["k".into()])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(due_at("k").await, Some(400));
+}
+
+/// Durations learned per service add up over calls; negative and absurd
+/// ones are ignored; the quantiles follow the sample; every service with a
+/// model is listed, by name.
+pub async fn learned_durations_accumulate_per_service(s: Arc<dyn Store>) {
+    assert!(s.duration_models().await.unwrap().is_empty());
+    let none = s
+        .learn_durations(5, "producer".into(), vec![-1])
+        .await
+        .unwrap();
+    assert_eq!((none.service.as_str(), none.count), ("producer", 0));
+    assert!(
+        s.duration_models().await.unwrap().is_empty(),
+        "nothing learned, no model"
+    );
+    // Uniform from 2 s to 10 s.
+    let sample: Vec<i64> = (0..100).map(|i| 2_000 + i * 80).collect();
+    let first = s
+        .learn_durations(10, "producer".into(), sample.clone())
+        .await
+        .unwrap();
+    assert_eq!((first.count, first.updated_at), (100, 10));
+    let near = |got: i64, want: i64, tol: f64| {
+        let off = (got - want).abs() as f64 / want as f64;
+        assert!(off <= tol, "{got} is not within {tol} of {want}");
+    };
+    near(first.p50_ms, 6_000, 0.10);
+    near(first.p10_ms, 2_800, 0.15);
+    near(first.p90_ms, 9_200, 0.15);
+    let mut more = sample.clone();
+    more.extend([-5, i64::MAX, i64::MIN]);
+    let second = s
+        .learn_durations(20, "producer".into(), more)
+        .await
+        .unwrap();
+    assert_eq!((second.count, second.updated_at), (200, 20));
+    near(second.p50_ms, 6_000, 0.10);
+    let k = s
+        .learn_durations(30, "kling".into(), vec![60_000; 10])
+        .await
+        .unwrap();
+    assert_eq!(k.count, 10);
+    near(k.p50_ms, 60_000, 0.24);
+    assert!(k.p10_ms <= k.p50_ms && k.p50_ms <= k.p90_ms);
+    // Nothing usable: the model stands as it was.
+    let same = s
+        .learn_durations(40, "producer".into(), vec![-1, -2])
+        .await
+        .unwrap();
+    assert_eq!(same, second);
+    assert_eq!(s.duration_models().await.unwrap(), [k, second]);
 }

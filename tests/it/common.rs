@@ -274,6 +274,38 @@ shutdown_grace = "5s"
     path
 }
 
+/// An external test tool (schemathesis, node): `$VAR` if set, else `name`
+/// on the PATH. Missing under CI (`CI=true`) fails the test (`.ci/run`
+/// installs it); elsewhere the test is skipped with a loud message.
+pub fn external_tool(var: &str, name: &str, install: &str) -> Option<PathBuf> {
+    let found = std::env::var_os(var)
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|d| d.join(name))
+                    .find(|p| p.is_file())
+            })
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{name} is missing (set {var} or put it on the PATH): {install}"
+        );
+        eprintln!("SKIPPED: {name} is not installed ({install}; or set {var})");
+    }
+    found
+}
+
+/// Sets `api.token` in a config [`daemon_config`] wrote.
+pub fn set_api_token(cfg: &Path, token: &str) {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    let with = text.replacen("[api]\n", &format!("[api]\ntoken = \"{token}\"\n"), 1);
+    assert_ne!(text, with, "no [api] table to set the token in");
+    std::fs::write(cfg, with).unwrap();
+}
+
 /// A child process that is killed and reaped when dropped (a test that
 /// fails midway leaves no daemon behind); otherwise used as a [`Child`].
 pub struct ChildGuard(pub Child);
@@ -407,6 +439,8 @@ pub struct Hit {
     pub webhook_id: String,
     pub signature_ok: bool,
     pub body: Value,
+    /// The body as it came, byte for byte (what the signature covers).
+    pub raw: Vec<u8>,
     pub headers: HashMap<String, String>,
     pub status_sent: u16,
     /// Unix milliseconds when the request arrived.
@@ -507,6 +541,7 @@ async fn record(
         webhook_id,
         signature_ok,
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        raw: body.to_vec(),
         headers: headers
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
@@ -627,6 +662,18 @@ pub async fn get_json(url: &str) -> (u16, Value) {
     (s, r.json().await.unwrap_or(Value::Null))
 }
 
+/// [`get_json`] with a bearer token.
+pub async fn get_json_auth(url: &str, token: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
 pub async fn post_json(url: &str, body: &Value) -> (u16, Value) {
     let r = reqwest::Client::new()
         .post(url)
@@ -636,4 +683,70 @@ pub async fn post_json(url: &str, body: &Value) -> (u16, Value) {
         .unwrap();
     let s = r.status().as_u16();
     (s, r.json().await.unwrap_or(Value::Null))
+}
+
+/// `url` with `search_path=SCHEMA` in its query: a daemon's `store.url`
+/// for that PostgreSQL schema.
+pub fn pg_store_url(url: &str, schema: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}search_path={schema}")
+}
+
+/// Sets `key = VALUE` in `[section]` of the config file `path`: `value` is
+/// TOML as written (`"20"`, `"\"1s\""`, `"[\"a\"]"`). Replaces the key's
+/// line when the section has one, else adds the line under the header.
+pub fn set_config_key(path: &Path, section: &str, key: &str, value: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let header = format!("[{section}]");
+    let start = lines
+        .iter()
+        .position(|l| l.trim() == header)
+        .unwrap_or_else(|| panic!("{} has no {header} section", path.display()));
+    let end = lines[start + 1..]
+        .iter()
+        .position(|l| l.trim_start().starts_with('['))
+        .map_or(lines.len(), |i| start + 1 + i);
+    let line = format!("{key} = {value}");
+    let existing = lines[start + 1..end].iter().position(|l| {
+        l.split_once('=')
+            .is_some_and(|(k, _)| k.trim() == key && !l.trim_start().starts_with('#'))
+    });
+    match existing {
+        Some(i) => lines[start + 1 + i] = line,
+        None => lines.insert(start + 1, line),
+    }
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+/// Points the config file `path` at PostgreSQL (`store.url`), with a small
+/// pool so several daemons and tests share the server's connections.
+pub fn use_postgres(path: &Path, store_url: &str) {
+    let quoted = toml::Value::String(store_url.to_string()).to_string();
+    set_config_key(path, "store", "url", &quoted);
+    set_config_key(path, "store", "pool_size", "3");
+}
+
+/// A `[[webhooks]]` entry that receives only the event types `events`.
+pub fn webhook_toml_for(name: &str, url: &str, secret: Option<&str>, events: &[&str]) -> String {
+    let list: Vec<String> = events.iter().map(|e| format!("{e:?}")).collect();
+    format!(
+        "{}events = [{}]\n",
+        webhook_toml(name, url, secret),
+        list.join(", ")
+    )
+}
+
+/// A value of `/metrics` at `api`: the first sample line starting with
+/// `line_prefix` (`"taskhook_instances "`), or `None` when there is none.
+pub async fn metric_value(api: &str, line_prefix: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{api}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .and_then(|v| v.trim().parse().ok())
 }

@@ -5,15 +5,20 @@
 mod common;
 
 mod api;
+mod api_fuzz;
+mod callbacks;
 mod chaos;
 mod cli;
 mod console;
 mod documented_records;
 mod e2e;
 mod hardening;
+mod openapi;
 mod operations;
 mod properties;
 mod receivers;
+mod recovery;
+mod scale_out;
 mod services;
 mod store_conformance;
 mod store_faults;

@@ -287,3 +287,56 @@ async fn replay_sends_one_dead_letter_or_all_of_them() {
     let out = taskhook_async(&["replay", "--api", &daemon.url, &id_of("dl2")]).await;
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_rotation_signs_with_both_keys_so_receivers_switch_at_their_own_pace() {
+    let sim = spawn_sim(&[]);
+    let configured = Receiver::start(None).await;
+    let per_task = Receiver::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[[webhooks]]\nname = \"rotating\"\nurl = \"{}\"\nsecrets = [\"{SECRET_B}\", \"{SECRET_A}\"]\n",
+        configured.url
+    );
+    let cfg = daemon_config(dir.path(), &sim.url, &extra);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[delivery]\n",
+        &format!("[delivery]\nsecrets = [\"{SECRET_B}\", \"{SECRET_A}\"]\nallow_private_networks = true\n"),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let daemon = spawn_daemon(&cfg);
+    sim_create(&sim.url, vec![json!({"id": "rot-1", "duration_ms": 50})]).await;
+    let (s, v) = post_json(
+        &format!("{}/v1/tasks", daemon.url),
+        &json!({"id": "rot-1", "webhooks": [per_task.url]}),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    for r in [&configured, &per_task] {
+        let hit = eventually("the delivery", Duration::from_secs(20), || async {
+            r.hits().into_iter().find(|h| h.status_sent == 200)
+        })
+        .await;
+        let mut headers = axum::http::HeaderMap::new();
+        for (k, v) in &hit.headers {
+            headers.insert(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let signatures = hit.headers["webhook-signature"].split(' ').count();
+        assert_eq!(signatures, 2, "one signature per key: {:?}", hit.headers);
+        // A receiver still on the old key and one already on the new key
+        // both accept it; a receiver with another key does not.
+        for key in [SECRET_A, SECRET_B] {
+            let verifier = standardwebhooks::Webhook::new(key).unwrap();
+            assert!(
+                verifier.verify(&hit.raw, &headers).is_ok(),
+                "{key} verifies"
+            );
+        }
+        let stranger =
+            standardwebhooks::Webhook::new("whsec_dGhpcyBpcyBub3QgYSBrZXkgd2UgdXNl").unwrap();
+        assert!(stranger.verify(&hit.raw, &headers).is_err());
+    }
+}

@@ -47,6 +47,7 @@ pub(crate) async fn create_tasks(State(sh): State<Arc<Shared>>, body: Bytes) -> 
     {
         let mut st = sh.lock();
         for t in tasks {
+            sh.callbacks.schedule(&t);
             st.tasks.insert(t.id.clone(), t);
         }
     }
@@ -65,6 +66,7 @@ pub(crate) async fn task_info(State(sh): State<Arc<Shared>>, Path(id): Path<Stri
         "created_at_ms": t.created_ms, "finishes_at_ms": finishes,
         "duration_ms": t.duration_ms, "items": t.items, "outcome": t.outcome,
         "replay": t.record.is_some(), "polls": t.polls,
+        "callback_url": t.callback.as_ref().map(|c| c.url.as_str()),
     });
     json_response(StatusCode::OK, to_json(&v))
 }
@@ -111,14 +113,16 @@ pub(crate) async fn set_faults(State(sh): State<Arc<Shared>>, body: Bytes) -> Re
 }
 
 pub(crate) async fn stats(State(sh): State<Arc<Shared>>) -> Response {
-    let v = {
+    let mut v = {
         let st = sh.lock();
         st.stats.to_json(st.tasks.len())
     };
+    sh.callbacks.counters.write_into(&mut v);
     json_response(StatusCode::OK, to_json(&v))
 }
 
 pub(crate) async fn reset_stats(State(sh): State<Arc<Shared>>) -> Response {
     sh.lock().stats = Stats::default();
+    sh.callbacks.counters.reset();
     json_response(StatusCode::OK, to_json(&json!({"reset": true})))
 }

@@ -8,18 +8,22 @@
 //! script faults and read statistics. Used by tests, benchmarks and demos (in
 //! the spirit of stripe-mock).
 //!
+//! Tasks created with a `callback_url` (or under `--callback-url`) POST their
+//! final body to it when they settle, as the real upstream does.
+//!
 //! Modules: `services` (the per-service table), `families` (one record
 //! builder per family of shapes) and `records` (what they share), `state`
 //! (tasks and the shared state), `endpoint` (the tasks API), `faults`,
-//! `control` (`/_sim/`), `stats`, `reply` and `ids`.
+//! `callbacks`, `control` (`/_sim/`), `stats`, `reply` and `ids`.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{get, post};
 
+mod callbacks;
 mod control;
 mod endpoint;
 mod families;
@@ -35,7 +39,7 @@ mod tests;
 
 pub use faults::FaultKind;
 
-use state::{Shared, SimState};
+use state::Shared;
 
 /// Options of the simulator; also the CLI flags of `taskhook sim`.
 #[derive(Debug, Clone, clap::Args)]
@@ -92,6 +96,24 @@ pub struct SimArgs {
     /// of the requested IDs it knows.
     #[arg(long)]
     pub page_size: Option<usize>,
+    /// POST each task's final body to this URL when it settles (JSON,
+    /// unsigned, never retried, as the real upstream's `callback_url`), for
+    /// every task whose spec names no `callback_url`, implicit tasks included.
+    #[arg(long, value_parser = callbacks::parse_callback_url)]
+    pub callback_url: Option<String>,
+    /// How long after a task settles its callback leaves (ms).
+    #[arg(long, default_value_t = 0)]
+    pub callback_delay_ms: u64,
+    /// Fraction of callbacks never sent.
+    #[arg(long, default_value_t = 0.0)]
+    pub callback_loss_rate: f64,
+    /// Fraction of callbacks sent twice.
+    #[arg(long, default_value_t = 0.0)]
+    pub callback_duplicate_rate: f64,
+    /// Callbacks in flight at once; more wait their turn (when many tasks
+    /// settle together they then reuse connections, which keeps them prompt).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub callback_concurrency: u32,
 }
 
 impl Default for SimArgs {
@@ -113,6 +135,11 @@ impl Default for SimArgs {
             duplicate_rate: 0.0,
             any_service: false,
             page_size: None,
+            callback_url: None,
+            callback_delay_ms: 0,
+            callback_loss_rate: 0.0,
+            callback_duplicate_rate: 0.0,
+            callback_concurrency: 64,
         }
     }
 }
@@ -147,10 +174,7 @@ pub async fn serve_on_loopback(
 
 /// The router, for embedding.
 pub fn router(args: SimArgs) -> Router {
-    let shared = Arc::new(Shared {
-        state: Mutex::new(SimState::new(&args)),
-        args,
-    });
+    let shared = Arc::new(Shared::new(args));
     Router::new()
         .route("/_sim/tasks", post(control::create_tasks))
         .route("/_sim/tasks/{id}", get(control::task_info))

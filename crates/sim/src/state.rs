@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::SimArgs;
+use crate::callbacks::{Callbacks, Plan, parse_callback_url};
 use crate::faults::{Bucket, FaultKind, Faults};
 use crate::ids::{hash_str, mix, random_uuid, unit};
 use crate::records::place_id;
@@ -94,6 +95,15 @@ pub(crate) struct TaskSpec {
     /// The record served once `duration_ms` has passed (replay); `{}` makes
     /// the ID unknown to the upstream.
     pub(crate) record: Option<Value>,
+    /// Where to POST the final body when the task settles (`--callback-url`
+    /// otherwise; `""`: no callback even then).
+    pub(crate) callback_url: Option<String>,
+    /// Overrides `--callback-delay-ms`.
+    pub(crate) callback_delay_ms: Option<u64>,
+    /// Overrides `--callback-loss-rate` (0 to 1).
+    pub(crate) callback_loss: Option<f64>,
+    /// Overrides `--callback-duplicate-rate` (0 to 1).
+    pub(crate) callback_duplicate: Option<f64>,
 }
 
 /// One simulated upstream task.
@@ -116,6 +126,8 @@ pub(crate) struct Task {
     pub(crate) key: u64,
     pub(crate) polls: u64,
     pub(crate) hiccup_done: bool,
+    /// The callback it makes when it settles, if any.
+    pub(crate) callback: Option<Arc<Plan>>,
 }
 
 /// Everything mutable, behind one mutex.
@@ -172,9 +184,18 @@ impl SimState {
 pub(crate) struct Shared {
     pub(crate) args: SimArgs,
     pub(crate) state: Mutex<SimState>,
+    pub(crate) callbacks: Callbacks,
 }
 
 impl Shared {
+    pub(crate) fn new(args: SimArgs) -> Self {
+        Self {
+            state: Mutex::new(SimState::new(&args)),
+            callbacks: Callbacks::new(args.callback_concurrency),
+            args,
+        }
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, SimState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -197,6 +218,7 @@ impl Shared {
     ) -> Option<&'a mut Task> {
         if !st.tasks.contains_key(id) {
             let task = self.implicit_task(id, service, now)?;
+            self.callbacks.schedule(&task);
             st.tasks.insert(id.to_owned(), task);
         }
         st.tasks
@@ -242,10 +264,34 @@ impl Shared {
             state_words: StateWords::Standard,
             record: None,
             created_ms: now,
+            callback: a
+                .callback_url
+                .clone()
+                .map(|url| Arc::new(self.plan(url, None, None, None, key))),
             key,
             polls: 0,
             hiccup_done: false,
         })
+    }
+
+    /// The callback plan of the task of hash `key`: the spec's knobs, or
+    /// the command line's.
+    fn plan(
+        &self,
+        url: String,
+        delay_ms: Option<u64>,
+        loss: Option<f64>,
+        duplicate: Option<f64>,
+        key: u64,
+    ) -> Plan {
+        let a = &self.args;
+        Plan::new(
+            url,
+            delay_ms.unwrap_or(a.callback_delay_ms),
+            loss.unwrap_or(a.callback_loss_rate),
+            duplicate.unwrap_or(a.callback_duplicate_rate),
+            key,
+        )
     }
 
     /// The task `spec` asks for, or why it cannot exist.
@@ -265,8 +311,33 @@ impl Shared {
         } else {
             1
         };
+        for (name, rate) in [
+            ("callback_loss", spec.callback_loss),
+            ("callback_duplicate", spec.callback_duplicate),
+        ] {
+            if rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+                return Err(format!("`{name}` must be between 0 and 1"));
+            }
+        }
+        let key = hash_str(self.args.seed, &id);
+        let callback = match spec.callback_url.or_else(|| self.args.callback_url.clone()) {
+            Some(url) if url.is_empty() => None,
+            Some(url) => {
+                let url = parse_callback_url(&url)?;
+                let plan = self.plan(
+                    url,
+                    spec.callback_delay_ms,
+                    spec.callback_loss,
+                    spec.callback_duplicate,
+                    key,
+                );
+                Some(Arc::new(plan))
+            }
+            None => None,
+        };
         Ok(Task {
-            key: hash_str(self.args.seed, &id),
+            key,
+            callback,
             id,
             service,
             profile,

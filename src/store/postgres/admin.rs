@@ -1,5 +1,7 @@
 //! What the API reads and what operators do: task and delivery views,
-//! counts, deletes, replays, resumes, purge, the write probe.
+//! task listings, dead letters by filter, the activity overview, learned
+//! durations, counts, deletes, replays (one or by filter), resumes, purge,
+//! the write probe.
 //!
 //! Writes that change whether an event is settled lock its task and event
 //! rows first (see the parent module), reads of one task run in one
@@ -15,10 +17,61 @@ use tokio_postgres::types::ToSql;
 use super::queue::{LOCK_EVENTS, LOCK_TASKS};
 use super::*;
 
+const TASK_COLUMNS: &str = "id, service, status, upstream_state, outcome, polls, enqueued_at, \
+     next_poll_at, finished_at, event_id, metadata, webhooks";
+
 const TASK: &str = "
 SELECT id, service, status, upstream_state, outcome, polls, enqueued_at, next_poll_at,
     finished_at, event_id, metadata, webhooks
 FROM tasks WHERE id = $1";
+
+/// The attempt log of a task's event, oldest first.
+const TASK_ATTEMPTS: &str = "
+SELECT delivery_id, webhook, attempt, at, status, latency_ms, error, answer, verdict
+FROM attempts WHERE event_id = (SELECT event_id FROM tasks WHERE id = $1)
+ORDER BY at, id";
+
+/// Dead letters or parked deliveries (`$1`, 2 or 4) settled in `[$2, $3)`,
+/// of webhook `$4` and event type `$5` when given. The literal `IN (2, 4)`
+/// lets the planner use the partial index `deliveries_dead` for the window.
+const MATCHING: &str = "FROM deliveries d LEFT JOIN events e ON e.id = d.event_id
+WHERE d.state = $1 AND d.state IN (2, 4) AND d.updated_at >= $2 AND d.updated_at < $3
+  AND ($4::text IS NULL OR d.webhook = $4) AND ($5::text IS NULL OR e.type = $5)";
+
+/// Activity: tasks enqueued since `$1`.
+const ACTIVITY_ENQUEUED: &str = "SELECT count(*) FROM tasks WHERE enqueued_at >= $1";
+
+/// Activity: attempts, deliveries and failures per webhook since `$1`.
+const ACTIVITY_COUNTS: &str = "
+SELECT webhook, count(*), count(*) FILTER (WHERE verdict = 'delivered'),
+    count(*) FILTER (WHERE verdict IN ('retry', 'failed'))
+FROM attempts WHERE at >= $1 GROUP BY webhook";
+
+/// Activity: nearest-rank p50 and p95 of each webhook's latencies since
+/// `$1` (rank `ceil(p·n)`, in integers so both backends agree exactly).
+const ACTIVITY_LATENCY: &str = "
+SELECT webhook,
+    max(CASE WHEN rn = (n * 50 + 99) / 100 THEN latency_ms END),
+    max(CASE WHEN rn = (n * 95 + 99) / 100 THEN latency_ms END)
+FROM (SELECT webhook, latency_ms,
+        row_number() OVER (PARTITION BY webhook ORDER BY latency_ms) AS rn,
+        count(*) OVER (PARTITION BY webhook) AS n
+      FROM attempts WHERE at >= $1 AND latency_ms IS NOT NULL) AS l
+GROUP BY webhook";
+
+/// Activity: each webhook's last error since `$1`.
+const ACTIVITY_LAST_ERROR: &str = "
+SELECT DISTINCT ON (webhook) webhook, error, at FROM attempts
+WHERE at >= $1 AND error IS NOT NULL
+ORDER BY webhook, at DESC, id DESC";
+
+/// Activity: each webhook's deliveries leased at `$1` (the index of leased
+/// deliveries serves it).
+const ACTIVITY_IN_FLIGHT: &str = "
+SELECT webhook, count(*) FROM deliveries
+WHERE state = 0 AND leased AND next_attempt_at > $1 GROUP BY webhook";
+
+const DURATION_MODELS: &str = "SELECT service, observed, buckets, updated_at FROM durations";
 
 const TASK_EVENT: &str = "
 SELECT body FROM events WHERE id = (SELECT event_id FROM tasks WHERE id = $1)";
@@ -37,9 +90,11 @@ SELECT
     (SELECT min(enqueued_at) FROM tasks WHERE status = 0)";
 
 /// Removes a task with what its event leaves (its pending, delivered and
-/// gone deliveries; the event unless a dead letter still needs it).
+/// gone deliveries; the event unless a dead letter still needs it) and its
+/// event's attempt log.
 const DELETE_TASK: &str = "
 WITH t AS (DELETE FROM tasks WHERE id = $1 RETURNING event_id),
+a AS (DELETE FROM attempts x USING t WHERE x.event_id = t.event_id),
 d AS (
     DELETE FROM deliveries x USING t WHERE x.event_id = t.event_id AND x.state IN (0, 1, 3)
 ),
@@ -127,6 +182,11 @@ e AS (
 )
 SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM e)";
 
+/// The attempt log past the longest retention, oldest first.
+const PURGE_ATTEMPTS: &str = "
+WITH old AS (SELECT id FROM attempts WHERE at < $1 ORDER BY at LIMIT $2)
+DELETE FROM attempts WHERE id = ANY(ARRAY(SELECT id FROM old))";
+
 const CHECK_WRITABLE: &str = "
 WITH gone AS (DELETE FROM probe) INSERT INTO probe (at) VALUES ($1)";
 
@@ -154,6 +214,79 @@ fn delivery_view(r: &Row) -> DeliveryView {
         created_at: r.get(11),
         updated_at: r.get(12),
     }
+}
+
+fn attempt_view(r: &Row) -> AttemptView {
+    AttemptView {
+        delivery_id: r.get(0),
+        webhook: crate::redact::url(&r.get::<_, String>(1)),
+        attempt: count(r.get(2)),
+        at: r.get(3),
+        status: shared::status_of(r.get::<_, Option<i32>>(4).map(i64::from)),
+        latency_ms: r.get(5),
+        error: r.get(6),
+        answer: r.get(7),
+        verdict: r.get(8),
+    }
+}
+
+/// The SQL and arguments of a task listing (see [`ReadModel::list_tasks`]).
+/// The status is written into the SQL, so the partial index `tasks_age`
+/// serves a listing of watched tasks; an ID prefix is a range on the
+/// primary key (IDs compare in byte order, see migration 2).
+pub(super) fn list_tasks_query(f: &TaskFilter) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
+    let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+    let mut bind = |v: Box<dyn ToSql + Sync + Send>| {
+        args.push(v);
+        format!("${}", args.len())
+    };
+    let mut terms: Vec<String> = Vec::new();
+    if let Some(p) = f.id_prefix.as_deref().filter(|p| !p.is_empty()) {
+        let lo = bind(Box::new(p.to_string()));
+        terms.push(match shared::prefix_upper_bound(p) {
+            Some(hi) => format!("id >= {lo}::text AND id < {}::text", bind(Box::new(hi))),
+            None => format!("id >= {lo}::text AND starts_with(id, {lo}::text)"),
+        });
+    }
+    if let Some(status) = f.status {
+        terms.push(format!(
+            "status = {}",
+            match status {
+                TaskStatus::Watching => 0,
+                TaskStatus::Delivering => 1,
+                TaskStatus::Done => 2,
+            }
+        ));
+    }
+    if let Some(service) = &f.service {
+        terms.push(format!(
+            "service = {}::text",
+            bind(Box::new(service.clone()))
+        ));
+    }
+    if let Some(outcome) = &f.outcome {
+        terms.push(format!(
+            "outcome = {}::text",
+            bind(Box::new(outcome.clone()))
+        ));
+    }
+    if let Some((at, id)) = &f.after {
+        let (at, id) = (bind(Box::new(*at)), bind(Box::new(id.clone())));
+        terms.push(format!(
+            "enqueued_at <= {at}::int8 AND (enqueued_at, id) < ({at}::int8, {id}::text)"
+        ));
+    }
+    let limit = bind(Box::new(f.limit.min(i64::MAX as usize) as i64));
+    let filter = if terms.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", terms.join(" AND "))
+    };
+    let sql = format!(
+        "SELECT {TASK_COLUMNS} FROM tasks{filter} \
+         ORDER BY enqueued_at DESC, id DESC LIMIT {limit}::int8"
+    );
+    (sql, args)
 }
 
 fn task_view(r: &Row) -> TaskView {
@@ -194,26 +327,141 @@ fn task_view(r: &Row) -> TaskView {
 
 #[async_trait]
 impl ReadModel for PostgresStore {
-    async fn list_tasks(&self, _filter: TaskFilter) -> StoreResult<Vec<TaskView>> {
-        Err(StoreError::unavailable_msg("list_tasks: not built yet"))
+    async fn list_tasks(&self, filter: TaskFilter) -> StoreResult<Vec<TaskView>> {
+        if filter.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (sql, args) = list_tasks_query(&filter);
+        let args: Vec<&(dyn ToSql + Sync)> = args
+            .iter()
+            .map(|a| a.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        let c = self.conn().await?;
+        let st = c.prepare_cached(&sql).await.map_err(db)?;
+        let rows = c.query(&st, &args).await.map_err(db)?;
+        Ok(rows.iter().map(task_view).collect())
     }
 
     async fn list_matching(
         &self,
-        _filter: ReplayFilter,
-        _limit: usize,
+        filter: ReplayFilter,
+        limit: usize,
     ) -> StoreResult<Vec<DeliveryView>> {
-        Err(StoreError::unavailable_msg("list_matching: not built yet"))
+        if !shared::replayable(filter.state) || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let c = self.conn().await?;
+        let st = c
+            .prepare_cached(&format!(
+                "SELECT {DELIVERY_COLUMNS} {MATCHING} \
+                 ORDER BY d.updated_at DESC, d.id DESC LIMIT $6"
+            ))
+            .await
+            .map_err(db)?;
+        let limit = limit.min(i64::MAX as usize) as i64;
+        let (state, since, until) = matching_window(&filter);
+        let rows = c
+            .query(
+                &st,
+                &[
+                    &state,
+                    &since,
+                    &until,
+                    &filter.webhook,
+                    &filter.event_type,
+                    &limit,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(delivery_view).collect())
     }
 
-    async fn activity(&self, _now: Millis, _since: Millis) -> StoreResult<Activity> {
-        Err(StoreError::unavailable_msg("activity: not built yet"))
+    async fn count_matching(&self, filter: ReplayFilter) -> StoreResult<u64> {
+        if !shared::replayable(filter.state) {
+            return Ok(0);
+        }
+        let c = self.conn().await?;
+        let st = c
+            .prepare_cached(&format!("SELECT count(*) {MATCHING}"))
+            .await
+            .map_err(db)?;
+        let (state, since, until) = matching_window(&filter);
+        let row = c
+            .query_one(
+                &st,
+                &[&state, &since, &until, &filter.webhook, &filter.event_type],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    async fn activity(&self, now: Millis, since: Millis) -> StoreResult<Activity> {
+        let tx = self.tx().await?;
+        let c = tx.client();
+        let enqueued = c.prepare_cached(ACTIVITY_ENQUEUED).await.map_err(db)?;
+        let counts = c.prepare_cached(ACTIVITY_COUNTS).await.map_err(db)?;
+        let latency = c.prepare_cached(ACTIVITY_LATENCY).await.map_err(db)?;
+        let last_error = c.prepare_cached(ACTIVITY_LAST_ERROR).await.map_err(db)?;
+        let in_flight = c.prepare_cached(ACTIVITY_IN_FLIGHT).await.map_err(db)?;
+        let since_arg: [&(dyn ToSql + Sync); 1] = [&since];
+        let now_arg: [&(dyn ToSql + Sync); 1] = [&now];
+        // One snapshot, one round trip.
+        let (_, enqueued, counts, latency, last_error, in_flight, _) = tokio::try_join!(
+            biased;
+            c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+            c.query_one(&enqueued, &since_arg),
+            c.query(&counts, &since_arg),
+            c.query(&latency, &since_arg),
+            c.query(&last_error, &since_arg),
+            c.query(&in_flight, &now_arg),
+            c.batch_execute("COMMIT"),
+        )
+        .map_err(db)?;
+        tx.done();
+        let mut a = Activity {
+            since,
+            enqueued: enqueued.get::<_, i64>(0) as u64,
+            ..Default::default()
+        };
+        let mut book = shared::HealthBook::default();
+        for r in &counts {
+            let (n, delivered, failed) = (
+                r.get::<_, i64>(1) as u64,
+                r.get::<_, i64>(2) as u64,
+                r.get::<_, i64>(3) as u64,
+            );
+            let h = book.entry(r.get(0));
+            h.attempts += n;
+            h.delivered += delivered;
+            a.delivered += delivered;
+            a.failed_attempts += failed;
+        }
+        for r in &latency {
+            let h = book.entry(r.get(0));
+            (h.p50_ms, h.p95_ms) = (r.get(1), r.get(2));
+        }
+        for r in &last_error {
+            let h = book.entry(r.get(0));
+            (h.last_error, h.last_error_at) = (r.get(1), r.get(2));
+        }
+        for r in &in_flight {
+            book.entry(r.get(0)).in_flight += r.get::<_, i64>(1) as u64;
+        }
+        a.webhooks = book.into_sorted();
+        Ok(a)
     }
 
     async fn duration_models(&self) -> StoreResult<Vec<DurationModel>> {
-        Err(StoreError::unavailable_msg(
-            "duration_models: not built yet",
-        ))
+        let c = self.conn().await?;
+        let st = c.prepare_cached(DURATION_MODELS).await.map_err(db)?;
+        let rows = c.query(&st, &[]).await.map_err(db)?;
+        let mut models: Vec<DurationModel> =
+            rows.iter().map(super::queue::duration_model).collect();
+        // In byte order, whatever the database's collation.
+        models.sort_by(|a, b| a.service.cmp(&b.service));
+        Ok(models)
     }
 
     async fn get_task(&self, id: String) -> StoreResult<Option<TaskView>> {
@@ -228,14 +476,16 @@ impl ReadModel for PostgresStore {
             ))
             .await
             .map_err(db)?;
+        let attempts = c.prepare_cached(TASK_ATTEMPTS).await.map_err(db)?;
         let args: [&(dyn ToSql + Sync); 1] = [&id];
         // One snapshot, one round trip.
-        let (_, task, event, deliveries, _) = tokio::try_join!(
+        let (_, task, event, deliveries, attempts, _) = tokio::try_join!(
             biased;
             c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
             c.query_opt(&task, &args),
             c.query_opt(&event, &args),
             c.query(&deliveries, &args),
+            c.query(&attempts, &args),
             c.batch_execute("COMMIT"),
         )
         .map_err(db)?;
@@ -249,6 +499,7 @@ impl ReadModel for PostgresStore {
                 .and_then(|r| r.get::<_, Option<String>>(0))
                 .and_then(|b| serde_json::from_str(&b).ok());
             view.deliveries = deliveries.iter().map(delivery_view).collect();
+            view.attempts = attempts.iter().map(attempt_view).collect();
         }
         Ok(Some(view))
     }
@@ -301,6 +552,16 @@ impl ReadModel for PostgresStore {
         .map_err(db)?;
         Ok(rows.iter().map(delivery_view).collect())
     }
+}
+
+/// The state and settle window of a replay filter, as [`MATCHING`] takes
+/// them (an open end is the farthest time).
+fn matching_window(f: &ReplayFilter) -> (i16, Millis, Millis) {
+    (
+        state_code(f.state),
+        f.since.unwrap_or(Millis::MIN),
+        f.until.unwrap_or(Millis::MAX),
+    )
 }
 
 impl PostgresStore {
@@ -358,10 +619,21 @@ impl PostgresStore {
 
 #[async_trait]
 impl Admin for PostgresStore {
-    async fn replay_matching(&self, _now: Millis, _filter: ReplayFilter) -> StoreResult<u64> {
-        Err(StoreError::unavailable_msg(
-            "replay_matching: not built yet",
-        ))
+    async fn replay_matching(&self, now: Millis, filter: ReplayFilter) -> StoreResult<u64> {
+        if !shared::replayable(filter.state) {
+            return Ok(0);
+        }
+        let (state, since, until) = matching_window(&filter);
+        // One transaction: the matches are listed, their tasks and events
+        // locked, then one statement reopens them all (with one NOTIFY).
+        self.reopen(
+            now,
+            &format!("SELECT d.id, d.task_id, d.event_id {MATCHING}"),
+            &[&state, &since, &until, &filter.webhook, &filter.event_type],
+            state,
+            true,
+        )
+        .await
     }
 
     async fn delete_task(&self, id: String) -> StoreResult<bool> {
@@ -439,7 +711,8 @@ impl Admin for PostgresStore {
         let c = self.conn().await?;
         let done = c.prepare_cached(PURGE_DONE).await.map_err(db)?;
         let dead = c.prepare_cached(PURGE_DEAD).await.map_err(db)?;
-        // Two statements, each its own transaction: locks are held briefly.
+        let logged = c.prepare_cached(PURGE_ATTEMPTS).await.map_err(db)?;
+        // Three statements, each its own transaction: locks are held briefly.
         let a = c
             .query_one(&done, &[&done_before, &chunk])
             .await
@@ -448,11 +721,15 @@ impl Admin for PostgresStore {
             .query_one(&dead, &[&dead_before, &chunk])
             .await
             .map_err(db)?;
+        let attempts = c
+            .execute(&logged, &[&dead_before, &chunk])
+            .await
+            .map_err(db)? as i64;
         let (tasks, rest) = (a.get::<_, i64>(0), a.get::<_, i64>(1));
         let (dead, events) = (b.get::<_, i64>(0), b.get::<_, i64>(1));
         Ok(Purged {
-            rows: (tasks + rest + dead + events) as u64,
-            more: tasks == chunk || dead == chunk,
+            rows: (tasks + rest + dead + events + attempts) as u64,
+            more: tasks == chunk || dead == chunk || attempts == chunk,
         })
     }
 

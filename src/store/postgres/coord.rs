@@ -58,6 +58,36 @@ taken AS (
 )
 SELECT term FROM kept UNION ALL SELECT term FROM taken";
 
+/// Gives back, due now, every lease held by an instance that is not live
+/// (its heartbeat lapsed, or it left): its tasks are polled and its
+/// deliveries sent by others at once, and its webhooks' concurrency slots
+/// are free again. Rows locked by a claim in progress are skipped (a live
+/// instance's). The fencing token moves on, so a late write by the
+/// instance, should it still run, is ignored. Wakes the others.
+const RESCUE: &str = "
+WITH live AS (SELECT id FROM instances WHERE expires_at > $1),
+d AS (
+    UPDATE deliveries SET leased = false, next_attempt_at = $1, claim = claim + 1
+    WHERE id IN (
+        SELECT id FROM deliveries
+        WHERE state = 0 AND leased AND leased_by IS NOT NULL
+          AND leased_by <> ALL(ARRAY(SELECT id FROM live))
+        FOR UPDATE SKIP LOCKED)
+    RETURNING 1
+),
+t AS (
+    UPDATE tasks SET leased = false, next_poll_at = $1, claim = nextval('task_claims')
+    WHERE id IN (
+        SELECT id FROM tasks
+        WHERE status = 0 AND leased AND leased_by IS NOT NULL
+          AND leased_by <> ALL(ARRAY(SELECT id FROM live))
+        FOR UPDATE SKIP LOCKED)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM t),
+    (SELECT pg_notify('taskhook_deliveries', $2) WHERE EXISTS (SELECT 1 FROM d)),
+    (SELECT pg_notify('taskhook_tasks', $2) WHERE EXISTS (SELECT 1 FROM t))";
+
 const LEADER: &str = "SELECT instance, term FROM leader WHERE id AND expires_at > $1";
 
 const LEAVE: &str = "
@@ -72,6 +102,7 @@ impl Coordination for PostgresStore {
         instance: InstanceInfo,
         ttl_ms: Millis,
     ) -> StoreResult<Vec<InstanceInfo>> {
+        *self.inner.me.write().expect("instance lock") = Some(instance.id.clone());
         let c = self.conn().await?;
         let st = c.prepare_cached(HEARTBEAT).await.map_err(db)?;
         let rows = c
@@ -87,6 +118,19 @@ impl Coordination for PostgresStore {
             )
             .await
             .map_err(db)?;
+        let rescue = c.prepare_cached(RESCUE).await.map_err(db)?;
+        let given = c
+            .query_one(&rescue, &[&now, &self.inner.schema])
+            .await
+            .map_err(db)?;
+        let (deliveries, tasks): (i64, i64) = (given.get(0), given.get(1));
+        if deliveries + tasks > 0 {
+            tracing::info!(
+                deliveries,
+                tasks,
+                "gave back the leases of daemons that stopped; others take the work now"
+            );
+        }
         Ok(rows
             .iter()
             .map(|r| InstanceInfo {

@@ -39,7 +39,11 @@ use super::*;
 
 /// This backend's schema migrations, in order; the `taskhook_migrations`
 /// table lists those applied.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/v1.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/v1.sql"),
+    include_str!("migrations/v2.sql"),
+    include_str!("migrations/v3.sql"),
+];
 
 /// Advisory-lock class of the migration (the object is the schema's
 /// hash): two instances starting together migrate one after the other.
@@ -85,6 +89,9 @@ struct Inner {
     pool: Pool,
     schema: String,
     listener: listen::Listener,
+    /// The instance this store serves, once its first heartbeat named it:
+    /// leases it takes carry it, so others can give them back if it dies.
+    me: std::sync::RwLock<Option<String>>,
 }
 
 impl PostgresStore {
@@ -117,8 +124,14 @@ impl PostgresStore {
                 pool,
                 schema: target.schema,
                 listener,
+                me: Default::default(),
             }),
         })
+    }
+
+    /// The instance leases are taken for (`None` before the first heartbeat).
+    fn me(&self) -> Option<String> {
+        self.inner.me.read().expect("instance lock").clone()
     }
 
     /// The schema this store works in.

@@ -1,5 +1,6 @@
-//! The hot path: enqueue, poll claims and their results, delivery claims
-//! and their results. Each is one statement, or one transaction whose
+//! The hot path: enqueue, poll claims and their results, hints that hurry
+//! tasks, learned durations, delivery claims and their results (with the
+//! attempt log). Each is one statement, or one transaction whose
 //! statements go out together (`BEGIN`, locks, the write, `COMMIT` in one
 //! round trip), with batches passed as arrays and expanded by `unnest`.
 //!
@@ -86,7 +87,7 @@ due AS (
 ),
 c AS (SELECT nextval('task_claims') AS n),
 leased AS (
-    UPDATE tasks t SET leased = true, claim = c.n, next_poll_at = $3
+    UPDATE tasks t SET leased = true, claim = c.n, next_poll_at = $3, leased_by = $8
     FROM c
     WHERE t.id = ANY(ARRAY(SELECT id FROM due))
     RETURNING t.id, t.service, t.claim, t.enqueued_at, t.polls, t.misses, t.fail_seen,
@@ -164,7 +165,7 @@ WITH due AS (
     FOR UPDATE SKIP LOCKED
 ),
 c AS (SELECT nextval('task_claims') AS n)
-UPDATE tasks t SET leased = true, claim = c.n, next_poll_at = $4
+UPDATE tasks t SET leased = true, claim = c.n, next_poll_at = $4, leased_by = $5
 FROM c
 WHERE t.id = ANY(ARRAY(SELECT id FROM due))
 RETURNING t.id, t.service, t.claim, t.enqueued_at, t.polls, t.misses, t.fail_seen,
@@ -225,7 +226,8 @@ pick AS (
     LIMIT $2
 ),
 leased AS (
-    UPDATE deliveries d SET leased = true, claim = d.claim + 1, next_attempt_at = $3
+    UPDATE deliveries d SET leased = true, claim = d.claim + 1, next_attempt_at = $3,
+        leased_by = $7
     WHERE d.id = ANY(ARRAY(SELECT id FROM pick))
     RETURNING d.id, d.claim, d.event_id, d.task_id, d.webhook, d.url, d.attempts,
         d.task_enqueued_at, d.kind
@@ -250,17 +252,66 @@ pub(super) const LOCK_EVENTS: &str =
     "SELECT 1 FROM events WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE";
 
 /// Records attempts fenced by claim: a retry keeps the delivery pending
-/// with its next attempt; any other verdict settles it. Returns the
-/// settled ones' task and event.
+/// with its next attempt; any other verdict settles it. Every attempt that
+/// landed is appended to the attempt log under the delivery's stored name
+/// and count (a stale one matches no row, so logs nothing). Returns the
+/// updated ones' task, event and state.
 const RECORD_ATTEMPTS: &str = "
-UPDATE deliveries d SET leased = false,
-    state = coalesce(r.state, d.state),
-    next_attempt_at = coalesce(r.at, d.next_attempt_at),
-    attempts = d.attempts + 1, last_status = r.status, last_error = r.error, updated_at = $1
-FROM unnest($2::int8[], $3::int8[], $4::int2[], $5::int8[], $6::int4[], $7::text[])
-    AS r(id, claim, state, at, status, error)
-WHERE d.id = r.id AND d.claim = r.claim AND d.state = 0
-RETURNING d.task_id, d.event_id, d.state";
+WITH u AS (
+    UPDATE deliveries d SET leased = false,
+        state = coalesce(r.state, d.state),
+        next_attempt_at = coalesce(r.at, d.next_attempt_at),
+        attempts = d.attempts + 1, last_status = r.status, last_error = r.error, updated_at = $1
+    FROM unnest($2::int8[], $3::int8[], $4::int2[], $5::int8[], $6::int4[], $7::text[],
+                $8::int8[], $9::text[], $10::text[])
+        AS r(id, claim, state, at, status, error, latency, answer, verdict)
+    WHERE d.id = r.id AND d.claim = r.claim AND d.state = 0
+    RETURNING d.id, d.task_id, d.event_id, d.webhook, d.attempts, d.state,
+        r.status, r.error, r.latency, r.answer, r.verdict
+),
+logged AS (
+    INSERT INTO attempts (delivery_id, event_id, task_id, webhook, attempt, at, status,
+        latency_ms, error, answer, verdict)
+    SELECT id, event_id, task_id, webhook, attempts, $1, status, latency, error, answer, verdict
+    FROM u ORDER BY id
+)
+SELECT task_id, event_id, state FROM u";
+
+/// Makes the watched, unleased tasks `$3` of service `$2` due at `$1` if
+/// they were due later, and wakes the pollers when any moved.
+const HURRY: &str = "
+WITH h AS (
+    UPDATE tasks SET next_poll_at = $1
+    WHERE id = ANY($3::text[]) AND service = $2 AND status = 0 AND NOT leased
+      AND next_poll_at > $1
+    RETURNING 1
+),
+wake AS (
+    SELECT pg_notify('taskhook_tasks', $4) FROM (SELECT 1 FROM h LIMIT 1) AS any_new
+)
+SELECT (SELECT count(*) FROM h), (SELECT count(*) FROM wake)";
+
+/// Folds a histogram of durations (`$3`, `$2` of them) into service `$1`'s
+/// learned one, computing from the locked row when there is one, exactly as
+/// `durations::Histogram::merge` does (counts added, then halved rounding
+/// up once the total passes `$5`); a new row takes `$6`, the histogram
+/// merged into an empty one.
+const LEARN_DURATIONS: &str = "
+INSERT INTO durations AS d (service, observed, buckets, updated_at)
+VALUES ($1, $2, $6::int8[], $4)
+ON CONFLICT (service) DO UPDATE SET
+    observed = d.observed + excluded.observed,
+    buckets = ARRAY(
+        SELECT CASE WHEN sum(coalesce(a, 0) + coalesce(b, 0)) OVER () > $5::int8
+                    THEN (coalesce(a, 0) + coalesce(b, 0) + 1) / 2
+                    ELSE coalesce(a, 0) + coalesce(b, 0) END
+        FROM unnest(d.buckets, $3::int8[]) WITH ORDINALITY AS u(a, b, i)
+        ORDER BY i),
+    updated_at = excluded.updated_at
+RETURNING observed, buckets, updated_at";
+
+const DURATION_MODEL: &str =
+    "SELECT service, observed, buckets, updated_at FROM durations WHERE service = $1";
 
 /// For events whose deliveries were just settled: the task is done once
 /// none is pending; an event whose task is gone (a dead letter replayed
@@ -321,18 +372,58 @@ fn claimed_tasks(rows: &[Row]) -> Vec<ClaimedTask> {
 
 #[async_trait]
 impl PollQueue for PostgresStore {
-    async fn hurry(&self, _now: Millis, _service: String, _ids: Vec<String>) -> StoreResult<u64> {
-        Err(StoreError::unavailable_msg("hurry: not built yet"))
+    async fn hurry(&self, now: Millis, service: String, ids: Vec<String>) -> StoreResult<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let c = self.conn().await?;
+        let st = c.prepare_cached(HURRY).await.map_err(db)?;
+        let row = c
+            .query_one(&st, &[&now, &service, &ids, &self.inner.schema])
+            .await
+            .map_err(db)?;
+        Ok(row.get::<_, i64>(0) as u64)
     }
 
     async fn learn_durations(
         &self,
-        _now: Millis,
-        _service: String,
-        _durations_ms: Vec<i64>,
+        now: Millis,
+        service: String,
+        durations_ms: Vec<i64>,
     ) -> StoreResult<DurationModel> {
-        Err(StoreError::unavailable_msg(
-            "learn_durations: not built yet",
+        let learned = durations::Histogram::of(&durations_ms);
+        let taken = learned.total();
+        let c = self.conn().await?;
+        if taken == 0 {
+            let st = c.prepare_cached(DURATION_MODEL).await.map_err(db)?;
+            let row = c.query_opt(&st, &[&service]).await.map_err(db)?;
+            return Ok(match row {
+                Some(r) => duration_model(&r),
+                None => durations::Histogram::default().model(service, 0, 0),
+            });
+        }
+        let mut fresh = durations::Histogram::default();
+        fresh.merge(&learned);
+        let st = c.prepare_cached(LEARN_DURATIONS).await.map_err(db)?;
+        let row = c
+            .query_one(
+                &st,
+                &[
+                    &service,
+                    &i64::try_from(taken).unwrap_or(i64::MAX),
+                    &learned.to_stored(),
+                    &now,
+                    &(durations::AGE_ABOVE as i64),
+                    &fresh.to_stored(),
+                ],
+            )
+            .await
+            .map_err(db)?;
+        let counts: Vec<i64> = row.get(1);
+        Ok(durations::Histogram::from_stored(&counts).model(
+            service,
+            row.get::<_, i64>(0).max(0) as u64,
+            row.get(2),
         ))
     }
 
@@ -418,6 +509,7 @@ impl PollQueue for PostgresStore {
                     &services,
                     &ns,
                     &(limits.default as i64),
+                    &self.me(),
                 ],
             )
             .await
@@ -483,7 +575,13 @@ impl PollQueue for PostgresStore {
         let rows = c
             .query(
                 &st,
-                &[&now, &enqueued_before, &(limit as i64), &lease_until],
+                &[
+                    &now,
+                    &enqueued_before,
+                    &(limit as i64),
+                    &lease_until,
+                    &self.me(),
+                ],
             )
             .await
             .map_err(db)?;
@@ -684,8 +782,16 @@ impl DeliveryQueue for PostgresStore {
         // One round trip: the claim's snapshot is taken once the lock is
         // held, so it sees every lease committed before.
         let lock_args: [&(dyn ToSql + Sync); 2] = [&DELIVERY_CLAIM_LOCK, schema];
-        let claim_args: [&(dyn ToSql + Sync); 6] =
-            [&now, &limit, &lease_until, &exclude, &per_webhook, &scan];
+        let me = self.me();
+        let claim_args: [&(dyn ToSql + Sync); 7] = [
+            &now,
+            &limit,
+            &lease_until,
+            &exclude,
+            &per_webhook,
+            &scan,
+            &me,
+        ];
         let (_, _, rows, _) = tokio::try_join!(
             biased;
             c.batch_execute("BEGIN"),
@@ -832,6 +938,16 @@ impl DeliveryQueue for PostgresStore {
     }
 }
 
+/// A learned model from its row (service, observed, buckets, updated_at).
+pub(super) fn duration_model(r: &Row) -> DurationModel {
+    let counts: Vec<i64> = r.get(2);
+    durations::Histogram::from_stored(&counts).model(
+        r.get(0),
+        r.get::<_, i64>(1).max(0) as u64,
+        r.get(3),
+    )
+}
+
 /// One round of attempt reports as the arrays [`RECORD_ATTEMPTS`] takes.
 #[derive(Default)]
 struct Attempts {
@@ -843,11 +959,16 @@ struct Attempts {
     at: Vec<Option<i64>>,
     status: Vec<Option<i32>>,
     error: Vec<Option<String>>,
+    /// For the attempt log: how long it took, the start of the answer,
+    /// the verdict's word.
+    latency: Vec<Option<i64>>,
+    answer: Vec<Option<String>>,
+    verdict: Vec<&'static str>,
 }
 
 impl Attempts {
     /// The parameters of [`RECORD_ATTEMPTS`].
-    fn params<'a>(&'a self, now: &'a Millis) -> [&'a (dyn ToSql + Sync); 7] {
+    fn params<'a>(&'a self, now: &'a Millis) -> [&'a (dyn ToSql + Sync); 10] {
         [
             now,
             &self.id,
@@ -856,6 +977,9 @@ impl Attempts {
             &self.at,
             &self.status,
             &self.error,
+            &self.latency,
+            &self.answer,
+            &self.verdict,
         ]
     }
 
@@ -867,11 +991,14 @@ impl Attempts {
             DeliveryVerdict::Gone => (Some(GONE), None),
             DeliveryVerdict::WebhookRemoved => (Some(REMOVED), None),
         };
+        self.verdict.push(shared::verdict_word(&r.verdict));
         self.id.push(r.id);
         self.claim.push(r.claim);
         self.state.push(state);
         self.at.push(at);
         self.status.push(r.status.map(i32::from));
         self.error.push(r.error);
+        self.latency.push(r.latency_ms);
+        self.answer.push(shared::answer_kept(r.answer));
     }
 }

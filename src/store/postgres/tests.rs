@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use tokio_postgres::types::ToSql;
+
 use super::testing::{SchemaGuard, fresh, open, reachable, schema_name, url};
 use super::*;
 use crate::store::testing::{finish, task};
@@ -122,6 +124,95 @@ async fn an_expired_lease_goes_to_another_instance_and_the_stale_write_is_ignore
     let v = a.get_task("t".into()).await.unwrap().unwrap();
     assert_eq!(v.status, TaskStatus::Delivering);
     assert_eq!(v.deliveries.len(), 1);
+}
+
+fn instance(id: &str, now: Millis) -> InstanceInfo {
+    InstanceInfo {
+        id: id.into(),
+        host: "h".into(),
+        started_at: now,
+        heartbeat_at: now,
+    }
+}
+
+/// A daemon that dies holding leases does not hold its tasks and its
+/// webhooks' concurrency slots until the leases run out: the next heartbeat
+/// of another instance after its own lapsed gives them back, due at once;
+/// the dead one's late writes are ignored. A live instance's leases stay.
+#[tokio::test]
+async fn the_leases_of_a_dead_instance_are_given_back_at_once() {
+    let Some((a, guard)) = fresh(2).await else {
+        return;
+    };
+    let b = open(&guard, 2).await;
+    let ttl = 8_000;
+    a.heartbeat(0, instance("a", 0), ttl).await.unwrap();
+    b.heartbeat(0, instance("b", 0), ttl).await.unwrap();
+    finished(&a, "d", 3, &["w"], 0).await;
+    a.enqueue(0, 0, vec![task("p")]).await.unwrap();
+    let polled = a
+        .claim_poll_batch(0, 0, 10.into(), 600_000)
+        .await
+        .unwrap()
+        .tasks;
+    assert_eq!(polled.len(), 1);
+    let sending = a
+        .claim_deliveries(0, 10, 600_000, vec![], 2)
+        .await
+        .unwrap()
+        .deliveries;
+    assert_eq!(sending.len(), 2, "the cap of 2");
+    // B, alive, sees the cap full and the task leased.
+    b.heartbeat(1_000, instance("b", 0), ttl).await.unwrap();
+    assert!(
+        b.claim_deliveries(1_000, 10, 600_000, vec![], 2)
+            .await
+            .unwrap()
+            .deliveries
+            .is_empty()
+    );
+    assert!(
+        b.claim_poll_batch(1_000, 1_000, 10.into(), 600_000)
+            .await
+            .unwrap()
+            .tasks
+            .is_empty()
+    );
+    // A dies (no more heartbeats). Past its TTL, B's heartbeat frees its leases.
+    b.heartbeat(9_000, instance("b", 0), ttl).await.unwrap();
+    let taken = b
+        .claim_deliveries(9_000, 10, 600_000, vec![], 2)
+        .await
+        .unwrap()
+        .deliveries;
+    assert_eq!(taken.len(), 2, "the slots A held are free");
+    let task = b
+        .claim_poll_batch(9_000, 9_000, 10.into(), 600_000)
+        .await
+        .unwrap()
+        .tasks;
+    assert_eq!(task.len(), 1, "the task A held is due again");
+    // A's late report of its attempt is ignored: B's lease holds.
+    a.record_deliveries(9_100, sending.iter().map(delivered).collect())
+        .await
+        .unwrap();
+    assert_eq!(a.stats().await.unwrap().deliveries_pending, 3);
+    // B is alive: its own leases survive its own and others' heartbeats.
+    b.heartbeat(10_000, instance("b", 0), ttl).await.unwrap();
+    a.heartbeat(10_000, instance("a2", 10_000), ttl)
+        .await
+        .unwrap();
+    assert!(
+        a.claim_deliveries(10_000, 10, 600_000, vec![], 2)
+            .await
+            .unwrap()
+            .deliveries
+            .is_empty()
+    );
+    b.record_deliveries(10_100, taken.iter().map(delivered).collect())
+        .await
+        .unwrap();
+    assert_eq!(b.stats().await.unwrap().deliveries_pending, 1);
 }
 
 /// 2,000 tasks, eight claim loops on eight connections (six poll claims,
@@ -377,7 +468,9 @@ async fn a_schema_written_by_a_newer_version_is_refused() {
     assert!(!err.is_transient(), "{err}");
     let msg = err.to_string();
     assert!(
-        msg.contains("newer taskhook") && msg.contains("99") && msg.contains("up to 1"),
+        msg.contains("newer taskhook")
+            && msg.contains("99")
+            && msg.contains(&format!("up to {}", MIGRATIONS.len())),
         "{msg}"
     );
 }
@@ -810,4 +903,383 @@ async fn a_unix_socket_url_connects() {
     .await
     .unwrap();
     s.check_writable(0).await.unwrap();
+}
+
+/// A schema written by version 1 (here with task IDs under a linguistic
+/// collation, as a database's default may be) migrates with its rows: IDs
+/// compare in byte order afterwards, so an ID prefix is an exact range.
+#[tokio::test]
+async fn a_version_1_schema_migrates_with_its_rows_and_ids_in_byte_order() {
+    if !reachable().await {
+        return;
+    }
+    let guard = SchemaGuard::new(url(), schema_name());
+    let schema = guard.schema().to_string();
+    let c = raw(&schema).await;
+    let v1 = MIGRATIONS[0].replacen(
+        "id             text PRIMARY KEY",
+        "id             text COLLATE \"en-US-x-icu\" PRIMARY KEY",
+        1,
+    );
+    assert_ne!(v1, MIGRATIONS[0], "the test's edit applies");
+    c.batch_execute(&format!(
+        "CREATE SCHEMA {schema}; SET search_path TO {schema}; {v1};
+         CREATE TABLE taskhook_migrations (version integer PRIMARY KEY, taskhook text NOT NULL);
+         INSERT INTO taskhook_migrations VALUES (1, 'old');
+         INSERT INTO tasks (id, service, status, enqueued_at, next_poll_at, event_id, outcome)
+           VALUES ('Ba', 'producer', 1, 50, 0, 'msg_1', 'failed'),
+                  ('bz', 'producer', 0, 60, 1000, NULL, NULL),
+                  ('B', 'producer', 0, 70, 1000, NULL, NULL);
+         INSERT INTO events (id, task_id, type, body, created_at)
+           VALUES ('msg_1', 'Ba', 'task.failed', '{{}}', 0);
+         INSERT INTO deliveries (event_id, task_id, webhook, kind, url, state, attempts,
+             next_attempt_at, task_enqueued_at, created_at, updated_at)
+           VALUES ('msg_1', 'Ba', 'w', 0, 'http://w.example/', 2, 4, 0, 50, 0, 40);"
+    ))
+    .await
+    .unwrap();
+    // The premise: under that collation "bz" lies between "B" and "C".
+    let between: bool = c
+        .query_one(
+            "SELECT count(*) = 1 FROM tasks WHERE id >= 'B' AND id < 'C' AND id = 'bz'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(between);
+    let s = open(&guard, 2).await;
+    assert_eq!(s.schema_version().await.unwrap(), MIGRATIONS.len() as i64);
+    let collation: Option<String> = c
+        .query_one(
+            "SELECT collation_name::text FROM information_schema.columns \
+             WHERE table_schema = $1 AND table_name = 'tasks' AND column_name = 'id'",
+            &[&schema],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(collation.as_deref(), Some("C"));
+    let ids = |f: TaskFilter| {
+        let s = s.clone();
+        async move {
+            s.list_tasks(f)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|t| t.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let prefix = |p: &str| TaskFilter {
+        id_prefix: Some(p.into()),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(ids(prefix("B")).await, ["B", "Ba"]);
+    assert_eq!(ids(prefix("b")).await, ["bz"]);
+    let v = s.get_task("Ba".into()).await.unwrap().unwrap();
+    assert_eq!(
+        (v.status, v.deliveries.len(), v.attempts.len()),
+        (TaskStatus::Delivering, 1, 0)
+    );
+    let dead = s
+        .list_matching(
+            ReplayFilter {
+                state: DeliveryState::Failed,
+                webhook: Some("w".into()),
+                event_type: Some("task.failed".into()),
+                since: None,
+                until: Some(41),
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!((dead.len(), dead[0].attempts), (1, 4));
+    assert_eq!(
+        s.hurry(100, "producer".into(), vec!["bz".into(), "B".into()])
+            .await
+            .unwrap(),
+        2
+    );
+}
+
+/// EXPLAIN of `sql` with `args`, on a session that avoids sequential scans
+/// where any index serves (the test tables are too small for the planner
+/// to prefer an index on its own).
+async fn explain(c: &tokio_postgres::Client, sql: &str, args: &[&(dyn ToSql + Sync)]) -> String {
+    c.batch_execute("SET enable_seqscan = off").await.unwrap();
+    let rows = c.query(&format!("EXPLAIN {sql}"), args).await.unwrap();
+    rows.iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The new reads can use the indexes meant for them: an ID prefix the
+/// primary key, watched tasks their age, dead letters their settle time,
+/// the attempt log its event and its time, a hint the primary key.
+#[tokio::test]
+async fn listings_and_the_attempt_log_can_use_their_indexes() {
+    let Some((s, guard)) = fresh(1).await else {
+        return;
+    };
+    // Enough rows, with statistics, for the planner to weigh its choices.
+    for batch in 0..20 {
+        let tasks = (0..100).map(|i| task(&format!("t{batch}-{i}"))).collect();
+        s.enqueue(batch * 1_000, 0, tasks).await.unwrap();
+    }
+    drop(s);
+    let c = raw(guard.schema()).await;
+    c.batch_execute("ANALYZE tasks").await.unwrap();
+    let listing = |f: TaskFilter| {
+        let c = &c;
+        async move {
+            let (sql, args) = super::admin::list_tasks_query(&f);
+            let args: Vec<&(dyn ToSql + Sync)> = args
+                .iter()
+                .map(|a| a.as_ref() as &(dyn ToSql + Sync))
+                .collect();
+            explain(c, &sql, &args).await
+        }
+    };
+    let p = listing(TaskFilter {
+        id_prefix: Some("job".into()),
+        limit: 10,
+        ..Default::default()
+    })
+    .await;
+    assert!(p.contains("tasks_pkey"), "{p}");
+    let p = listing(TaskFilter {
+        status: Some(TaskStatus::Watching),
+        after: Some((5, "x".into())),
+        limit: 10,
+        ..Default::default()
+    })
+    .await;
+    assert!(p.contains("tasks_age"), "{p}");
+    let p = explain(
+        &c,
+        "SELECT d.id FROM deliveries d LEFT JOIN events e ON e.id = d.event_id \
+         WHERE d.state = $1 AND d.state IN (2, 4) AND d.updated_at >= $2 AND d.updated_at < $3 \
+         ORDER BY d.updated_at DESC, d.id DESC LIMIT 10",
+        &[&FAILED, &0i64, &100i64],
+    )
+    .await;
+    assert!(p.contains("deliveries_dead"), "{p}");
+    let p = explain(
+        &c,
+        "SELECT * FROM attempts WHERE event_id = $1 ORDER BY at, id",
+        &[&"e"],
+    )
+    .await;
+    assert!(p.contains("attempts_event"), "{p}");
+    let p = explain(
+        &c,
+        "SELECT webhook, count(*) FROM attempts WHERE at >= $1 GROUP BY webhook",
+        &[&5i64],
+    )
+    .await;
+    assert!(p.contains("attempts_at"), "{p}");
+    let p = explain(
+        &c,
+        "UPDATE tasks SET next_poll_at = $1 WHERE id = ANY($3::text[]) AND service = $2 \
+         AND status = 0 AND NOT leased AND next_poll_at > $1",
+        &[&5i64, &"producer", &vec!["a".to_string()]],
+    )
+    .await;
+    assert!(p.contains("tasks_pkey"), "{p}");
+}
+
+/// Replays and hints wake the other instances: one wake-up per call,
+/// however many rows it moved; a hint that moved nothing wakes no one.
+#[tokio::test]
+async fn bulk_replays_and_hints_wake_the_other_instances() {
+    let Some((a, guard)) = fresh(2).await else {
+        return;
+    };
+    let b = open(&guard, 2).await;
+    finished(&a, "t", 20, &["w"], 0).await;
+    let ds = a
+        .claim_deliveries(10, 100, 1_000, vec![], 100)
+        .await
+        .unwrap()
+        .deliveries;
+    let dead = ds
+        .iter()
+        .map(|d| DeliveryReport {
+            verdict: DeliveryVerdict::DeadLetter,
+            ..delivered(d)
+        })
+        .collect();
+    a.record_deliveries(20, dead).await.unwrap();
+    a.enqueue(30, 60_000, vec![task("later")]).await.unwrap();
+    let mut rx = b.wakeups().expect("carried");
+    wait_listening(&b).await;
+    // The set-up's own wake-ups may still be on their way.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while rx.try_recv().is_ok() {}
+    let all = ReplayFilter {
+        state: DeliveryState::Failed,
+        webhook: None,
+        event_type: None,
+        since: None,
+        until: None,
+    };
+    assert_eq!(a.replay_matching(40, all.clone()).await.unwrap(), 20);
+    assert_eq!(next_wake(&mut rx).await, Wake::Deliveries);
+    assert_eq!(a.replay_matching(40, all).await.unwrap(), 0);
+    assert_eq!(
+        a.hurry(50, "producer".into(), vec!["nope".into()])
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        a.hurry(50, "producer".into(), vec!["later".into()])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(next_wake(&mut rx).await, Wake::Tasks);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        rx.try_recv().is_err(),
+        "one wake-up per call that moved rows"
+    );
+}
+
+/// Twenty thousand dead letters go back to pending in one call, their
+/// tasks delivering again.
+#[tokio::test]
+async fn a_bulk_replay_of_twenty_thousand_dead_letters() {
+    let Some((s, _guard)) = fresh(2).await else {
+        return;
+    };
+    const N: usize = 20_000;
+    finished(&s, "t", N, &["w"], 0).await;
+    loop {
+        let ds = s
+            .claim_deliveries(10, 2_000, 1_000_000, vec![], N)
+            .await
+            .unwrap()
+            .deliveries;
+        if ds.is_empty() {
+            break;
+        }
+        let dead = ds
+            .iter()
+            .map(|d| DeliveryReport {
+                verdict: DeliveryVerdict::DeadLetter,
+                ..delivered(d)
+            })
+            .collect();
+        s.record_deliveries(20, dead).await.unwrap();
+    }
+    let st = s.stats().await.unwrap();
+    assert_eq!((st.dead_letters, st.done), (N as u64, N as u64));
+    let started = Instant::now();
+    let n = s
+        .replay_matching(
+            100,
+            ReplayFilter {
+                state: DeliveryState::Failed,
+                webhook: Some("w".into()),
+                event_type: None,
+                since: Some(0),
+                until: None,
+            },
+        )
+        .await
+        .unwrap();
+    report(format!(
+        "bulk replay of {N} dead letters: {:?}",
+        started.elapsed()
+    ));
+    assert_eq!(n, N as u64);
+    let st = s.stats().await.unwrap();
+    assert_eq!(
+        (
+            st.dead_letters,
+            st.deliveries_pending,
+            st.delivering,
+            st.done
+        ),
+        (0, N as u64, N as u64, 0)
+    );
+}
+
+/// Two instances learning one service's durations at once lose nothing:
+/// the stored histogram is the merge of everything learned, as the
+/// estimator computes it (forgetting included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_learning_at_once_add_up() {
+    let Some((a, guard)) = fresh(4).await else {
+        return;
+    };
+    let b = open(&guard, 4).await;
+    let batch = |i: i64| -> Vec<i64> {
+        (0..50)
+            .map(|j| 1_000 + 137 * ((i * 50 + j) % 400))
+            .collect()
+    };
+    let mut learners = tokio::task::JoinSet::new();
+    for (w, s) in [a.clone(), b.clone(), a.clone(), b.clone()]
+        .into_iter()
+        .enumerate()
+    {
+        learners.spawn(async move {
+            for k in 0..25 {
+                let i = (w * 25 + k) as i64;
+                s.learn_durations(i, "producer".into(), batch(i))
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while let Some(l) = learners.join_next().await {
+        l.unwrap();
+    }
+    let mut expected = durations::Histogram::default();
+    for i in 0..100 {
+        expected.merge(&durations::Histogram::of(&batch(i)));
+    }
+    let models = b.duration_models().await.unwrap();
+    assert_eq!(models.len(), 1);
+    assert_eq!(
+        models[0],
+        expected.model("producer".into(), 5_000, models[0].updated_at)
+    );
+    // Past the forgetting threshold, the statement halves as the estimator does.
+    let big: Vec<i64> = (0..durations::AGE_ABOVE as i64)
+        .map(|i| 500 + i % 90_000)
+        .collect();
+    let mut aged = expected.clone();
+    for at in [200, 201] {
+        aged.merge(&durations::Histogram::of(&big));
+        let m = a
+            .learn_durations(at, "producer".into(), big.clone())
+            .await
+            .unwrap();
+        assert_eq!(m, aged.model("producer".into(), m.count, at));
+    }
+    let stored: Vec<i64> = raw(guard.schema())
+        .await
+        .query_one(
+            "SELECT buckets FROM durations WHERE service = 'producer'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(durations::Histogram::from_stored(&stored), aged);
+    // A new service's first learning forgets the same way.
+    let mut fresh_one = durations::Histogram::default();
+    fresh_one.merge(&durations::Histogram::of(&big));
+    let m = b.learn_durations(300, "kling".into(), big).await.unwrap();
+    assert_eq!(
+        m,
+        fresh_one.model("kling".into(), durations::AGE_ABOVE, 300)
+    );
 }

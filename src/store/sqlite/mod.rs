@@ -23,6 +23,7 @@ use crate::config::SyncMode;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/v1.sql"),
     include_str!("migrations/v2.sql"),
+    include_str!("migrations/v3.sql"),
 ];
 
 /// The SQLite store. Cheap to clone.
@@ -388,6 +389,150 @@ fn delivery_view(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryView> {
     })
 }
 
+const TASK_COLUMNS: &str = "id, service, status, upstream_state, outcome, polls, enqueued_at, \
+     next_poll_at, finished_at, event_id, metadata, webhooks";
+
+/// A task as the API shows it (per-task URLs redacted), without its event,
+/// deliveries and attempts.
+fn task_view(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskView> {
+    let status = match r.get::<_, i64>(2)? {
+        WATCHING => TaskStatus::Watching,
+        DELIVERING => TaskStatus::Delivering,
+        _ => TaskStatus::Done,
+    };
+    let metadata: Option<String> = r.get(10)?;
+    let webhooks: Option<String> = r.get(11)?;
+    Ok(TaskView {
+        id: r.get(0)?,
+        service: r.get(1)?,
+        status,
+        upstream_state: r.get(3)?,
+        outcome: r.get(4)?,
+        polls: r.get(5)?,
+        enqueued_at: r.get(6)?,
+        next_poll_at: if status == TaskStatus::Watching {
+            r.get(7)?
+        } else {
+            None
+        },
+        finished_at: r.get(8)?,
+        event_id: r.get(9)?,
+        metadata: metadata.and_then(|m| serde_json::from_str(&m).ok()),
+        webhooks: webhooks
+            .and_then(|w| serde_json::from_str::<Vec<String>>(&w).ok())
+            .unwrap_or_default()
+            .iter()
+            .map(|u| crate::redact::url(u))
+            .collect(),
+        event: None,
+        deliveries: Vec::new(),
+        attempts: Vec::new(),
+    })
+}
+
+const ATTEMPT_COLUMNS: &str =
+    "delivery_id, webhook, attempt, at, status, latency_ms, error, answer, verdict";
+
+fn attempt_view(r: &rusqlite::Row<'_>) -> rusqlite::Result<AttemptView> {
+    Ok(AttemptView {
+        delivery_id: r.get(0)?,
+        webhook: crate::redact::url(&r.get::<_, String>(1)?),
+        attempt: r.get(2)?,
+        at: r.get(3)?,
+        status: shared::status_of(r.get(4)?),
+        latency_ms: r.get(5)?,
+        error: r.get(6)?,
+        answer: r.get(7)?,
+        verdict: r.get(8)?,
+    })
+}
+
+/// The SQL and arguments of a task listing (see [`ReadModel::list_tasks`]).
+/// The status is written into the SQL, so the partial index `tasks_age`
+/// serves a listing of watched tasks; an ID prefix is a range on the
+/// primary key, which the listing is then told to use.
+fn list_tasks_query(f: &TaskFilter) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value;
+    let mut args: Vec<Value> = Vec::new();
+    let mut bind = |v: Value| {
+        args.push(v);
+        format!("?{}", args.len())
+    };
+    let mut terms: Vec<String> = Vec::new();
+    let mut index = "";
+    if let Some(p) = f.id_prefix.as_deref().filter(|p| !p.is_empty()) {
+        let lo = bind(p.to_string().into());
+        terms.push(match shared::prefix_upper_bound(p) {
+            Some(hi) => format!("id >= {lo} AND id < {}", bind(hi.into())),
+            None => format!("id >= {lo} AND substr(id, 1, length({lo})) = {lo}"),
+        });
+        index = " INDEXED BY sqlite_autoindex_tasks_1";
+    }
+    if let Some(status) = f.status {
+        terms.push(format!(
+            "status = {}",
+            match status {
+                TaskStatus::Watching => WATCHING,
+                TaskStatus::Delivering => DELIVERING,
+                TaskStatus::Done => DONE,
+            }
+        ));
+    }
+    if let Some(service) = &f.service {
+        terms.push(format!("service = {}", bind(service.clone().into())));
+    }
+    if let Some(outcome) = &f.outcome {
+        terms.push(format!("outcome = {}", bind(outcome.clone().into())));
+    }
+    if let Some((at, id)) = &f.after {
+        let (at, id) = (bind((*at).into()), bind(id.clone().into()));
+        terms.push(format!(
+            "enqueued_at <= {at} AND (enqueued_at < {at} OR id < {id})"
+        ));
+    }
+    let limit = bind((f.limit.min(i64::MAX as usize) as i64).into());
+    let filter = if terms.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", terms.join(" AND "))
+    };
+    let sql = format!(
+        "SELECT {TASK_COLUMNS} FROM tasks{index}{filter} \
+         ORDER BY enqueued_at DESC, id DESC LIMIT {limit}"
+    );
+    (sql, args)
+}
+
+/// A learned model from its row (service, observed, buckets, updated_at).
+fn duration_model(r: &rusqlite::Row<'_>) -> rusqlite::Result<DurationModel> {
+    let buckets: String = r.get(2)?;
+    let counts: Vec<i64> = serde_json::from_str(&buckets).unwrap_or_default();
+    let observed: i64 = r.get(1)?;
+    Ok(durations::Histogram::from_stored(&counts).model(
+        r.get(0)?,
+        observed.max(0) as u64,
+        r.get(3)?,
+    ))
+}
+
+/// Dead letters or parked deliveries (`?1`, 2 or 4) settled in `[?2, ?3)`,
+/// of webhook `?4` and event type `?5` when given (the settled-deliveries
+/// index serves the state and the window).
+const MATCHING: &str = "FROM deliveries d LEFT JOIN events e ON e.id = d.event_id \
+     WHERE d.state = ?1 AND d.state <> 0 AND d.updated_at >= ?2 AND d.updated_at < ?3 \
+       AND (?4 IS NULL OR d.webhook = ?4) AND (?5 IS NULL OR e.type = ?5)";
+
+/// The first five arguments of [`MATCHING`].
+fn matching_args(f: &ReplayFilter) -> [rusqlite::types::Value; 5] {
+    [
+        state_code(f.state).into(),
+        f.since.unwrap_or(Millis::MIN).into(),
+        f.until.unwrap_or(Millis::MAX).into(),
+        f.webhook.clone().into(),
+        f.event_type.clone().into(),
+    ]
+}
+
 /// Marks task `task_id` done if `event_id` is its event and nothing of it
 /// is pending any more.
 fn settle_task(
@@ -453,19 +598,76 @@ fn not_in(column: &str, skipped: &[String], first: usize) -> String {
 
 #[async_trait]
 impl PollQueue for SqliteStore {
-    async fn hurry(&self, _now: Millis, _service: String, _ids: Vec<String>) -> StoreResult<u64> {
-        Err(StoreError::unavailable_msg("hurry: not built yet"))
+    async fn hurry(&self, now: Millis, service: String, ids: Vec<String>) -> StoreResult<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.write(move |tx| {
+            // One primary-key lookup per ID (callers pass a few hundred).
+            let mut hurry = tx.prepare_cached(
+                "UPDATE tasks SET next_poll_at = ?1 WHERE id = ?2 AND service = ?3 \
+                 AND status = 0 AND leased = 0 AND next_poll_at > ?1",
+            )?;
+            let mut seen = std::collections::HashSet::with_capacity(ids.len());
+            let mut n = 0;
+            for id in &ids {
+                if seen.insert(id) {
+                    n += hurry.execute(params![now, id, service])? as u64;
+                }
+            }
+            Ok(n)
+        })
+        .await
     }
 
     async fn learn_durations(
         &self,
-        _now: Millis,
-        _service: String,
-        _durations_ms: Vec<i64>,
+        now: Millis,
+        service: String,
+        durations_ms: Vec<i64>,
     ) -> StoreResult<DurationModel> {
-        Err(StoreError::unavailable_msg(
-            "learn_durations: not built yet",
-        ))
+        let learned = durations::Histogram::of(&durations_ms);
+        self.write(move |tx| {
+            let stored = tx
+                .prepare_cached(
+                    "SELECT service, observed, buckets, updated_at FROM durations \
+                     WHERE service = ?1",
+                )?
+                .query_row([&service], |r| {
+                    let buckets: String = r.get(2)?;
+                    let observed: i64 = r.get(1)?;
+                    Ok((observed.max(0) as u64, buckets, r.get::<_, Millis>(3)?))
+                })
+                .optional()?;
+            let (observed, mut hist, updated_at) = match stored {
+                Some((observed, buckets, at)) => {
+                    let counts: Vec<i64> = serde_json::from_str(&buckets).unwrap_or_default();
+                    (observed, durations::Histogram::from_stored(&counts), at)
+                }
+                None => (0, durations::Histogram::default(), 0),
+            };
+            let taken = learned.total();
+            if taken == 0 {
+                return Ok(hist.model(service, observed, updated_at));
+            }
+            hist.merge(&learned);
+            let observed = observed.saturating_add(taken);
+            let buckets = serde_json::to_string(&hist.to_stored()).expect("integers serialize");
+            tx.prepare_cached(
+                "INSERT INTO durations (service, observed, buckets, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (service) DO UPDATE SET \
+                   observed = excluded.observed, buckets = excluded.buckets, \
+                   updated_at = excluded.updated_at",
+            )?
+            .execute(params![
+                service,
+                i64::try_from(observed).unwrap_or(i64::MAX),
+                buckets,
+                now
+            ])?;
+            Ok(hist.model(service, observed, now))
+        })
+        .await
     }
 
     async fn enqueue(
@@ -825,27 +1027,64 @@ impl DeliveryQueue for SqliteStore {
             let mut settle = tx.prepare_cached(
                 "UPDATE deliveries SET leased = 0, state = ?1, attempts = attempts + 1, \
                    last_status = ?2, last_error = ?3, updated_at = ?4 \
-                 WHERE id = ?5 AND claim = ?6 AND state = 0",
+                 WHERE id = ?5 AND claim = ?6 AND state = 0 \
+                 RETURNING event_id, task_id, webhook, attempts",
             )?;
             let mut retry = tx.prepare_cached(
                 "UPDATE deliveries SET leased = 0, next_attempt_at = ?1, attempts = attempts + 1, \
                    last_status = ?2, last_error = ?3, updated_at = ?4 \
-                 WHERE id = ?5 AND claim = ?6 AND state = 0",
+                 WHERE id = ?5 AND claim = ?6 AND state = 0 \
+                 RETURNING event_id, task_id, webhook, attempts",
             )?;
+            let mut log = tx.prepare_cached(
+                "INSERT INTO attempts (delivery_id, event_id, task_id, webhook, attempt, at, \
+                   status, latency_ms, error, answer, verdict) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?;
+            let row = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(String, String, String, i64)> {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            };
             let mut touched: std::collections::HashSet<(&str, &str)> = Default::default();
             for r in &reports {
-                let state = match r.verdict {
-                    DeliveryVerdict::Retry { at } => {
-                        retry.execute(params![at, r.status, r.error, now, r.id, r.claim])?;
-                        continue;
+                let updated = match r.verdict {
+                    DeliveryVerdict::Retry { at } => retry
+                        .query_row(params![at, r.status, r.error, now, r.id, r.claim], row)
+                        .optional()?,
+                    DeliveryVerdict::Delivered
+                    | DeliveryVerdict::DeadLetter
+                    | DeliveryVerdict::Gone
+                    | DeliveryVerdict::WebhookRemoved => {
+                        let state = match r.verdict {
+                            DeliveryVerdict::Delivered => DELIVERED,
+                            DeliveryVerdict::DeadLetter => FAILED,
+                            DeliveryVerdict::Gone => GONE,
+                            _ => REMOVED,
+                        };
+                        let updated = settle
+                            .query_row(params![state, r.status, r.error, now, r.id, r.claim], row)
+                            .optional()?;
+                        if updated.is_some() {
+                            touched.insert((&r.task_id, &r.event_id));
+                        }
+                        updated
                     }
-                    DeliveryVerdict::Delivered => DELIVERED,
-                    DeliveryVerdict::DeadLetter => FAILED,
-                    DeliveryVerdict::Gone => GONE,
-                    DeliveryVerdict::WebhookRemoved => REMOVED,
                 };
-                if settle.execute(params![state, r.status, r.error, now, r.id, r.claim])? == 1 {
-                    touched.insert((&r.task_id, &r.event_id));
+                // Only an attempt whose report landed is logged, under the
+                // delivery's stored name and count.
+                if let Some((event_id, task_id, webhook, attempt)) = updated {
+                    log.execute(params![
+                        r.id,
+                        event_id,
+                        task_id,
+                        webhook,
+                        attempt,
+                        now,
+                        r.status,
+                        r.latency_ms,
+                        r.error,
+                        shared::answer_kept(r.answer.clone()),
+                        shared::verdict_word(&r.verdict)
+                    ])?;
                 }
             }
             for (task_id, event_id) in touched {
@@ -860,71 +1099,140 @@ impl DeliveryQueue for SqliteStore {
 
 #[async_trait]
 impl ReadModel for SqliteStore {
-    async fn list_tasks(&self, _filter: TaskFilter) -> StoreResult<Vec<TaskView>> {
-        Err(StoreError::unavailable_msg("list_tasks: not built yet"))
+    async fn list_tasks(&self, filter: TaskFilter) -> StoreResult<Vec<TaskView>> {
+        if filter.limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.read(move |c| {
+            let (sql, args) = list_tasks_query(&filter);
+            // Many shapes, seldom run: not worth a place in the cache.
+            c.prepare(&sql)?
+                .query_map(rusqlite::params_from_iter(args), task_view)?
+                .collect()
+        })
+        .await
     }
 
     async fn list_matching(
         &self,
-        _filter: ReplayFilter,
-        _limit: usize,
+        filter: ReplayFilter,
+        limit: usize,
     ) -> StoreResult<Vec<DeliveryView>> {
-        Err(StoreError::unavailable_msg("list_matching: not built yet"))
+        if !shared::replayable(filter.state) || limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.read(move |c| {
+            let mut args = matching_args(&filter).to_vec();
+            args.push((limit.min(i64::MAX as usize) as i64).into());
+            c.prepare_cached(&format!(
+                "SELECT {DELIVERY_COLUMNS} {MATCHING} \
+                 ORDER BY d.updated_at DESC, d.id DESC LIMIT ?6"
+            ))?
+            .query_map(rusqlite::params_from_iter(args), delivery_view)?
+            .collect()
+        })
+        .await
     }
 
-    async fn activity(&self, _now: Millis, _since: Millis) -> StoreResult<Activity> {
-        Err(StoreError::unavailable_msg("activity: not built yet"))
+    async fn count_matching(&self, filter: ReplayFilter) -> StoreResult<u64> {
+        if !shared::replayable(filter.state) {
+            return Ok(0);
+        }
+        self.read(move |c| {
+            c.prepare_cached(&format!("SELECT count(*) {MATCHING}"))?
+                .query_row(rusqlite::params_from_iter(matching_args(&filter)), |r| {
+                    r.get(0)
+                })
+        })
+        .await
+    }
+
+    async fn activity(&self, now: Millis, since: Millis) -> StoreResult<Activity> {
+        self.read(move |c| {
+            // One snapshot for every figure.
+            let c = c.unchecked_transaction()?;
+            let mut a = Activity {
+                since,
+                enqueued: c
+                    .prepare_cached("SELECT count(*) FROM tasks WHERE enqueued_at >= ?1")?
+                    .query_row([since], |r| r.get(0))?,
+                ..Default::default()
+            };
+            let mut book = shared::HealthBook::default();
+            let mut counts = c.prepare_cached(
+                "SELECT webhook, count(*), coalesce(sum(verdict = 'delivered'), 0), \
+                   coalesce(sum(verdict IN ('retry', 'failed')), 0) \
+                 FROM attempts WHERE at >= ?1 GROUP BY webhook",
+            )?;
+            let mut rows = counts.query([since])?;
+            while let Some(r) = rows.next()? {
+                let (n, delivered, failed): (u64, u64, u64) = (r.get(1)?, r.get(2)?, r.get(3)?);
+                let h = book.entry(&r.get::<_, String>(0)?);
+                h.attempts += n;
+                h.delivered += delivered;
+                a.delivered += delivered;
+                a.failed_attempts += failed;
+            }
+            let mut pct = c.prepare_cached(
+                "SELECT webhook, \
+                   max(CASE WHEN rn = (n * 50 + 99) / 100 THEN latency_ms END), \
+                   max(CASE WHEN rn = (n * 95 + 99) / 100 THEN latency_ms END) \
+                 FROM (SELECT webhook, latency_ms, \
+                         row_number() OVER (PARTITION BY webhook ORDER BY latency_ms) AS rn, \
+                         count(*) OVER (PARTITION BY webhook) AS n \
+                       FROM attempts WHERE at >= ?1 AND latency_ms IS NOT NULL) \
+                 GROUP BY webhook",
+            )?;
+            let mut rows = pct.query([since])?;
+            while let Some(r) = rows.next()? {
+                let h = book.entry(&r.get::<_, String>(0)?);
+                (h.p50_ms, h.p95_ms) = (r.get(1)?, r.get(2)?);
+            }
+            let mut last = c.prepare_cached(
+                "SELECT webhook, error, at FROM \
+                   (SELECT webhook, error, at, \
+                      row_number() OVER (PARTITION BY webhook ORDER BY at DESC, id DESC) AS rn \
+                    FROM attempts WHERE at >= ?1 AND error IS NOT NULL) \
+                 WHERE rn = 1",
+            )?;
+            let mut rows = last.query([since])?;
+            while let Some(r) = rows.next()? {
+                let h = book.entry(&r.get::<_, String>(0)?);
+                (h.last_error, h.last_error_at) = (r.get(1)?, r.get(2)?);
+            }
+            let mut leased = c.prepare_cached(
+                "SELECT webhook, count(*) FROM deliveries \
+                 WHERE state = 0 AND leased = 1 AND next_attempt_at > ?1 GROUP BY webhook",
+            )?;
+            let mut rows = leased.query([now])?;
+            while let Some(r) = rows.next()? {
+                let n: u64 = r.get(1)?;
+                book.entry(&r.get::<_, String>(0)?).in_flight += n;
+            }
+            a.webhooks = book.into_sorted();
+            Ok(a)
+        })
+        .await
     }
 
     async fn duration_models(&self) -> StoreResult<Vec<DurationModel>> {
-        Err(StoreError::unavailable_msg(
-            "duration_models: not built yet",
-        ))
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT service, observed, buckets, updated_at FROM durations ORDER BY service",
+            )?
+            .query_map([], duration_model)?
+            .collect()
+        })
+        .await
     }
 
     async fn get_task(&self, id: String) -> StoreResult<Option<TaskView>> {
         self.read(move |c| {
+            // One snapshot for the task, its event, deliveries and attempts.
+            let c = c.unchecked_transaction()?;
             let task = c
-                .prepare_cached(
-                    "SELECT id, service, status, upstream_state, outcome, polls, enqueued_at, \
-                       next_poll_at, finished_at, event_id, metadata, webhooks \
-                     FROM tasks WHERE id = ?1",
-                )?
-                .query_row([&id], |r| {
-                    let status = match r.get::<_, i64>(2)? {
-                        WATCHING => TaskStatus::Watching,
-                        DELIVERING => TaskStatus::Delivering,
-                        _ => TaskStatus::Done,
-                    };
-                    let metadata: Option<String> = r.get(10)?;
-                    let webhooks: Option<String> = r.get(11)?;
-                    Ok(TaskView {
-                        id: r.get(0)?,
-                        service: r.get(1)?,
-                        status,
-                        upstream_state: r.get(3)?,
-                        outcome: r.get(4)?,
-                        polls: r.get(5)?,
-                        enqueued_at: r.get(6)?,
-                        next_poll_at: if status == TaskStatus::Watching {
-                            r.get(7)?
-                        } else {
-                            None
-                        },
-                        finished_at: r.get(8)?,
-                        event_id: r.get(9)?,
-                        metadata: metadata.and_then(|m| serde_json::from_str(&m).ok()),
-                        webhooks: webhooks
-                            .and_then(|w| serde_json::from_str::<Vec<String>>(&w).ok())
-                            .unwrap_or_default()
-                            .iter()
-                            .map(|u| crate::redact::url(u))
-                            .collect(),
-                        event: None,
-                        deliveries: Vec::new(),
-                        attempts: Vec::new(),
-                    })
-                })
+                .prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?
+                .query_row([&id], task_view)
                 .optional()?;
             let Some(mut task) = task else {
                 return Ok(None);
@@ -941,6 +1249,12 @@ impl ReadModel for SqliteStore {
                          LEFT JOIN events e ON e.id = d.event_id WHERE d.event_id = ?1 ORDER BY d.id"
                     ))?
                     .query_map([event_id], delivery_view)?
+                    .collect::<rusqlite::Result<_>>()?;
+                task.attempts = c
+                    .prepare_cached(&format!(
+                        "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE event_id = ?1 ORDER BY at, id"
+                    ))?
+                    .query_map([event_id], attempt_view)?
                     .collect::<rusqlite::Result<_>>()?;
             }
             Ok(Some(task))
@@ -992,10 +1306,36 @@ impl ReadModel for SqliteStore {
 
 #[async_trait]
 impl Admin for SqliteStore {
-    async fn replay_matching(&self, _now: Millis, _filter: ReplayFilter) -> StoreResult<u64> {
-        Err(StoreError::unavailable_msg(
-            "replay_matching: not built yet",
-        ))
+    async fn replay_matching(&self, now: Millis, filter: ReplayFilter) -> StoreResult<u64> {
+        if !shared::replayable(filter.state) {
+            return Ok(0);
+        }
+        self.write(move |tx| {
+            let mut args = matching_args(&filter).to_vec();
+            args.push(now.into());
+            // One statement, however many match; then each task once.
+            let replayed: Vec<(String, String)> = tx
+                .prepare_cached(&format!(
+                    "UPDATE deliveries SET state = 0, attempts = 0, next_attempt_at = ?6, \
+                       updated_at = ?6 WHERE id IN (SELECT d.id {MATCHING}) \
+                     RETURNING task_id, event_id"
+                ))?
+                .query_map(rusqlite::params_from_iter(args), |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let n = replayed.len() as u64;
+            let replayed: std::collections::HashSet<_> = replayed.into_iter().collect();
+            let mut reopen = tx.prepare_cached(
+                "UPDATE tasks SET status = 1, done_at = NULL \
+                 WHERE id = ?1 AND event_id = ?2 AND status = 2",
+            )?;
+            for (task, e) in &replayed {
+                reopen.execute([task, e])?;
+            }
+            Ok(n)
+        })
+        .await
     }
 
     async fn delete_task(&self, id: String) -> StoreResult<bool> {
@@ -1012,6 +1352,8 @@ impl Admin for SqliteStore {
                 Some(event) => {
                     if let Some(e) = event {
                         drop_event(tx, &e)?;
+                        tx.prepare_cached("DELETE FROM attempts WHERE event_id = ?1")?
+                            .execute([&e])?;
                     }
                     Ok(true)
                 }
@@ -1130,6 +1472,15 @@ impl Admin for SqliteStore {
             for (task, e) in &dead {
                 n += orphan.execute([task, e])?;
             }
+            // The attempt log, past the longest retention.
+            let logged = tx
+                .prepare_cached(
+                    "DELETE FROM attempts WHERE id IN (SELECT id FROM attempts \
+                     WHERE at < ?1 ORDER BY at LIMIT ?2)",
+                )?
+                .execute(params![dead_before, chunk])?;
+            let more = more || logged == PURGE_CHUNK;
+            n += logged;
             Ok(Purged {
                 rows: n as u64,
                 more,

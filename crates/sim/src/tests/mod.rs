@@ -1,8 +1,10 @@
 //! The simulator over HTTP: a router on 127.0.0.1:0 and a reqwest client.
 //! `basics` covers the items family, faults, limits and statistics;
-//! `families` every other family of shapes, paging and replay.
+//! `families` every other family of shapes, paging and replay; `callbacks`
+//! what tasks POST to their `callback_url` when they settle.
 
 mod basics;
+mod callbacks;
 mod families;
 
 use std::time::{Duration, Instant};

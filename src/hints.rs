@@ -1,0 +1,235 @@
+//! Callbacks as hints. The upstream can call a URL when a task settles
+//! (`callback_url`), but that call is unsigned and never retried, so it is
+//! only ever a hint: the task it names is polled at once, and the poll
+//! decides. Hints arriving close together are coalesced into one store
+//! write per service, so a burst of callbacks becomes a few batch polls.
+//! A flood (unknown IDs, forged bodies, one source calling too often)
+//! changes nothing but counters: IDs are capped per body, sources are rate
+//! capped, and the pending set is bounded.
+//!
+//! May call: `store` (to make tasks due), `ingest` (ID rules), `metrics`,
+//! `clock`.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde_json::Value;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::SharedClock;
+use crate::store::PollQueue;
+
+/// How long hints wait for others to share their store write.
+pub const COALESCE: Duration = Duration::from_millis(10);
+/// Task IDs read from one callback body at most.
+pub const MAX_IDS_PER_BODY: usize = 10;
+/// Task IDs waiting to be passed on at most; beyond, hints are dropped.
+pub const MAX_PENDING: usize = 10_000;
+
+/// The task IDs a callback body names: `task_id` or `id` at the top, or in
+/// a `response` or `data` object (where some services put them). At most
+/// [`MAX_IDS_PER_BODY`], each a valid task ID; nothing else of the body is
+/// read.
+pub fn ids_in(body: &Value) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut take = |o: &serde_json::Map<String, Value>| {
+        for key in ["task_id", "id"] {
+            if let Some(Value::String(id)) = o.get(key)
+                && crate::ingest::check_id(id).is_ok()
+                && !out.contains(id)
+                && out.len() < MAX_IDS_PER_BODY
+            {
+                out.push(id.clone());
+            }
+        }
+    };
+    if let Value::Object(top) = body {
+        take(top);
+        for inner in ["response", "data"] {
+            if let Some(Value::Object(o)) = top.get(inner) {
+                take(o);
+            }
+        }
+    }
+    out
+}
+
+/// What became of one callback, for the `taskhook_callbacks_total` counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// It named task IDs; they were passed on to be polled.
+    Hinted,
+    /// Well-formed, but it named no task ID.
+    NoId,
+    /// Its source called more often than allowed.
+    RateLimited,
+    /// Too many hints were waiting already.
+    Overflow,
+}
+
+impl Received {
+    pub fn label(self) -> &'static str {
+        match self {
+            Received::Hinted => "hinted",
+            Received::NoId => "no_id",
+            Received::RateLimited => "rate_limited",
+            Received::Overflow => "overflow",
+        }
+    }
+}
+
+/// Collects hints and passes them on in coalesced store writes.
+pub struct Hints {
+    pending: Mutex<Pending>,
+    ready: Notify,
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+/// Hints waiting for the next write, by service.
+#[derive(Default)]
+struct Pending {
+    by_service: HashMap<String, HashSet<String>>,
+    ids: usize,
+}
+
+impl Hints {
+    /// `per_source`: callbacks per second one source address may make
+    /// (bursts of twice that).
+    pub fn new(per_source: u32) -> Arc<Self> {
+        let rate = NonZeroU32::new(per_source.max(1)).expect("at least 1");
+        let burst = NonZeroU32::new(per_source.max(1).saturating_mul(2)).expect("at least 1");
+        Arc::new(Hints {
+            pending: Mutex::default(),
+            ready: Notify::new(),
+            limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+        })
+    }
+
+    /// Takes one callback's IDs from `source` for `service`.
+    pub fn receive(&self, source: IpAddr, service: &str, ids: Vec<String>) -> Received {
+        if self.limiter.check_key(&source).is_err() {
+            return Received::RateLimited;
+        }
+        if ids.is_empty() {
+            return Received::NoId;
+        }
+        let mut p = self.pending.lock().expect("hints lock");
+        if p.ids + ids.len() > MAX_PENDING {
+            return Received::Overflow;
+        }
+        let set = p.by_service.entry(service.to_string()).or_default();
+        let before = set.len();
+        set.extend(ids);
+        let added = set.len() - before;
+        p.ids += added;
+        drop(p);
+        self.ready.notify_one();
+        Received::Hinted
+    }
+
+    /// Passes hints on until cancelled: waits for one, lets others join it
+    /// for [`COALESCE`], then makes the named watched tasks due now (one
+    /// write per service) and wakes the poller.
+    pub async fn run(
+        self: Arc<Self>,
+        store: Arc<dyn PollQueue>,
+        clock: SharedClock,
+        poller_wake: Arc<Notify>,
+        metrics: Arc<crate::metrics::Metrics>,
+        shutdown: CancellationToken,
+    ) {
+        let mut last_cleanup = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = self.ready.notified() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            tokio::time::sleep(COALESCE).await;
+            let batch = std::mem::take(&mut *self.pending.lock().expect("hints lock"));
+            let mut hurried = 0;
+            for (service, ids) in batch.by_service {
+                match store
+                    .hurry(clock.now_ms(), service.clone(), ids.into_iter().collect())
+                    .await
+                {
+                    Ok(n) => hurried += n,
+                    Err(e) => {
+                        tracing::warn!(service = %service, error = %e, "cannot pass callback hints on; the tasks keep their schedule")
+                    }
+                }
+            }
+            metrics.hinted.inc_by(hurried);
+            if hurried > 0 {
+                poller_wake.notify_one();
+            }
+            if last_cleanup.elapsed() > Duration::from_secs(60) {
+                // Forget sources that have been quiet, so the limiter's
+                // memory follows the sources calling now.
+                self.limiter.retain_recent();
+                self.limiter.shrink_to_fit();
+                last_cleanup = std::time::Instant::now();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ids_are_read_where_callbacks_put_them_and_nothing_else() {
+        assert_eq!(ids_in(&json!({"task_id": "t1", "success": true})), ["t1"]);
+        assert_eq!(ids_in(&json!({"id": "t2"})), ["t2"]);
+        assert_eq!(
+            ids_in(&json!({"response": {"task_id": "t3"}, "data": {"id": "t4"}})),
+            ["t3", "t4"]
+        );
+        assert_eq!(ids_in(&json!({"task_id": "t1", "id": "t1"})), ["t1"]);
+        assert!(ids_in(&json!({"task_id": 5})).is_empty());
+        assert!(ids_in(&json!({"task_id": ""})).is_empty());
+        assert!(ids_in(&json!({"task_id": "a\nb"})).is_empty());
+        assert!(ids_in(&json!(["t1"])).is_empty());
+        assert!(ids_in(&json!({"data": [{"task_id": "deep"}]})).is_empty());
+    }
+
+    #[test]
+    fn a_source_calling_too_often_is_capped_and_pending_hints_are_bounded() {
+        let h = Hints::new(5);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let results: Vec<Received> = (0..20)
+            .map(|i| h.receive(a, "suno", vec![format!("t{i}")]))
+            .collect();
+        let limited = results
+            .iter()
+            .filter(|r| **r == Received::RateLimited)
+            .count();
+        assert!((10..=15).contains(&limited), "{results:?}");
+        assert_eq!(h.receive(b, "suno", vec!["x".into()]), Received::Hinted);
+        assert_eq!(h.receive(b, "suno", vec![]), Received::NoId);
+
+        let big = Hints::new(1_000_000);
+        for i in 0..MAX_PENDING {
+            assert_eq!(
+                big.receive(a, "suno", vec![format!("id{i}")]),
+                Received::Hinted
+            );
+        }
+        assert_eq!(
+            big.receive(a, "suno", vec!["one-more".into()]),
+            Received::Overflow
+        );
+        // A repeated ID does not count twice.
+        let h = Hints::new(100);
+        h.receive(a, "suno", vec!["same".into()]);
+        h.receive(a, "suno", vec!["same".into()]);
+        assert_eq!(h.pending.lock().unwrap().ids, 1);
+    }
+}
