@@ -4,8 +4,8 @@
 //! the dispatcher, whose per-webhook lanes pace them; it is woken at once.
 //!
 //! May call: `api` (its state), `store` (`ReadModel::list_matching`,
-//! `Admin::replay_delivery`, `replay_matching`), `config` (webhook names),
-//! `clock`.
+//! `count_matching`, `Admin::replay_delivery`, `replay_matching`),
+//! `config` (webhook names), `clock`.
 
 use axum::extract::{Form, Path, Query, State};
 use axum::http::StatusCode;
@@ -21,8 +21,6 @@ use crate::store::{DeliveryState, ReplayFilter};
 
 /// Dead letters listed on the page (newest first).
 const SHOWN: usize = 200;
-/// The most a confirmation counts; past it, it says "at least".
-const COUNT_CAP: usize = 100_000;
 
 const EVENT_TYPES: [&str; 4] = [
     "task.succeeded",
@@ -224,12 +222,21 @@ pub(super) async fn list(
         Ok(f) => f,
         Err(m) => return bad_filter(&m),
     };
+    let filter_again = filter.clone();
     let list = match s.store.list_matching(filter, SHOWN + 1).await {
         Ok(l) => l,
         Err(e) => return layout::store_failure(&e),
     };
     let more = list.len() > SHOWN;
     let list = &list[..list.len().min(SHOWN)];
+    let total = if more {
+        match s.store.count_matching(filter_again).await {
+            Ok(n) => n.to_string(),
+            Err(_) => "more".to_string(),
+        }
+    } else {
+        list.len().to_string()
+    };
     let webhooks: Vec<String> = s
         .config
         .borrow()
@@ -255,7 +262,7 @@ pub(super) async fn list(
             p #no-dead-letters { "Nothing matches." }
         } @else {
             p {
-                @if more { "The newest " (SHOWN) " that match:" } @else { (list.len()) " match:" }
+                @if more { "The newest " (SHOWN) " of " (total) " that match:" } @else { (total) " match:" }
                 " "
                 a.button #replay-all href=(confirm) { "Replay all that match…" }
             }
@@ -310,16 +317,12 @@ pub(super) async fn confirm(
         Ok(filter) => filter,
         Err(m) => return bad_filter(&m),
     };
-    let n = match s.store.list_matching(filter, COUNT_CAP).await {
-        Ok(l) => l.len(),
+    let n = match s.store.count_matching(filter).await {
+        Ok(n) => n,
         Err(e) => return layout::store_failure(&e),
     };
     let back = format!("/ui/dead-letters?{}", f.query());
-    let count = if n >= COUNT_CAP {
-        format!("at least {n}")
-    } else {
-        n.to_string()
-    };
+    let count = n.to_string();
     let noun = if n == 1 { "delivery" } else { "deliveries" };
     let body = html! {
         h1 { "Replay all that match?" }

@@ -1,13 +1,13 @@
-//! The overview (`/ui`): the queue's counts (the same store call as
-//! `/v1/stats`), recent enqueue and delivery rates, the oldest watched
-//! task, the upstream's health and each webhook's, and how long each
-//! service's tasks take (learned durations). One [`Snapshot`] feeds
+//! The overview (`/ui`): the queue's counts (the very [`Stats`] value
+//! `/v1/stats` answers), recent enqueue and delivery rates, the oldest
+//! watched task, the daemons sharing the store, the upstream's health and
+//! each webhook's, and how long each service's tasks take (learned
+//! durations). One [`Snapshot`] feeds
 //! both the page and its server-sent updates, so a live number is written
 //! exactly as the page first showed it.
 //!
-//! May call: `api` (its state), `store` (`ReadModel::stats`, `activity`,
-//! `duration_models`), `poll::upstream` (health, budget), `config`,
-//! `redact`, `clock`.
+//! May call: `api` (its state and `api::stats`, the summary), `store`
+//! (`ReadModel::activity`, `duration_models`), `config`, `redact`, `clock`.
 
 use std::collections::BTreeMap;
 
@@ -18,9 +18,9 @@ use serde_json::{Value, json};
 
 use super::layout::{self, Ctx, Nav, fmt_span, fmt_time};
 use crate::api::ApiState;
+use crate::api::stats::Stats;
 use crate::clock::Millis;
-use crate::poll::upstream::UpstreamHealth;
-use crate::store::{Activity, StoreError, StoreStats, WebhookHealth};
+use crate::store::{Activity, StoreError, WebhookHealth};
 
 /// The span the rates and webhook health are measured over.
 pub(super) const WINDOW_MS: Millis = 15 * 60 * 1000;
@@ -28,11 +28,8 @@ pub(super) const WINDOW_MS: Millis = 15 * 60 * 1000;
 /// Everything the overview shows, read once.
 pub(super) struct Snapshot {
     pub now: Millis,
-    pub stats: StoreStats,
-    pub upstream: UpstreamHealth,
-    /// This daemon's share of the upstream budget: concurrent requests and
-    /// requests per second.
-    pub budget: (usize, f64),
+    /// What `/v1/stats` answers: counts, the upstream, the cluster.
+    pub stats: Stats,
     /// Recent activity, or why the store could not say.
     pub activity: Result<Activity, String>,
     pub webhooks: Vec<WebhookRow>,
@@ -50,11 +47,11 @@ pub(super) struct WebhookRow {
 }
 
 impl Snapshot {
-    /// Reads the store and the upstream client. The counts must come, the
-    /// activity may fail (shown as such).
+    /// Reads the summary `/v1/stats` answers and the recent activity. The
+    /// summary must come, the activity may fail (shown as such).
     pub async fn load(s: &ApiState) -> Result<Snapshot, StoreError> {
         let now = s.clock.now_ms();
-        let stats = s.store.stats().await?;
+        let stats = crate::api::stats::snapshot(s).await?;
         let activity = s
             .store
             .activity(now, now - WINDOW_MS)
@@ -90,12 +87,9 @@ impl Snapshot {
             health: h,
             cap,
         }));
-        let (conc, rps) = s.upstream.share();
         Ok(Snapshot {
             now,
             stats,
-            upstream: s.upstream.health(),
-            budget: (conc, rps),
             activity,
             webhooks,
         })
@@ -109,12 +103,27 @@ impl Snapshot {
             format!("{rate:.1}/min")
         };
         let mut v = vec![
-            ("watching", st.watching.to_string()),
-            ("delivering", st.delivering.to_string()),
-            ("done", st.done.to_string()),
+            ("watching", st.tasks.watching.to_string()),
+            ("delivering", st.tasks.delivering.to_string()),
+            ("done", st.tasks.done.to_string()),
             ("dead_letters", st.dead_letters.to_string()),
-            ("deliveries_pending", st.deliveries_pending.to_string()),
-            ("webhook_removed", st.webhook_removed.to_string()),
+            ("deliveries_pending", st.deliveries.pending.to_string()),
+            ("webhook_removed", st.deliveries.webhook_removed.to_string()),
+            (
+                "daemons",
+                format!(
+                    "{} live; this one is {}; {}",
+                    st.instances.len().max(1),
+                    st.instance,
+                    match &st.leader {
+                        Some(l) if l.instance == st.instance => {
+                            "it leads the periodic work".to_string()
+                        }
+                        Some(l) => format!("{} leads the periodic work", l.instance),
+                        None => "none leads the periodic work yet".to_string(),
+                    }
+                ),
+            ),
             (
                 "oldest_watching",
                 match st.oldest_watching_enqueued_at {
@@ -142,7 +151,7 @@ impl Snapshot {
                 .map(|k| (k, "unknown".to_string())),
             ),
         }
-        let up = &self.upstream;
+        let up = &st.upstream;
         v.extend([
             (
                 "upstream_token",
@@ -156,7 +165,9 @@ impl Snapshot {
                 "upstream_rate",
                 format!(
                     "{:.2} requests/s in use (this daemon's budget: {:.2}/s, {} at once)",
-                    up.requests_per_second, self.budget.1, self.budget.0
+                    up.requests_per_second,
+                    st.budget.requests_per_second,
+                    st.budget.concurrent_requests
                 ),
             ),
             (
@@ -283,6 +294,7 @@ pub(super) async fn page(State(s): State<ApiState>, ctx: Ctx) -> Response {
                 (tile("webhook_removed", "Parked (webhook removed)", None))
             }
             p { "Oldest watched task: " (stat(&t, "oldest_watching")) "." }
+            p { "Daemons on this store: " (stat(&t, "daemons")) "." }
         }
         section aria-labelledby="activity-h" {
             h2 #activity-h { "Activity in the last " (window) }
@@ -305,7 +317,7 @@ pub(super) async fn page(State(s): State<ApiState>, ctx: Ctx) -> Response {
                 dt { "Last success" } dd { (stat(&t, "upstream_last_success")) }
                 dt { "Refused services" } dd { (stat(&t, "upstream_refused")) }
             }
-            @if snap.upstream.broken_services.is_empty() {
+            @if snap.stats.upstream.broken_services.is_empty() {
                 p { "Every service is polled normally; they share the request rate above." }
             } @else {
                 div.table-wrap tabindex="0" role="region" aria-label="Refused services" {
@@ -313,7 +325,7 @@ pub(super) async fn page(State(s): State<ApiState>, ctx: Ctx) -> Response {
                         caption { "Services the upstream refuses (their tasks wait; others carry on)" }
                         thead { tr { th scope="col" { "Service" } th scope="col" { "Answer" } th scope="col" { "Reason" } th scope="col" { "Since" } th scope="col" { "Asked again" } th scope="col" { "Refusals in a row" } } }
                         tbody {
-                            @for b in &snap.upstream.broken_services {
+                            @for b in &snap.stats.upstream.broken_services {
                                 tr {
                                     th scope="row" { (b.service) }
                                     td { (b.status) " " (b.code) }

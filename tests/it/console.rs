@@ -289,6 +289,13 @@ async fn login_cookie_csrf_and_the_overview_numbers() {
         p.stat("deliveries_pending"),
         st["deliveries"]["pending"].to_string()
     );
+    let instance = st["instance"].as_str().unwrap();
+    assert!(
+        p.stat("daemons")
+            .contains(&format!("this one is {instance}; it leads")),
+        "{}",
+        p.stat("daemons")
+    );
     assert_eq!(p.header("cache-control"), "no-store");
     assert!(
         p.header("content-security-policy")
