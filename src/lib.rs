@@ -6,15 +6,17 @@
 //! [`ingest`] → [`store`] → [`poll`] (claims, the upstream client, service
 //! profiles, the terminal rule) → [`fanout`] (events and who gets them) →
 //! [`deliver`] (lanes, attempts, signatures, the SSRF guard). Beside it:
-//! the control [`api`], the [`runtime`] that wires and runs it all, and the
-//! [`cli`]. Shared: [`config`], [`clock`], [`cluster`], [`heartbeat`], [`http`],
-//! [`metrics`], [`redact`], [`limit`].
+//! the control [`api`] with its browser console (`console`, at `/ui`), the
+//! [`runtime`] that wires and runs it all, and the [`cli`]. Shared:
+//! [`config`], [`clock`], [`cluster`], [`heartbeat`], [`http`], [`metrics`],
+//! [`redact`], [`limit`].
 
 pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+mod console;
 pub mod deliver;
 pub mod fanout;
 pub mod heartbeat;

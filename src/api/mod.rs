@@ -79,6 +79,7 @@ pub fn router(state: ApiState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v1)
+        .merge(crate::console::router(state.clone()))
         .route("/v1/openapi.json", get(openapi::serve))
         .route("/v1/callbacks/{service}", post(callbacks::receive))
         .route("/healthz", get(health::healthz))

@@ -188,6 +188,10 @@ secret = "{secret}"
     )?;
     writeln!(
         out,
+        "  console             {api}/ui   (open it in a browser: no login, the demo sets no API token)"
+    )?;
+    writeln!(
+        out,
         "  webhook receiver    {receiver_url}  (checks every signature)"
     )?;
     writeln!(

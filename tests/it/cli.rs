@@ -156,6 +156,20 @@ fn the_demo_shows_events_flowing_and_stops_on_ctrl_c() {
             for kind in ["task.succeeded", "task.failed", "task.not_found"] {
                 assert!(text.contains(kind), "{kind} in {text}");
             }
+            // The console's address, and the console there (no token: no login).
+            let console = format!("{}/ui", demo.url);
+            assert!(
+                text.contains(&format!("console             {console} ")),
+                "{text}"
+            );
+            let page = tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(async { reqwest::get(&console).await?.text().await })
+                .unwrap();
+            assert!(
+                page.contains("<title>Overview · taskhook</title>"),
+                "{page}"
+            );
             // Three differently shaped services, each decided right.
             for (task, kind) in [
                 ("demo-image-2", "task.succeeded"),

@@ -9,6 +9,7 @@ mod api_fuzz;
 mod callbacks;
 mod chaos;
 mod cli;
+mod console;
 mod documented_records;
 mod e2e;
 mod hardening;
