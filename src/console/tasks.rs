@@ -289,8 +289,12 @@ fn task_body(t: &TaskView, ctx: &Ctx, here: &str, notice: &Notice, now: Millis) 
             @if let Some(e) = &t.event {
                 details #event-body {
                     summary { "The event sent to every receiver" }
-                    p.hint { "The stored body, indented and with its keys sorted for reading. The bytes that were signed and sent hold the same values, compact, with the upstream record byte for byte as it was received." }
+                    p.hint { "Indented, keys sorted, for reading:" }
                     pre.json { (layout::pretty(e)) }
+                    @if let Some(raw) = &t.event_body {
+                        p.hint { "Exactly as signed and sent (the bytes every signature covers):" }
+                        pre.json.raw #event-raw { (raw) }
+                    }
                 }
             } @else {
                 p { "No event yet: the task is still being watched." }

@@ -316,6 +316,9 @@ pub struct TaskView {
     pub webhooks: Vec<String>,
     /// The event body as signed and sent, while it is kept.
     pub event: Option<serde_json::Value>,
+    /// The same body, byte for byte as it was signed (for the console).
+    #[serde(skip)]
+    pub event_body: Option<String>,
     pub deliveries: Vec<DeliveryView>,
     /// Every attempt of its deliveries, oldest first (while kept).
     pub attempts: Vec<AttemptView>,

@@ -496,6 +496,19 @@ async fn hostile_ids_metadata_and_answers_are_shown_escaped() {
         page.body
     );
     assert!(page.body.contains("<title>Task &lt;script&gt;"));
+    // The event exactly as signed: compact JSON (the ID with its JSON
+    // escapes), shown escaped.
+    let raw = page
+        .body
+        .split_once("id=\"event-raw\">")
+        .and_then(|(_, rest)| rest.split_once("</pre>"))
+        .map(|(raw, _)| raw)
+        .expect("the task page shows the signed bytes");
+    assert!(raw.starts_with('{') && !raw.contains('\n'), "{raw}");
+    assert!(
+        raw.contains("&quot;id&quot;:&quot;&lt;script&gt;alert(\\&quot;id\\&quot;)"),
+        "{raw}"
+    );
 
     // Open console, still CSRF on every action.
     let delivery = deliveries(&api, None, "failed").await[0]["id"]
@@ -855,7 +868,11 @@ async fn browser_walkthrough() {
         Some(API_TOKEN),
         &webhook_toml("orders-service", &hook.url, Some(SECRET_A)),
     );
-    let daemon = spawn_daemon(&cfg);
+    // A neutral host name: the screenshots show the instance ID.
+    let daemon = spawn(
+        &["run", "-c", cfg.to_str().unwrap()],
+        &[("HOSTNAME", "taskhook-1")],
+    );
     let api = daemon.url.clone();
     let mut specs = vec![
         json!({"id": "song-7f3a-0001", "outcome": "succeeded", "duration_ms": 0, "items": 2}),

@@ -320,6 +320,7 @@ fn task_view(r: &Row) -> TaskView {
             .map(|u| crate::redact::url(u))
             .collect(),
         event: None,
+        event_body: None,
         deliveries: Vec::new(),
         attempts: Vec::new(),
     }
@@ -495,9 +496,9 @@ impl ReadModel for PostgresStore {
         };
         let mut view = task_view(&task);
         if view.event_id.is_some() {
-            view.event = event
-                .and_then(|r| r.get::<_, Option<String>>(0))
-                .and_then(|b| serde_json::from_str(&b).ok());
+            let body = event.and_then(|r| r.get::<_, Option<String>>(0));
+            view.event = body.as_deref().and_then(|b| serde_json::from_str(b).ok());
+            view.event_body = body;
             view.deliveries = deliveries.iter().map(delivery_view).collect();
             view.attempts = attempts.iter().map(attempt_view).collect();
         }

@@ -425,6 +425,7 @@ fn task_view(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskView> {
             .map(|u| crate::redact::url(u))
             .collect(),
         event: None,
+        event_body: None,
         deliveries: Vec::new(),
         attempts: Vec::new(),
     })
@@ -1251,11 +1252,12 @@ impl ReadModel for SqliteStore {
                 return Ok(None);
             };
             if let Some(event_id) = &task.event_id {
-                task.event = c
+                let body = c
                     .prepare_cached("SELECT body FROM events WHERE id = ?1")?
                     .query_row([event_id], |r| r.get::<_, String>(0))
-                    .optional()?
-                    .and_then(|b| serde_json::from_str(&b).ok());
+                    .optional()?;
+                task.event = body.as_deref().and_then(|b| serde_json::from_str(b).ok());
+                task.event_body = body;
                 task.deliveries = c
                     .prepare_cached(&format!(
                         "SELECT {DELIVERY_COLUMNS} FROM deliveries d \
