@@ -220,7 +220,6 @@ pub trait Admin: Send + Sync {
     async fn delete_task(&self, id: String) -> StoreResult<bool>;
     /// Makes a failed (dead-lettered) or parked delivery pending again, due `now`.
     async fn replay_delivery(&self, now: Millis, id: i64) -> StoreResult<bool>;
-    async fn replay_all_failed(&self, now: Millis) -> StoreResult<u64>;
     /// Makes every delivery matching `filter` pending again, due `now`
     /// (their tasks delivering again). Returns how many. The dispatcher's
     /// lanes then pace them within each webhook's cap.

@@ -373,6 +373,19 @@ pub struct ReplayFilter {
     pub until: Option<Millis>,
 }
 
+impl ReplayFilter {
+    /// Every dead letter.
+    pub fn dead_letters() -> ReplayFilter {
+        ReplayFilter {
+            state: DeliveryState::Failed,
+            webhook: None,
+            event_type: None,
+            since: None,
+            until: None,
+        }
+    }
+}
+
 /// What happened since a moment, for the console's overview.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq, Default)]
 pub struct Activity {

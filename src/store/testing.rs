@@ -581,7 +581,12 @@ pub async fn dead_letters_list_replay_and_purge(s: Arc<dyn Store>) {
     )
     .await
     .unwrap();
-    assert_eq!(s.replay_all_failed(50).await.unwrap(), 1);
+    assert_eq!(
+        s.replay_matching(50, ReplayFilter::dead_letters())
+            .await
+            .unwrap(),
+        1
+    );
     let d = s
         .claim_deliveries(50, 10, 5000, vec![], 100)
         .await
@@ -1210,7 +1215,12 @@ pub async fn replaying_every_dead_letter_leaves_parked_ones_parked(s: Arc<dyn St
         .await
         .unwrap();
     assert_eq!(s.resume_parked(50, vec![]).await.unwrap(), 0);
-    assert_eq!(s.replay_all_failed(50).await.unwrap(), 1);
+    assert_eq!(
+        s.replay_matching(50, ReplayFilter::dead_letters())
+            .await
+            .unwrap(),
+        1
+    );
     let st = s.stats().await.unwrap();
     assert_eq!(
         (st.deliveries_pending, st.dead_letters, st.webhook_removed),

@@ -41,18 +41,6 @@ fn hup(pid: u32) {
     );
 }
 
-async fn metric(api: &str, line_prefix: &str) -> Option<f64> {
-    let text = reqwest::get(format!("{api}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_prefix))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 async fn sim_script(sim: &str, faults: &[&str]) {
     let (s, v) = post_json(&format!("{sim}/_sim/faults"), &json!({"script": faults})).await;
     assert_eq!(s, 200, "{v}");
@@ -119,7 +107,7 @@ async fn a_refused_service_waits_alone_and_its_tasks_still_expire() {
             .contains("service misspelled"),
         "{ready}"
     );
-    let gauge = metric(
+    let gauge = metric_value(
         &daemon.url,
         "taskhook_upstream_service_broken{service=\"misspelled\"}",
     )

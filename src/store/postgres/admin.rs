@@ -681,17 +681,6 @@ impl Admin for PostgresStore {
         Ok(row.get::<_, i64>(0) > 0)
     }
 
-    async fn replay_all_failed(&self, now: Millis) -> StoreResult<u64> {
-        self.reopen(
-            now,
-            "SELECT id, task_id, event_id FROM deliveries WHERE state = 2",
-            &[],
-            FAILED,
-            true,
-        )
-        .await
-    }
-
     async fn resume_parked(&self, now: Millis, names: Vec<String>) -> StoreResult<u64> {
         if names.is_empty() {
             return Ok(0);

@@ -1399,27 +1399,6 @@ impl Admin for SqliteStore {
         .await
     }
 
-    async fn replay_all_failed(&self, now: Millis) -> StoreResult<u64> {
-        self.write(move |tx| {
-            let replayed: Vec<(String, String)> = tx
-                .prepare(
-                    "UPDATE deliveries SET state = 0, attempts = 0, next_attempt_at = ?1, \
-                       updated_at = ?1 WHERE state = 2 RETURNING task_id, event_id",
-                )?
-                .query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            let mut reopen = tx.prepare_cached(
-                "UPDATE tasks SET status = 1, done_at = NULL \
-                 WHERE id = ?1 AND event_id = ?2 AND status = 2",
-            )?;
-            for (task, e) in &replayed {
-                reopen.execute([task, e])?;
-            }
-            Ok(replayed.len() as u64)
-        })
-        .await
-    }
-
     async fn resume_parked(&self, now: Millis, names: Vec<String>) -> StoreResult<u64> {
         if names.is_empty() {
             return Ok(0);
