@@ -2,6 +2,8 @@
 //! milliseconds, what the store keeps) and sleeps with tokio's timer, so a
 //! test can run the daemon's loops under tokio's paused time with
 //! [`TokioClock`]. The daemon uses [`SystemClock`].
+//!
+//! May call: nothing of taskhook's.
 
 use std::sync::Arc;
 

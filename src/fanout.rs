@@ -3,15 +3,15 @@
 //! wants it: every configured webhook whose `events` filter matches, and
 //! the URLs the task named itself.
 //!
-//! May call: `config`, `store` (the new event's shape), `poll::terminal`
-//! (the outcome), `redact`.
+//! May call: `config`, `store` (the new event's shape), `outcome`, `redact`,
+//! `clock`.
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::clock::Millis;
 use crate::config::Config;
-use crate::poll::terminal::Outcome;
+use crate::outcome::Outcome;
 use crate::store::{ClaimedTask, DeliveryKind, NewDelivery, NewEvent};
 
 /// A fresh event ID, `msg_` and 24 random base62 characters.

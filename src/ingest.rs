@@ -1,11 +1,13 @@
 //! Ingest: turns an enqueue request body into validated [`NewTask`]s, or an
 //! error that names the field at fault. A request is taken whole or not at
 //! all, so bad input never half-enqueues.
+//!
+//! May call: `config`, `profile`, `store`.
 
 use serde_json::{Map, Value};
 
 use crate::config::valid_service;
-use crate::poll::profile::Profiles;
+use crate::profile::Profiles;
 use crate::store::NewTask;
 
 /// The longest task ID accepted, in bytes.

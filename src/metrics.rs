@@ -1,5 +1,7 @@
 //! Prometheus metrics. One [`Metrics`] per daemon, shared by every stage;
 //! labels are fixed, small sets (never a task ID).
+//!
+//! May call: `store`.
 
 use std::sync::atomic::AtomicU64;
 

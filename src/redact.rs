@@ -2,6 +2,8 @@
 //! userinfo (`user:pass@`) and its query values (`?token=...`), and header
 //! values. Everything that shows a URL or a header to a person (logs,
 //! `check-config`, the control API, metrics) goes through here.
+//!
+//! May call: nothing of taskhook's.
 
 /// What replaces a secret.
 pub const REDACTED: &str = "[redacted]";

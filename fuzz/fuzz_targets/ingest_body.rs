@@ -7,7 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use taskhook::ingest::{MAX_ID_BYTES, Rules, check_id, parse_enqueue};
-use taskhook::poll::profile::Profiles;
+use taskhook::profile::Profiles;
 
 fuzz_target!(|data: &[u8]| {
     let profiles = Profiles::new(&Default::default(), false, "producer").expect("built-ins load");

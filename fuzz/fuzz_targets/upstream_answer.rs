@@ -9,7 +9,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use taskhook::poll::profile::{Profile, Profiles};
+use taskhook::profile::{Profile, Profiles};
 use taskhook::poll::terminal::{Verdict, assess};
 use taskhook::poll::upstream::parse_batch;
 

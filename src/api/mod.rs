@@ -5,7 +5,7 @@
 //! needs the bearer token when `api.token` is set.
 //!
 //! May call: `ingest`, `store`, `config`, `poll::upstream` (health),
-//! `deliver::ssrf`, `metrics`, `clock`.
+//! `deliver::ssrf`, `metrics`, `clock`, `cluster`, `hints`.
 
 mod callbacks;
 mod deliveries;
@@ -61,9 +61,11 @@ pub type WriteCheck = (std::time::Instant, Result<(), String>);
 /// How long a store write check answers for `/readyz`.
 const WRITE_CHECK_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The router. Health and metrics are open; everything under `/v1` needs
-/// the bearer token when `api.token` is set.
-pub fn router(state: ApiState) -> Router {
+/// The router, with `beside` (the console's routes) served on the same
+/// listener under the same body limit and error shape. Health and metrics
+/// are open; everything under `/v1` needs the bearer token when `api.token`
+/// is set.
+pub fn router(state: ApiState, beside: Router<ApiState>) -> Router {
     let limit = state.config.borrow().api.max_body_bytes;
     let v1 = Router::new()
         .route("/v1/tasks", post(tasks::enqueue).get(tasks::list_tasks))
@@ -79,7 +81,7 @@ pub fn router(state: ApiState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v1)
-        .merge(crate::console::router(state.clone()))
+        .merge(beside)
         .route("/v1/openapi.json", get(openapi::serve))
         .route("/v1/callbacks/{service}", post(callbacks::receive))
         .route("/healthz", get(health::healthz))

@@ -2,7 +2,7 @@
 //! the types they answer with. Served at `/v1/openapi.json`; the copy in
 //! `docs/openapi.json` is checked against it by the tests.
 //!
-//! May call: the handlers' modules (for their annotations).
+//! May call: the handlers' modules (for their annotations), `ingest`.
 
 use axum::Json;
 use serde_json::json;

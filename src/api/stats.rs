@@ -2,7 +2,8 @@
 //! health and the cluster, and what happened in a recent window. The
 //! console's overview shows the same [`Stats`] value.
 //!
-//! May call: `store`, `poll::upstream` (health), `cluster`, `config`.
+//! May call: `store`, `poll::upstream` (health), `cluster`, `config`,
+//! `clock`.
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;

@@ -1,7 +1,8 @@
 //! `/v1/tasks`: enqueue (through `ingest`), list, inspect and stop
 //! watching tasks.
 //!
-//! May call: `ingest`, `store`, `deliver::ssrf` (per-task URLs), `config`.
+//! May call: `ingest`, `store`, `deliver::ssrf` (per-task URLs), `config`,
+//! `clock`.
 
 use axum::Json;
 use axum::body::Bytes;

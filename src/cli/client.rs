@@ -1,5 +1,7 @@
 //! Thin clients of the control API: the `enqueue`, `status`,
 //! `deliveries`, `replay` and `health` subcommands.
+//!
+//! May call: `clock`.
 
 use std::io::BufRead;
 

@@ -1,6 +1,8 @@
 //! `taskhook demo`: the simulator, the daemon on a temporary store and a
 //! webhook receiver that checks signatures, all on loopback; a few tasks are
 //! enqueued through the control API and their events printed as they land.
+//!
+//! May call: `config`, `runtime`.
 
 use std::io::Write;
 use std::sync::Arc;

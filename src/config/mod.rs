@@ -4,7 +4,7 @@
 //! Every error names the offending key.
 //!
 //! May call: `profile` (service profiles are part of the configuration),
-//! `schedule`, `terminal` (event types), `redact`.
+//! `outcome` (event types), `redact`, `clock`.
 
 mod secret;
 mod serde_util;
@@ -19,10 +19,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use url::Url;
+use utoipa::ToSchema;
 
-use crate::poll::profile::{ProfileOverride, Profiles};
-use crate::poll::schedule::PollSchedule;
-use crate::poll::terminal::Outcome;
+use crate::outcome::Outcome;
+use crate::profile::{ProfileOverride, Profiles};
 use serde_util::{duration, durations, ser_headers, ser_opt_url, ser_url};
 
 /// The documented defaults; compiled in so the file and the binary agree.
@@ -185,7 +185,7 @@ pub struct PollConfig {
     pub failure_confirmations: u32,
     /// `budget`: every task at `interval` while the request budget allows;
     /// `backoff`: `interval × backoff_factor^n` up to `max_interval`.
-    pub strategy: crate::poll::pace::Strategy,
+    pub strategy: Strategy,
     /// Place a new task's first poll near the moment its service's tasks
     /// usually finish, once enough have finished.
     pub learn_first_poll: bool,
@@ -194,16 +194,19 @@ pub struct PollConfig {
     pub first_poll_max: Duration,
 }
 
-impl PollConfig {
-    pub fn schedule(&self) -> PollSchedule {
-        PollSchedule {
-            first_poll_after: self.first_poll_after,
-            interval: self.interval,
-            max_interval: self.max_interval,
-            backoff_factor: self.backoff_factor,
-        }
-    }
+/// How the time between two polls of a task is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Every task at `poll.interval` while the budget allows, all slower
+    /// alike when it does not: the lag follows the demand.
+    Budget,
+    /// `interval × backoff_factor^(polls-1)` up to `max_interval`, whatever
+    /// the budget.
+    Backoff,
+}
 
+impl PollConfig {
     fn check(&self) -> Result<(), ConfigError> {
         positive("poll.interval", self.interval)?;
         positive("poll.max_interval", self.max_interval)?;

@@ -1,6 +1,8 @@
 //! Secrets in the configuration: given inline, as a `*_file` (Docker
 //! secrets, systemd credentials) or through an environment variable, and
 //! never printed.
+//!
+//! May call: `redact`.
 
 use std::fmt;
 use std::path::Path;

@@ -1,5 +1,7 @@
 //! How configuration values are read and shown: durations as humantime
 //! strings (`"30s"`), URLs and headers with their secrets redacted.
+//!
+//! May call: `redact`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -3,18 +3,17 @@
 //! login form, and how times, durations and links to tasks are written.
 //! Everything is rendered through maud, which escapes every value.
 //!
-//! May call: `api` (its state), `clock`.
+//! May call: `clock`, `store`.
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use maud::{DOCTYPE, Markup, html};
 
 use super::assets;
-use super::session::{CSRF_FIELD, Principal, csrf_token};
-use crate::api::ApiState;
 use crate::clock::Millis;
+
+/// The form field that carries the CSRF token.
+pub(super) const CSRF_FIELD: &str = "csrf";
 
 /// The request's standing as a page needs it: whether to offer a logout
 /// button, and the CSRF token its forms carry.
@@ -23,28 +22,6 @@ pub(super) struct Ctx {
     pub csrf: String,
     /// A browser session (not the bearer token, not an open console).
     pub session: bool,
-}
-
-impl FromRequestParts<ApiState> for Ctx {
-    type Rejection = Response;
-
-    async fn from_request_parts(parts: &mut Parts, s: &ApiState) -> Result<Self, Self::Rejection> {
-        let principal = parts
-            .extensions
-            .get::<Principal>()
-            .cloned()
-            .ok_or_else(|| {
-                refusal(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "Not authenticated",
-                    "This page was reached without passing the console's login check.",
-                )
-            })?;
-        Ok(Ctx {
-            csrf: csrf_token(s, &principal),
-            session: matches!(principal, Principal::Session(_)),
-        })
-    }
 }
 
 impl Ctx {

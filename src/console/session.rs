@@ -15,7 +15,8 @@
 use std::sync::OnceLock;
 
 use axum::body::Body;
-use axum::extract::{Form, Query, Request, State};
+use axum::extract::{Form, FromRequestParts, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -25,15 +26,13 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use super::layout;
+use super::layout::{self, CSRF_FIELD, Ctx};
 use crate::api::ApiState;
 
 /// The session cookie's name.
 pub(super) const COOKIE: &str = "taskhook_session";
 /// How long a login lasts.
 pub(super) const LIFETIME_SECS: i64 = 12 * 60 * 60;
-/// The form field that carries the CSRF token.
-pub(super) const CSRF_FIELD: &str = "csrf";
 /// The largest form body the console reads (its forms are a few fields).
 const MAX_FORM_BYTES: usize = 16 * 1024;
 
@@ -378,6 +377,29 @@ pub(super) async fn logout(headers: HeaderMap) -> Response {
         set_cookie("", 0, behind_https(&headers)),
     );
     resp
+}
+
+/// A page's [`Ctx`] comes from the principal [`guard`] let in.
+impl FromRequestParts<ApiState> for Ctx {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, s: &ApiState) -> Result<Self, Self::Rejection> {
+        let principal = parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| {
+                layout::refusal(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Not authenticated",
+                    "This page was reached without passing the console's login check.",
+                )
+            })?;
+        Ok(Ctx {
+            csrf: csrf_token(s, &principal),
+            session: matches!(principal, Principal::Session(_)),
+        })
+    }
 }
 
 #[cfg(test)]

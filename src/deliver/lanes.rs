@@ -2,7 +2,8 @@
 //! slow receiver only ever holds its own; attempts in flight are capped as
 //! a whole too.
 //!
-//! May call: `deliver::attempt`, `config`, `store` (the delivery type).
+//! May call: `deliver::attempt`, `config`, `store` (the delivery type),
+//! `clock`, `limit`, `metrics`.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -8,7 +8,8 @@
 //! `retry` (the schedule), `ssrf` (the guard for per-task URLs), `clients`,
 //! `reports` (batched writes).
 //!
-//! May call: `store`, `config`, `metrics`, `heartbeat`, `clock`, `http`.
+//! May call: `store`, `config`, `metrics`, `heartbeat`, `clock`, `http`,
+//! `cluster`.
 
 mod attempt;
 mod clients;

@@ -1,7 +1,7 @@
 //! Recording attempt results: reports collected and written in batches,
 //! one store call each, retried (never dropped) when the store fails.
 //!
-//! May call: `store`, `clock`.
+//! May call: `store`, `clock`, `metrics`.
 
 use std::sync::Arc;
 use std::time::Duration;

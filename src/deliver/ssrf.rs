@@ -5,6 +5,8 @@
 //! resolved addresses inside the HTTP client's resolver, so the connection
 //! uses exactly the addresses that were checked: DNS cannot be rebound
 //! between the check and the request. Configured webhooks are trusted.
+//!
+//! May call: nothing of taskhook's.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 

@@ -2,18 +2,19 @@
 //! poll again later (and when), or finished (and how), with the event that
 //! finish makes. Pure: no I/O, the random draw passed in.
 //!
-//! May call: `poll::terminal`, `poll::profile`, `poll::upstream` (the
-//! record type), `fanout`, `config`, `store` (the update types).
+//! May call: `poll::terminal`, `poll::upstream` (the record type), `profile`,
+//! `outcome`, `fanout`, `config`, `store` (the update types), `clock`.
 
 use std::time::Duration;
 
 use crate::clock::Millis;
 use crate::config::Config;
+use crate::outcome::Outcome;
 use crate::poll::pace::Spacing;
-use crate::poll::profile::Profile;
-use crate::poll::schedule::{POLL_JITTER, shrink};
-use crate::poll::terminal::{Assessment, Outcome, Verdict, assess};
+use crate::poll::schedule::{POLL_JITTER, PollSchedule, shrink};
+use crate::poll::terminal::{Assessment, Verdict, assess};
 use crate::poll::upstream::Record;
+use crate::profile::Profile;
 use crate::store::{ClaimedTask, PollUpdate};
 
 pub(crate) fn ms(d: Duration) -> Millis {
@@ -83,7 +84,7 @@ fn decide_with(
     r: f64,
 ) -> (PollUpdate, Option<Assessment>) {
     let poll = &cfg.poll;
-    let schedule = poll.schedule();
+    let schedule = PollSchedule::of(poll);
     let polls = task.polls + 1;
     let delay = shrink(spacing.delay_after(&schedule, polls), POLL_JITTER, r);
     let next = now + ms(delay);

@@ -5,14 +5,15 @@
 //!
 //! Inside: `batches` (IDs per request), `round` (request → decide → persist
 //! → hand off), `decide` (one task's next step), `upstream` (the client),
-//! `profile` + `terminal` (reading records), `schedule` (timing).
+//! `terminal` (reading records through the service `profile`), `schedule`
+//! (timing), `pace` (spending the request budget, the learned first poll).
 //!
-//! May call: `store`, `fanout`, `config`, `metrics`, `heartbeat`, `clock`.
+//! May call: `store`, `fanout`, `profile`, `outcome`, `config`, `metrics`,
+//! `heartbeat`, `http`, `limit`, `cluster`, `clock`.
 
 mod batches;
 mod decide;
 pub mod pace;
-pub mod profile;
 mod round;
 pub mod schedule;
 pub mod terminal;
@@ -30,11 +31,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::outcome::Outcome;
 use crate::store::{ClaimedDelivery, PollQueue, PollUpdate};
 use batches::{batch_for, claim_limits};
 use decide::{finish_update, ms};
 use round::Round;
-use terminal::Outcome;
 use upstream::UpstreamClient;
 
 /// Runs the poll loop until cancelled.

@@ -13,29 +13,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
 use crate::clock::SharedClock;
-use crate::config::Config;
+use crate::config::{Config, Strategy};
 use crate::poll::batches::{Batches, batch_for};
 use crate::poll::schedule::PollSchedule;
 use crate::poll::upstream::UpstreamClient;
 use crate::store::{DurationModel, PollQueue};
-
-/// How the time between two polls of a task is chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Strategy {
-    /// Every task at `poll.interval` while the budget allows, all slower
-    /// alike when it does not: the lag follows the demand.
-    Budget,
-    /// `interval × backoff_factor^(polls-1)` up to `max_interval`, whatever
-    /// the budget.
-    Backoff,
-}
 
 /// The share of the request budget polling plans to use: the rest absorbs
 /// confirmations, paging, retries and callback hints.
@@ -445,7 +433,7 @@ mod tests {
 
     #[test]
     fn under_the_budget_strategy_every_poll_waits_the_effective_interval() {
-        let schedule = cfg("").poll.schedule();
+        let schedule = PollSchedule::of(&cfg("").poll);
         let budget = Spacing {
             strategy: Strategy::Budget,
             effective: secs(12.0),

@@ -2,8 +2,8 @@
 //! → decide (each task's next step) → persist (one write for the round) →
 //! hand off (new deliveries to the dispatcher, already leased).
 //!
-//! May call: `poll::{upstream, decide, batches, profile}`, `store`,
-//! `metrics`, `config`, `clock`.
+//! May call: `poll::{upstream, decide, batches, pace, schedule}`, `profile`,
+//! `outcome`, `store`, `metrics`, `config`, `clock`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,12 +13,13 @@ use tracing::Instrument;
 
 use crate::clock::{Millis, SharedClock};
 use crate::config::Config;
+use crate::outcome::Outcome;
 use crate::poll::batches::Batches;
 use crate::poll::decide::{decide, finished_at_secs, ms, retry_or_expire};
 use crate::poll::pace::Pace;
-use crate::poll::profile::Profile;
-use crate::poll::terminal::Outcome;
+use crate::poll::schedule::PollSchedule;
 use crate::poll::upstream::{BatchAnswer, UpstreamClient, UpstreamError};
+use crate::profile::Profile;
 use crate::store::{ClaimedDelivery, ClaimedTask, PollQueue, PollUpdate};
 
 /// One round: a batch of one service's tasks, what it needs to ask, decide
@@ -104,7 +105,7 @@ impl Round {
             }
             Err(e @ UpstreamError::TooLarge { .. }) => {
                 let t = &tasks[0];
-                let delay = cfg.poll.schedule().delay_after(t.polls.max(1));
+                let delay = PollSchedule::of(&cfg.poll).delay_after(t.polls.max(1));
                 tracing::warn!(task_id = %t.id, error = %e, retry_in = ?delay, "the upstream refused this task's poll; it stays queued");
                 again(now + ms(delay))
             }
@@ -269,7 +270,7 @@ impl Round {
         }
         let cfg = &self.cfg;
         let spacing = self.pace.spacing(cfg);
-        let schedule = cfg.poll.schedule();
+        let schedule = PollSchedule::of(&cfg.poll);
         let later = |t: &ClaimedTask| now + ms(spacing.delay_after(&schedule, t.polls.max(1)));
         tasks
             .iter()

@@ -3,9 +3,11 @@
 //! draw as an argument so tests can pin it; callers pass
 //! `rand::random::<f64>()`.
 //!
-//! May call: nothing of taskhook's.
+//! May call: `config` (the `[poll]` section).
 
 use std::time::Duration;
+
+use crate::config::PollConfig;
 
 /// Jitter applied to poll delays: the delay shrinks by up to this fraction,
 /// so jitter spreads load without ever pushing a poll past `max_interval`.
@@ -23,6 +25,16 @@ pub struct PollSchedule {
 }
 
 impl PollSchedule {
+    /// The schedule `[poll]` configures.
+    pub fn of(poll: &PollConfig) -> PollSchedule {
+        PollSchedule {
+            first_poll_after: poll.first_poll_after,
+            interval: poll.interval,
+            max_interval: poll.max_interval,
+            backoff_factor: poll.backoff_factor,
+        }
+    }
+
     /// Delay between poll number `polls` (1-based, just done) and the next:
     /// `interval × backoff_factor^(polls-1)`, capped at `max_interval`.
     pub fn delay_after(&self, polls: u32) -> Duration {

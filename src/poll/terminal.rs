@@ -15,59 +15,14 @@
 //!    word). One item succeeded beside one running is not finished.
 //! 4. Anything else is still running. Unknown words count as running and
 //!    are reported so the caller can log and count each one.
+//!
+//! May call: `outcome`, `profile`.
 
 use serde_json::Value;
 
-use crate::poll::profile::{Profile, Settle, Word, has_result, response_of};
+use crate::outcome::Outcome;
 
-/// How a finished task ended. Also names the webhook event type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    Succeeded,
-    Failed,
-    NotFound,
-    Expired,
-}
-
-impl Outcome {
-    /// The event type sent to webhooks, e.g. `task.succeeded`.
-    pub fn event_type(self) -> &'static str {
-        match self {
-            Outcome::Succeeded => "task.succeeded",
-            Outcome::Failed => "task.failed",
-            Outcome::NotFound => "task.not_found",
-            Outcome::Expired => "task.expired",
-        }
-    }
-
-    /// The bare outcome word, as in the envelope's `data.outcome`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Succeeded => "succeeded",
-            Outcome::Failed => "failed",
-            Outcome::NotFound => "not_found",
-            Outcome::Expired => "expired",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Outcome> {
-        Some(match s {
-            "succeeded" => Outcome::Succeeded,
-            "failed" => Outcome::Failed,
-            "not_found" => Outcome::NotFound,
-            "expired" => Outcome::Expired,
-            _ => return None,
-        })
-    }
-
-    /// Every event type, for validating `events` filters.
-    pub const EVENT_TYPES: [&'static str; 4] = [
-        "task.succeeded",
-        "task.failed",
-        "task.not_found",
-        "task.expired",
-    ];
-}
+use crate::profile::{Profile, Settle, Word, has_result, response_of};
 
 /// What one record says about its task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,7 +193,7 @@ pub fn assess(profile: &Profile, answer: &Value) -> Assessment {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::poll::profile::Profiles;
+    use crate::profile::Profiles;
     use serde_json::json;
 
     fn profiles() -> Profiles {

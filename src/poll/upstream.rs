@@ -1,6 +1,8 @@
 //! The upstream client: `retrieve_batch` against `/{service}/tasks`, paced
 //! by a rate limiter, capped in concurrency, backing off on 429 and 5xx.
 //! Every failure is an error value for that batch; none loses an ID.
+//!
+//! May call: `clock`, `config`, `http`, `limit`, `metrics`, `profile`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -11,8 +13,8 @@ use serde_json::value::RawValue;
 
 use crate::config::{Secret, UpstreamConfig};
 use crate::http::parse_retry_after;
-use crate::poll::profile::{Profile, RequestMode};
 use crate::poll::schedule::upstream_backoff;
+use crate::profile::{Profile, RequestMode};
 
 /// Why a request produced no records. Each class is handled differently:
 /// see the poller.
@@ -758,8 +760,8 @@ impl UpstreamClient {
 mod tests {
     use super::*;
 
-    fn profiles() -> crate::poll::profile::Profiles {
-        crate::poll::profile::Profiles::new(&Default::default(), false, "producer").unwrap()
+    fn profiles() -> crate::profile::Profiles {
+        crate::profile::Profiles::new(&Default::default(), false, "producer").unwrap()
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! dispatcher, control API) and the housekeeping beside them, all stopped by
 //! one cancellation token; reloads, the watchdog, the purge, the signals.
 //!
-//! May call: every stage (it wires them), `config`, `clock`, `heartbeat`.
+//! May call: every stage (it wires them: `store`, `poll`, `deliver`,
+//! `hints`, `api`, `console`), `config`, `cluster`, `metrics`, `clock`,
+//! `heartbeat`.
 
 mod cluster;
 mod purge;
@@ -312,7 +314,7 @@ fn serve_api(
     tasks: &mut JoinSet<()>,
     shutdown: &CancellationToken,
 ) {
-    let app = router(ApiState {
+    let state = ApiState {
         store: s.store.clone(),
         config: s.config.clone(),
         upstream: s.upstream.clone(),
@@ -324,7 +326,8 @@ fn serve_api(
         clock: s.clock.clone(),
         cluster: s.cluster.clone(),
         write_check: Default::default(),
-    });
+    };
+    let app = router(state.clone(), crate::console::router(state));
     let stop = shutdown.clone();
     tasks.spawn(async move {
         // The peer address keys the callbacks' rate cap per source.

@@ -2,7 +2,8 @@
 //! at once, what needs a restart, and deliveries parked for a webhook that
 //! is configured again.
 //!
-//! May call: `config`, `poll::upstream` (the token), `store` (admin).
+//! May call: `config`, `poll::upstream` (the token), `store` (admin),
+//! `clock`.
 
 use std::sync::Arc;
 

@@ -44,6 +44,8 @@
 //! up, so no bucket that held a task empties): the model weighs roughly
 //! the last 50–100 thousand tasks, newer ones more. The observed count
 //! ([`DurationModel::count`]) keeps counting every task.
+//!
+//! May call: `clock`.
 
 use super::DurationModel;
 use crate::clock::Millis;

@@ -1,4 +1,6 @@
 //! Why a store call failed, with its cause kept.
+//!
+//! May call: nothing of taskhook's.
 
 use std::sync::Arc;
 

@@ -1,12 +1,14 @@
 //! The values that cross the store's traits: tasks and deliveries going
 //! in, claims coming out, and the views the API shows.
+//!
+//! May call: `clock`, `outcome`.
 
 use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::clock::{Millis, ser_opt_time, ser_time};
-use crate::poll::terminal::Outcome;
+use crate::outcome::Outcome;
 
 /// A task handed in by the pipeline, already validated.
 #[derive(Debug, Clone, PartialEq)]

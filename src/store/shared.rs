@@ -1,6 +1,8 @@
 //! What both backends work out the same way before they write their SQL:
 //! the range an ID prefix covers, the words of the attempt log, how much of
 //! a receiver's answer is kept, which states a bulk replay takes.
+//!
+//! May call: `redact`.
 
 use std::collections::BTreeMap;
 

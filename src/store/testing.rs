@@ -10,6 +10,8 @@
 //! async fn sqlite() -> Option<(Arc<dyn Store>, Box<dyn std::any::Any + Send>)> { ... }
 //! taskhook::store_conformance!(sqlite);
 //! ```
+//!
+//! May call: `clock`, `outcome`, `redact`.
 
 #![allow(missing_docs)]
 
@@ -17,7 +19,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::clock::Millis;
-use crate::poll::terminal::Outcome;
+use crate::outcome::Outcome;
 
 /// What a factory returns: the store, and whatever must live as long as it
 /// (a temporary directory, a schema to drop).

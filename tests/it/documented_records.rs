@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use taskhook::config::Config;
+use taskhook::outcome::Outcome;
 use taskhook::poll::decide;
 use taskhook::poll::pace::Spacing;
-use taskhook::poll::profile::Profile;
-use taskhook::poll::terminal::Outcome;
 use taskhook::poll::upstream::{Record, parse_batch, parse_single};
+use taskhook::profile::Profile;
 use taskhook::store::{ClaimedTask, PollUpdate};
 
 fn fixtures() -> PathBuf {

@@ -13,6 +13,7 @@ mod console;
 mod documented_records;
 mod e2e;
 mod hardening;
+mod layout;
 mod openapi;
 mod operations;
 mod pacing;

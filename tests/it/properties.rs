@@ -7,11 +7,12 @@ use std::time::Duration;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 use taskhook::deliver::retry::retry_after_attempt;
-use taskhook::poll::profile::Profiles;
+use taskhook::outcome::Outcome;
 use taskhook::poll::schedule::{
     MAX_UPSTREAM_PAUSE, POLL_JITTER, PollSchedule, RETRY_JITTER, upstream_backoff,
 };
-use taskhook::poll::terminal::{Outcome, Verdict, assess};
+use taskhook::poll::terminal::{Verdict, assess};
+use taskhook::profile::Profiles;
 
 // ---------------------------------------------------------------------------
 // Helpers

@@ -5,6 +5,8 @@
 //! connection; WAL checkpoints run on a third, off the writer's path. A lock
 //! file beside the database keeps a second taskhook off the same store,
 //! which is what lets this backend take back every lease at start-up.
+//!
+//! May call: `clock`, `config`, `redact`.
 
 use std::collections::HashMap;
 use std::fs::File;

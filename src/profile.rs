@@ -4,6 +4,8 @@
 //! `[upstream.services.NAME]` table overrides any key of one, or describes a
 //! new service, and is checked by the same code. The terminal rule
 //! (`terminal.rs`) reads records only through a [`Profile`].
+//!
+//! May call: nothing of taskhook's.
 
 use std::collections::{BTreeMap, BTreeSet};
 
