@@ -64,6 +64,17 @@ pub struct Poller {
     pub pace: Arc<pace::Pace>,
 }
 
+/// What the loop does after a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Carry on.
+    Go,
+    /// Start the turn over (still waiting for something).
+    Again,
+    /// Shut down.
+    Stop,
+}
+
 /// How far ahead of its due time a task may be polled to fill a batch.
 pub fn coalesce_window(cfg: &Config) -> Duration {
     (cfg.poll.interval / 4).min(Duration::from_secs(2))
@@ -83,142 +94,201 @@ impl Poller {
             },
             shutdown.clone(),
         ));
-        let mut batches = JoinSet::new();
-        let mut paused_since: Option<std::time::Instant> = None;
+        let mut rounds = JoinSet::new();
+        let mut token_paused_since: Option<std::time::Instant> = None;
         let mut last_sweep: Option<std::time::Instant> = None;
-        'run: loop {
+        loop {
             self.heartbeat.beat();
-            while batches.try_join_next().is_some() {}
-            if !self.cluster.is_ready() {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
-                    _ = shutdown.cancelled() => break,
+            while rounds.try_join_next().is_some() {}
+            let step = if !self.cluster.is_ready() {
+                self.idle(Duration::from_millis(100), &shutdown).await
+            } else {
+                if self.cluster.is_leader()
+                    && last_sweep.is_none_or(|at| at.elapsed() >= EXPIRY_SWEEP_EVERY)
+                {
+                    last_sweep = Some(std::time::Instant::now());
+                    let cfg = self.config.borrow().clone();
+                    self.expire_overdue(&cfg).await;
                 }
-            }
-            if self.cluster.is_leader()
-                && last_sweep.is_none_or(|at| at.elapsed() >= EXPIRY_SWEEP_EVERY)
-            {
-                last_sweep = Some(std::time::Instant::now());
-                let cfg = self.config.borrow().clone();
-                self.expire_overdue(&cfg).await;
-            }
-            if self.upstream.token_refused() {
-                let retry = self.config.borrow().upstream.token_retry;
-                if paused_since.is_none() {
-                    tracing::error!(
-                        retry_every = ?retry,
-                        "polling paused: the upstream refuses the token (401 invalid_token); \
-                         every task stays queued. Fix upstream.token and send SIGHUP (or restart); \
-                         the token is tried again meanwhile"
-                    );
-                }
-                let since = *paused_since.get_or_insert_with(std::time::Instant::now);
-                let left = retry.saturating_sub(since.elapsed());
-                tokio::select! {
-                    _ = self.config.changed() => {}
-                    _ = tokio::time::sleep(left.min(self.heartbeat.max_idle())) => {
-                        if since.elapsed() < retry {
-                            continue;
-                        }
-                    }
-                    _ = shutdown.cancelled() => break,
-                }
-                paused_since = None;
-                if self.upstream.token_refused() {
-                    // Probe with one batch; its answer decides whether to resume.
-                    self.upstream
-                        .set_token(self.config.borrow().upstream.token.clone());
-                }
-            }
-            // While the whole upstream asked for a pause, claim nothing: a
-            // claim would only wait, and its lease could run out.
-            let pause = self.upstream.pause_remaining();
-            if !pause.is_zero() {
-                tokio::select! {
-                    _ = tokio::time::sleep(pause.min(self.heartbeat.max_idle())) => continue,
-                    _ = shutdown.cancelled() => break,
-                }
-            }
-            // Claim first, then wait for request slots: the claim's commit
-            // overlaps with requests in flight. At most one claim's batches
-            // wait here; their lease covers the wait.
-            let cfg = self.config.borrow().clone();
-            let now = self.clock.now_ms();
-            let window_end = now + ms(coalesce_window(&cfg));
-            // One claim feeds every request slot: claims go through the
-            // store's single writer, so each one must carry a lot.
-            let paused = self.upstream.paused_services();
-            let limits = claim_limits(&cfg, &self.batches, &paused);
-            // The lease covers pacing every request of the claim, then the
-            // slowest answer, with room to spare.
-            let lease = now
-                + ms(self
-                    .upstream
-                    .time_for(cfg.upstream.max_concurrent_requests * 2))
-                + ms(cfg.upstream.request_timeout * 2)
-                + ms(LEASE_SPARE);
-            let started = std::time::Instant::now();
-            let claimed = self
-                .store
-                .claim_poll_batch(now, window_end, limits, lease)
-                .await;
-            self.metrics.store_call("claim_poll_batch", started);
-            let claim = match claimed {
-                Ok(c) => {
-                    self.metrics.claimed("tasks", c.tasks.len());
-                    c
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot claim tasks to poll; retrying in 1s");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        _ = shutdown.cancelled() => break,
-                    }
-                }
+                self.poll_once(&mut token_paused_since, &mut rounds, &shutdown)
+                    .await
             };
-            if claim.tasks.is_empty() {
-                let unpause = paused.iter().map(|(_, d)| *d).min();
-                let sleep = match claim.next_due {
-                    Some(due) => Duration::from_millis((due - now).max(1) as u64),
-                    None => self.heartbeat.max_idle(),
-                }
-                .min(unpause.unwrap_or(Duration::MAX))
-                .min(self.heartbeat.max_idle());
-                tokio::select! {
-                    _ = tokio::time::sleep(sleep) => {}
-                    _ = self.wake.notified() => {}
-                    _ = shutdown.cancelled() => break,
-                }
-                continue;
-            }
-            let mut tasks = claim.tasks;
-            let batch = batch_for(&cfg, &self.batches, &claim.service);
-            while !tasks.is_empty() {
-                let rest = tasks.split_off(batch.min(tasks.len()));
-                let slot = tokio::select! {
-                    p = self.upstream.slot() => p,
-                    _ = shutdown.cancelled() => break 'run,
-                };
-                let round = Round {
-                    hand_off: self.hand_off,
-                    clock: self.clock.clone(),
-                    store: self.store.clone(),
-                    upstream: self.upstream.clone(),
-                    cfg: cfg.clone(),
-                    deliveries_ready: self.deliveries_ready.clone(),
-                    batches: self.batches.clone(),
-                    poller_wake: self.wake.clone(),
-                    metrics: self.metrics.clone(),
-                    handoff: self.handoff.clone(),
-                    pace: self.pace.clone(),
-                };
-                batches.spawn(round.poll(claim.service.clone(), tasks, slot));
-                tasks = rest;
+            if step == Step::Stop {
+                break;
             }
         }
         // Requests in flight may finish; their leases protect them if not.
-        while batches.join_next().await.is_some() {}
+        while rounds.join_next().await.is_some() {}
         let _ = pacing.await;
+    }
+
+    /// One turn of the loop past readiness and the sweep: wait out a
+    /// refused token or an upstream pause, else claim due tasks and start
+    /// their rounds, or sleep until the next is due.
+    async fn poll_once(
+        &mut self,
+        token_paused_since: &mut Option<std::time::Instant>,
+        rounds: &mut JoinSet<()>,
+        shutdown: &CancellationToken,
+    ) -> Step {
+        if self.upstream.token_refused() {
+            match self.wait_for_token(token_paused_since, shutdown).await {
+                Step::Go => {}
+                other => return other,
+            }
+        }
+        // While the whole upstream asked for a pause, claim nothing: a
+        // claim would only wait, and its lease could run out.
+        let pause = self.upstream.pause_remaining();
+        if !pause.is_zero() {
+            return self
+                .idle(pause.min(self.heartbeat.max_idle()), shutdown)
+                .await;
+        }
+        let cfg = self.config.borrow().clone();
+        let now = self.clock.now_ms();
+        let paused = self.upstream.paused_services();
+        let Some(claim) = self.claim(&cfg, now, &paused).await else {
+            return self.idle(Duration::from_secs(1), shutdown).await;
+        };
+        if claim.tasks.is_empty() {
+            let unpause = paused.iter().map(|(_, d)| *d).min();
+            let sleep = match claim.next_due {
+                Some(due) => Duration::from_millis((due - now).max(1) as u64),
+                None => self.heartbeat.max_idle(),
+            }
+            .min(unpause.unwrap_or(Duration::MAX))
+            .min(self.heartbeat.max_idle());
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = self.wake.notified() => {}
+                _ = shutdown.cancelled() => return Step::Stop,
+            }
+            return Step::Go;
+        }
+        self.start_rounds(&cfg, claim, rounds, shutdown).await
+    }
+
+    /// While the upstream refuses the token: nothing is claimed; the token
+    /// is tried again every `upstream.token_retry`, or at once when a
+    /// reload brings a new one. `Go` means: try polling now.
+    async fn wait_for_token(
+        &mut self,
+        paused_since: &mut Option<std::time::Instant>,
+        shutdown: &CancellationToken,
+    ) -> Step {
+        let retry = self.config.borrow().upstream.token_retry;
+        if paused_since.is_none() {
+            tracing::error!(
+                retry_every = ?retry,
+                "polling paused: the upstream refuses the token (401 invalid_token); \
+                 every task stays queued. Fix upstream.token and send SIGHUP (or restart); \
+                 the token is tried again meanwhile"
+            );
+        }
+        let since = *paused_since.get_or_insert_with(std::time::Instant::now);
+        let left = retry.saturating_sub(since.elapsed());
+        tokio::select! {
+            _ = self.config.changed() => {}
+            _ = tokio::time::sleep(left.min(self.heartbeat.max_idle())) => {
+                if since.elapsed() < retry {
+                    return Step::Again;
+                }
+            }
+            _ = shutdown.cancelled() => return Step::Stop,
+        }
+        *paused_since = None;
+        if self.upstream.token_refused() {
+            // Probe with one batch; its answer decides whether to resume.
+            self.upstream
+                .set_token(self.config.borrow().upstream.token.clone());
+        }
+        Step::Go
+    }
+
+    /// Leases one service's due tasks (those due within the coalescing
+    /// window too, so batches fill). `None` when the store refused.
+    async fn claim(
+        &self,
+        cfg: &Config,
+        now: crate::clock::Millis,
+        paused: &[(String, Duration)],
+    ) -> Option<crate::store::PollClaim> {
+        // Claim first, then wait for request slots: the claim's commit
+        // overlaps with requests in flight. At most one claim's batches
+        // wait for slots; their lease covers the wait. One claim feeds
+        // every request slot: claims go through the store's single writer,
+        // so each one must carry a lot.
+        let window_end = now + ms(coalesce_window(cfg));
+        let limits = claim_limits(cfg, &self.batches, paused);
+        // The lease covers pacing every request of the claim, then the
+        // slowest answer, with room to spare.
+        let lease = now
+            + ms(self
+                .upstream
+                .time_for(cfg.upstream.max_concurrent_requests * 2))
+            + ms(cfg.upstream.request_timeout * 2)
+            + ms(LEASE_SPARE);
+        let started = std::time::Instant::now();
+        let claimed = self
+            .store
+            .claim_poll_batch(now, window_end, limits, lease)
+            .await;
+        self.metrics.store_call("claim_poll_batch", started);
+        match claimed {
+            Ok(c) => {
+                self.metrics.claimed("tasks", c.tasks.len());
+                Some(c)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim tasks to poll; retrying in 1s");
+                None
+            }
+        }
+    }
+
+    /// Splits a claim into batches and starts a round for each as request
+    /// slots free up.
+    async fn start_rounds(
+        &self,
+        cfg: &Arc<Config>,
+        claim: crate::store::PollClaim,
+        rounds: &mut JoinSet<()>,
+        shutdown: &CancellationToken,
+    ) -> Step {
+        let mut tasks = claim.tasks;
+        let batch = batch_for(cfg, &self.batches, &claim.service);
+        while !tasks.is_empty() {
+            let rest = tasks.split_off(batch.min(tasks.len()));
+            let slot = tokio::select! {
+                p = self.upstream.slot() => p,
+                _ = shutdown.cancelled() => return Step::Stop,
+            };
+            let round = Round {
+                hand_off: self.hand_off,
+                clock: self.clock.clone(),
+                store: self.store.clone(),
+                upstream: self.upstream.clone(),
+                cfg: cfg.clone(),
+                deliveries_ready: self.deliveries_ready.clone(),
+                batches: self.batches.clone(),
+                poller_wake: self.wake.clone(),
+                metrics: self.metrics.clone(),
+                handoff: self.handoff.clone(),
+                pace: self.pace.clone(),
+            };
+            rounds.spawn(round.poll(claim.service.clone(), tasks, slot));
+            tasks = rest;
+        }
+        Step::Go
+    }
+
+    /// Sleeps `d` unless shut down first.
+    async fn idle(&self, d: Duration, shutdown: &CancellationToken) -> Step {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => Step::Go,
+            _ = shutdown.cancelled() => Step::Stop,
+        }
     }
 
     /// Finishes as `task.expired` every task watched longer than
