@@ -97,19 +97,10 @@ impl Dispatcher {
             }
             let cfg = self.config.borrow().clone();
             // Fresh deliveries handed over by the poller, already leased.
-            let mut give_back = Vec::new();
             while let Ok(batch) = self.handoff.try_recv() {
                 stash.push(batch);
             }
-            for batch in stash.drain(..) {
-                for d in batch {
-                    let lease = (d.id, d.claim);
-                    if !work.start(&cfg, d) {
-                        give_back.push(lease);
-                    }
-                }
-            }
-            self.give_back(give_back).await;
+            self.start(&mut work, &cfg, stash.drain(..).flatten()).await;
             let free = work.in_flight.available_permits().min(CLAIM_BATCH);
             if free == 0 {
                 tokio::select! {
@@ -126,29 +117,10 @@ impl Dispatcher {
             let exclude = work.saturated();
             let now = self.clock.now_ms();
             let saturated = !exclude.is_empty();
-            let started = std::time::Instant::now();
-            let claimed = self
-                .store
-                .claim_deliveries(
-                    now,
-                    free,
-                    cfg.delivery.lease_until(now),
-                    exclude,
-                    cfg.delivery.max_concurrent_per_webhook,
-                )
-                .await;
-            self.metrics.store_call("claim_deliveries", started);
-            let claim = match claimed {
-                Ok(c) => {
-                    self.metrics.claimed("deliveries", c.deliveries.len());
-                    c
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot claim deliveries; retrying in 1s");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        _ = shutdown.cancelled() => break,
-                    }
+            let Some(claim) = self.claim(&cfg, now, free, exclude).await else {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = shutdown.cancelled() => break,
                 }
             };
             if claim.deliveries.is_empty() {
@@ -169,14 +141,7 @@ impl Dispatcher {
                 }
                 continue;
             }
-            let mut give_back = Vec::new();
-            for d in claim.deliveries {
-                let lease = (d.id, d.claim);
-                if !work.start(&cfg, d) {
-                    give_back.push(lease);
-                }
-            }
-            self.give_back(give_back).await;
+            self.start(&mut work, &cfg, claim.deliveries).await;
         }
         // Let attempts in flight finish (the daemon bounds this by its grace
         // period); unfinished ones keep their lease and are retried later.
@@ -187,6 +152,57 @@ impl Dispatcher {
 
     /// Returns unsent deliveries (id, claim) to the store, due now. If that
     /// fails, their lease runs out and they are claimed then.
+    /// Leases due deliveries (at most `free`, none for the webhooks in
+    /// `exclude`, which are at their cap). `None` when the store refused.
+    async fn claim(
+        &self,
+        cfg: &Config,
+        now: crate::clock::Millis,
+        free: usize,
+        exclude: Vec<String>,
+    ) -> Option<crate::store::DeliveryClaim> {
+        let started = std::time::Instant::now();
+        let claimed = self
+            .store
+            .claim_deliveries(
+                now,
+                free,
+                cfg.delivery.lease_until(now),
+                exclude,
+                cfg.delivery.max_concurrent_per_webhook,
+            )
+            .await;
+        self.metrics.store_call("claim_deliveries", started);
+        match claimed {
+            Ok(c) => {
+                self.metrics.claimed("deliveries", c.deliveries.len());
+                Some(c)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim deliveries; retrying in 1s");
+                None
+            }
+        }
+    }
+
+    /// Starts each leased delivery in its webhook's lane; those a full lane
+    /// cannot take go back to the store, due at once.
+    async fn start(
+        &self,
+        work: &mut Work,
+        cfg: &Arc<Config>,
+        deliveries: impl IntoIterator<Item = ClaimedDelivery>,
+    ) {
+        let mut give_back = Vec::new();
+        for d in deliveries {
+            let lease = (d.id, d.claim);
+            if !work.start(cfg, d) {
+                give_back.push(lease);
+            }
+        }
+        self.give_back(give_back).await;
+    }
+
     async fn give_back(&self, leases: Vec<(i64, i64)>) {
         if leases.is_empty() {
             return;
