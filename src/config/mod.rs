@@ -250,6 +250,13 @@ pub struct StoreConfig {
     pub url: Option<Secret>,
     #[serde(default, skip_serializing)]
     url_file: Option<PathBuf>,
+    /// The password of `url`'s user, kept apart from the URL (a Docker
+    /// secret or systemd credential holding the password alone); put into
+    /// `url` when the configuration is checked.
+    #[serde(default, skip_serializing)]
+    password: Option<Secret>,
+    #[serde(default, skip_serializing)]
+    password_file: Option<PathBuf>,
     /// Connections to PostgreSQL at most (the LISTEN session is one more).
     pub pool_size: usize,
     pub path: PathBuf,
@@ -294,10 +301,16 @@ impl StoreConfig {
             self.url_file.take().as_deref(),
             None,
         )?;
+        let password = secret::resolve(
+            "store.password",
+            self.password.take(),
+            self.password_file.take().as_deref(),
+            None,
+        )?;
         if let Some(u) = &self.url {
             let shown = crate::redact::password(u.expose());
-            match Url::parse(u.expose()) {
-                Ok(p) if matches!(p.scheme(), "postgres" | "postgresql") => {}
+            let mut parsed = match Url::parse(u.expose()) {
+                Ok(p) if matches!(p.scheme(), "postgres" | "postgresql") => p,
                 Ok(_) => {
                     return err(
                         "store.url",
@@ -305,7 +318,41 @@ impl StoreConfig {
                     );
                 }
                 Err(e) => return err("store.url", format!("invalid URL {shown:?}: {e}")),
+            };
+            if let Some(pw) = password {
+                if parsed.password().is_some() || parsed.query_pairs().any(|(k, _)| k == "password")
+                {
+                    return err(
+                        "store.password",
+                        "store.url carries a password already: give it one way only",
+                    );
+                }
+                if parsed.username().is_empty() {
+                    return err(
+                        "store.password",
+                        format!(
+                            "store.url names no user to go with it (postgres://USER@host/db), got {shown:?}"
+                        ),
+                    );
+                }
+                // Percent-encoded into the userinfo; the driver decodes it.
+                if parsed
+                    .set_password(Some(&percent_encode(pw.expose())))
+                    .is_err()
+                {
+                    return err(
+                        "store.password",
+                        format!("store.url has no host to go with it, got {shown:?}"),
+                    );
+                }
+                self.url = Some(Secret::new(String::from(parsed)));
             }
+        } else if password.is_some() {
+            return err(
+                "store.password",
+                "is set but store.url is not (give the URL without its password in store.url, \
+                 store.url_file or TASKHOOK__STORE__URL)",
+            );
         }
         range("store.pool_size", self.pool_size, 1, 256)?;
         if self.path.as_os_str().is_empty() {
@@ -313,6 +360,21 @@ impl StoreConfig {
         }
         Ok(())
     }
+}
+
+/// `s` with every byte but the URL's unreserved characters (letters,
+/// digits, `-._~`) written `%XX`: safe in a URL's user info whatever it
+/// holds (`Url::set_password` leaves a `%` as it is).
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The `[api]` section.
