@@ -183,8 +183,10 @@ enum StoreCommand {
         /// prefer the configuration.
         #[arg(long, value_name = "URL")]
         to: Option<String>,
-        /// Config file for what --from or --to leaves out (else
-        /// $TASKHOOK_CONFIG, else /etc/taskhook/taskhook.toml if present).
+        /// Config file for what --from or --to leaves out, with the
+        /// environment (else $TASKHOOK_CONFIG, else
+        /// /etc/taskhook/taskhook.toml if present); only its [store] is
+        /// checked.
         #[arg(short, long)]
         config: Option<PathBuf>,
     },

@@ -85,19 +85,21 @@ pub async fn copy(args: CopyArgs) -> anyhow::Result<()> {
 
 /// The SQLite path and the PostgreSQL URL: the flags, else the
 /// configuration's `store.path` and `store.url` (with `url_file`,
-/// `password_file` and the environment applied).
+/// `password_file` and the environment applied). Only `[store]` is
+/// checked: the daemon's other secret files (systemd credentials) exist
+/// only inside its service.
 fn endpoints(args: CopyArgs) -> anyhow::Result<(PathBuf, String)> {
     if let (Some(from), Some(to)) = (&args.from, &args.to) {
         return Ok((from.clone(), to.clone()));
     }
     let file = config::resolve_path(args.config.as_deref());
-    let cfg = Config::load(file.as_deref()).map_err(|e| {
+    let store = Config::load_store(file.as_deref()).map_err(|e| {
         anyhow::anyhow!("invalid configuration (needed for what --from or --to leaves out): {e}")
     })?;
-    let from = args.from.unwrap_or_else(|| cfg.store.path.clone());
+    let from = args.from.unwrap_or_else(|| store.path.clone());
     let to = match args.to {
         Some(to) => to,
-        None => match cfg.store.backend() {
+        None => match store.backend() {
             Backend::Postgres(url) => url.to_string(),
             Backend::Sqlite(_) => bail!(
                 "no PostgreSQL store to copy to: give --to postgres://... or set store.url \

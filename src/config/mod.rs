@@ -665,6 +665,35 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
+        let mut cfg = Self::unchecked(file, env)?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// The `[store]` section alone, from the same layers as
+    /// [`Config::load`], checked (its URL, password and files resolved):
+    /// what `taskhook store copy` needs. The other sections are read but
+    /// not checked, so the secret files that only the daemon's service can
+    /// read (systemd credentials, say) need not be there.
+    pub fn load_store(file: Option<&Path>) -> Result<StoreConfig, ConfigError> {
+        Self::load_store_with_env(file, std::env::vars())
+    }
+
+    /// Like [`Config::load_store`] with an explicit environment, for tests.
+    pub fn load_store_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<StoreConfig, ConfigError> {
+        let mut store = Self::unchecked(file, env)?.store;
+        store.check()?;
+        Ok(store)
+    }
+
+    /// Defaults, then `file`, then `env`; read, not checked.
+    fn unchecked(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
         let text = match file {
             None => None,
             Some(f) if !f.exists() => {
@@ -680,10 +709,12 @@ impl Config {
 
     /// Parses one TOML text over the defaults (no file, no environment).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        Self::layered(Some(text), std::iter::empty())
+        let mut cfg = Self::layered(Some(text), std::iter::empty())?;
+        cfg.check()?;
+        Ok(cfg)
     }
 
-    /// Defaults, then `text`, then `env`; read and checked.
+    /// Defaults, then `text`, then `env`; read, not checked.
     fn layered(
         text: Option<&str>,
         env: impl IntoIterator<Item = (String, String)>,
@@ -707,11 +738,9 @@ impl Config {
                 .source(Some(env)),
         );
         let layered = b.build().map_err(|e| ConfigError(format!("config: {e}")))?;
-        let mut cfg: Config = layered
+        layered
             .try_deserialize()
-            .map_err(|e| ConfigError(describe_serde_error(e)))?;
-        cfg.check()?;
-        Ok(cfg)
+            .map_err(|e| ConfigError(describe_serde_error(e)))
     }
 
     /// Checks every section and resolves secrets and profiles.

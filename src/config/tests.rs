@@ -217,3 +217,44 @@ fn the_store_password_may_be_kept_apart_from_the_url() {
         "store.password: is empty"
     );
 }
+
+#[test]
+fn the_store_section_loads_alone_without_the_daemons_other_secrets() {
+    // `taskhook store copy` outside the daemon's service: a webhook's
+    // secret file (a systemd credential) is not there; the store's is.
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("db_password");
+    std::fs::write(&password, "pw\n").unwrap();
+    let file = dir.path().join("taskhook.toml");
+    std::fs::write(
+        &file,
+        "[[webhooks]]\nname = \"a\"\nurl = \"http://x\"\n\
+         secret_file = \"/run/credentials/taskhook.service/a\"\n",
+    )
+    .unwrap();
+    let env = [
+        ("TASKHOOK__STORE__URL", "postgres://taskhook@db/taskhook"),
+        ("TASKHOOK__STORE__PASSWORD_FILE", password.to_str().unwrap()),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
+    assert!(
+        Config::load_with_env(Some(&file), env.clone())
+            .unwrap_err()
+            .0
+            .starts_with("webhooks[0].secret_file:")
+    );
+    let store = Config::load_store_with_env(Some(&file), env).unwrap();
+    assert_eq!(
+        store.backend(),
+        Backend::Postgres("postgres://taskhook:pw@db/taskhook")
+    );
+    // The store section itself is checked.
+    let env = [("TASKHOOK__STORE__URL", "mysql://db/taskhook")]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+    assert!(
+        Config::load_store_with_env(Some(&file), env)
+            .unwrap_err()
+            .0
+            .starts_with("store.url: must be a postgres://")
+    );
+}
