@@ -1,12 +1,13 @@
 //! The command line (contract §3): the daemon, `check-config`, thin clients
-//! of the control API (`client`), and, with the `dev-tools` feature, the
-//! simulator, the `demo` and the bench.
+//! of the control API (`client`), `store copy` (`store`), and, with the
+//! `dev-tools` feature, the simulator, the `demo` and the bench.
 //!
-//! May call: `runtime`, `config`, and the dev-tool crates.
+//! May call: `runtime`, `config`, `store`, and the dev-tool crates.
 
 mod client;
 #[cfg(feature = "dev-tools")]
 mod demo;
+mod store;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -144,6 +145,11 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Work on a store directly, without a daemon.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Run the upstream simulator.
     #[cfg(feature = "dev-tools")]
     Sim(taskhook_sim::SimArgs),
@@ -155,6 +161,37 @@ enum Command {
     Bench(taskhook_bench::BenchArgs),
 }
 
+/// The subcommands of `taskhook store`.
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy a SQLite store into a PostgreSQL one (stop its daemon first).
+    ///
+    /// Copies watched tasks (with their service, webhooks, metadata,
+    /// enqueue time and poll count), events with their pending and
+    /// delivered deliveries, dead letters and parked deliveries, and
+    /// learned durations, then prints what it read and wrote. Refuses a
+    /// SQLite store a running daemon holds. Idempotent: what the target
+    /// has already is counted and left alone, so running it again loses
+    /// and doubles nothing.
+    Copy {
+        /// The SQLite store (default: store.path of the configuration).
+        #[arg(long, value_name = "PATH")]
+        from: Option<PathBuf>,
+        /// The PostgreSQL URL (default: store.url of the configuration,
+        /// with store.url_file, store.password_file and the environment
+        /// applied). A password written here shows in the process list:
+        /// prefer the configuration.
+        #[arg(long, value_name = "URL")]
+        to: Option<String>,
+        /// Config file for what --from or --to leaves out, with the
+        /// environment (else $TASKHOOK_CONFIG, else
+        /// /etc/taskhook/taskhook.toml if present); only its [store] is
+        /// checked.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -164,6 +201,12 @@ pub fn main() -> ExitCode {
     });
     match cli.command {
         Command::CheckConfig { config } => check_config(config),
+        Command::Store {
+            command: StoreCommand::Copy { from, to, config },
+        } => {
+            init_logging(log_format.unwrap_or(LogFormat::Text), "warn");
+            runtime(store::copy(store::CopyArgs { from, to, config }))
+        }
         Command::Run { config } => {
             let cfg = match load(config.clone()) {
                 Ok(c) => c,

@@ -253,6 +253,13 @@ pub struct StoreConfig {
     pub url: Option<Secret>,
     #[serde(default, skip_serializing)]
     url_file: Option<PathBuf>,
+    /// The password of `url`'s user, kept apart from the URL (a Docker
+    /// secret or systemd credential holding the password alone); put into
+    /// `url` when the configuration is checked.
+    #[serde(default, skip_serializing)]
+    password: Option<Secret>,
+    #[serde(default, skip_serializing)]
+    password_file: Option<PathBuf>,
     /// Connections to PostgreSQL at most (the LISTEN session is one more).
     pub pool_size: usize,
     pub path: PathBuf,
@@ -297,10 +304,16 @@ impl StoreConfig {
             self.url_file.take().as_deref(),
             None,
         )?;
+        let password = secret::resolve(
+            "store.password",
+            self.password.take(),
+            self.password_file.take().as_deref(),
+            None,
+        )?;
         if let Some(u) = &self.url {
             let shown = crate::redact::password(u.expose());
-            match Url::parse(u.expose()) {
-                Ok(p) if matches!(p.scheme(), "postgres" | "postgresql") => {}
+            let mut parsed = match Url::parse(u.expose()) {
+                Ok(p) if matches!(p.scheme(), "postgres" | "postgresql") => p,
                 Ok(_) => {
                     return err(
                         "store.url",
@@ -308,7 +321,41 @@ impl StoreConfig {
                     );
                 }
                 Err(e) => return err("store.url", format!("invalid URL {shown:?}: {e}")),
+            };
+            if let Some(pw) = password {
+                if parsed.password().is_some() || parsed.query_pairs().any(|(k, _)| k == "password")
+                {
+                    return err(
+                        "store.password",
+                        "store.url carries a password already: give it one way only",
+                    );
+                }
+                if parsed.username().is_empty() {
+                    return err(
+                        "store.password",
+                        format!(
+                            "store.url names no user to go with it (postgres://USER@host/db), got {shown:?}"
+                        ),
+                    );
+                }
+                // Percent-encoded into the userinfo; the driver decodes it.
+                if parsed
+                    .set_password(Some(&percent_encode(pw.expose())))
+                    .is_err()
+                {
+                    return err(
+                        "store.password",
+                        format!("store.url has no host to go with it, got {shown:?}"),
+                    );
+                }
+                self.url = Some(Secret::new(String::from(parsed)));
             }
+        } else if password.is_some() {
+            return err(
+                "store.password",
+                "is set but store.url is not (give the URL without its password in store.url, \
+                 store.url_file or TASKHOOK__STORE__URL)",
+            );
         }
         range("store.pool_size", self.pool_size, 1, 256)?;
         if self.path.as_os_str().is_empty() {
@@ -316,6 +363,21 @@ impl StoreConfig {
         }
         Ok(())
     }
+}
+
+/// `s` with every byte but the URL's unreserved characters (letters,
+/// digits, `-._~`) written `%XX`: safe in a URL's user info whatever it
+/// holds (`Url::set_password` leaves a `%` as it is).
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The `[api]` section.
@@ -606,6 +668,35 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
+        let mut cfg = Self::unchecked(file, env)?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// The `[store]` section alone, from the same layers as
+    /// [`Config::load`], checked (its URL, password and files resolved):
+    /// what `taskhook store copy` needs. The other sections are read but
+    /// not checked, so the secret files that only the daemon's service can
+    /// read (systemd credentials, say) need not be there.
+    pub fn load_store(file: Option<&Path>) -> Result<StoreConfig, ConfigError> {
+        Self::load_store_with_env(file, std::env::vars())
+    }
+
+    /// Like [`Config::load_store`] with an explicit environment, for tests.
+    pub fn load_store_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<StoreConfig, ConfigError> {
+        let mut store = Self::unchecked(file, env)?.store;
+        store.check()?;
+        Ok(store)
+    }
+
+    /// Defaults, then `file`, then `env`; read, not checked.
+    fn unchecked(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
         let text = match file {
             None => None,
             Some(f) if !f.exists() => {
@@ -621,10 +712,12 @@ impl Config {
 
     /// Parses one TOML text over the defaults (no file, no environment).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        Self::layered(Some(text), std::iter::empty())
+        let mut cfg = Self::layered(Some(text), std::iter::empty())?;
+        cfg.check()?;
+        Ok(cfg)
     }
 
-    /// Defaults, then `text`, then `env`; read and checked.
+    /// Defaults, then `text`, then `env`; read, not checked.
     fn layered(
         text: Option<&str>,
         env: impl IntoIterator<Item = (String, String)>,
@@ -648,11 +741,9 @@ impl Config {
                 .source(Some(env)),
         );
         let layered = b.build().map_err(|e| ConfigError(format!("config: {e}")))?;
-        let mut cfg: Config = layered
+        layered
             .try_deserialize()
-            .map_err(|e| ConfigError(describe_serde_error(e)))?;
-        cfg.check()?;
-        Ok(cfg)
+            .map_err(|e| ConfigError(describe_serde_error(e)))
     }
 
     /// Checks every section and resolves secrets and profiles.

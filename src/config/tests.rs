@@ -131,3 +131,130 @@ fn a_secret_rotation_lists_every_key_newest_first() {
         "webhooks[0].secrets: must list at least one key"
     );
 }
+
+#[test]
+fn the_store_password_may_be_kept_apart_from_the_url() {
+    // One file with the password alone, as a Docker secret or a systemd
+    // credential holds it (the database server reads the same file).
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("db_password");
+    std::fs::write(&file, "p@ss:w/rd%20 x?#é\n").unwrap();
+    let check = |c: &Config| {
+        let url = c.store.url.as_ref().expect("store.url").expose();
+        let pg: tokio_postgres::Config = url.parse().unwrap();
+        assert_eq!(pg.get_user(), Some("taskhook"));
+        assert_eq!(
+            pg.get_password(),
+            Some("p@ss:w/rd%20 x?#é".as_bytes()),
+            "{url}"
+        );
+        assert_eq!(pg.get_dbname(), Some("taskhook"));
+        let out = c.to_redacted_toml();
+        assert!(!out.contains("p@ss") && !out.contains("p%40ss"), "{out}");
+        assert!(!format!("{c:?}").contains("ss:w"));
+    };
+    let c = Config::from_toml(&format!(
+        "[store]\nurl = \"postgres://taskhook@db:5432/taskhook?sslmode=require\"\n\
+         password_file = \"{}\"",
+        file.display()
+    ))
+    .unwrap();
+    check(&c);
+    assert!(
+        c.store
+            .url
+            .as_ref()
+            .unwrap()
+            .expose()
+            .ends_with("?sslmode=require"),
+        "the rest of the URL is kept"
+    );
+    let env = [
+        ("TASKHOOK__STORE__URL", "postgres://taskhook@db/taskhook"),
+        ("TASKHOOK__STORE__PASSWORD_FILE", file.to_str().unwrap()),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
+    check(&Config::load_with_env(None, env).unwrap());
+
+    let url = "url = \"postgres://taskhook@db/taskhook\"";
+    assert_eq!(
+        bad("[store]\npassword = \"x\""),
+        "store.password: is set but store.url is not (give the URL without its password in \
+         store.url, store.url_file or TASKHOOK__STORE__URL)"
+    );
+    assert_eq!(
+        bad("[store]\nurl = \"postgres://taskhook:y@db/taskhook\"\npassword = \"x\""),
+        "store.password: store.url carries a password already: give it one way only"
+    );
+    assert_eq!(
+        bad("[store]\nurl = \"postgres://db/taskhook?password=y\"\npassword = \"x\""),
+        "store.password: store.url carries a password already: give it one way only"
+    );
+    assert_eq!(
+        bad("[store]\nurl = \"postgres://db/taskhook\"\npassword = \"x\""),
+        "store.password: store.url names no user to go with it (postgres://USER@host/db), \
+         got \"postgres://db/taskhook\""
+    );
+    assert!(
+        bad(&format!(
+            "[store]\n{url}\npassword_file = \"/nonexistent/p\""
+        ))
+        .starts_with("store.password_file: cannot read /nonexistent/p:")
+    );
+    assert_eq!(
+        bad(&format!(
+            "[store]\n{url}\npassword = \"x\"\npassword_file = \"{}\"",
+            file.display()
+        )),
+        "store.password: give the secret one way only (inline, _file or _env)"
+    );
+    std::fs::write(&file, "\n").unwrap();
+    assert_eq!(
+        bad(&format!(
+            "[store]\n{url}\npassword_file = \"{}\"",
+            file.display()
+        )),
+        "store.password: is empty"
+    );
+}
+
+#[test]
+fn the_store_section_loads_alone_without_the_daemons_other_secrets() {
+    // `taskhook store copy` outside the daemon's service: a webhook's
+    // secret file (a systemd credential) is not there; the store's is.
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("db_password");
+    std::fs::write(&password, "pw\n").unwrap();
+    let file = dir.path().join("taskhook.toml");
+    std::fs::write(
+        &file,
+        "[[webhooks]]\nname = \"a\"\nurl = \"http://x\"\n\
+         secret_file = \"/run/credentials/taskhook.service/a\"\n",
+    )
+    .unwrap();
+    let env = [
+        ("TASKHOOK__STORE__URL", "postgres://taskhook@db/taskhook"),
+        ("TASKHOOK__STORE__PASSWORD_FILE", password.to_str().unwrap()),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
+    assert!(
+        Config::load_with_env(Some(&file), env.clone())
+            .unwrap_err()
+            .0
+            .starts_with("webhooks[0].secret_file:")
+    );
+    let store = Config::load_store_with_env(Some(&file), env).unwrap();
+    assert_eq!(
+        store.backend(),
+        Backend::Postgres("postgres://taskhook:pw@db/taskhook")
+    );
+    // The store section itself is checked.
+    let env = [("TASKHOOK__STORE__URL", "mysql://db/taskhook")]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+    assert!(
+        Config::load_store_with_env(Some(&file), env)
+            .unwrap_err()
+            .0
+            .starts_with("store.url: must be a postgres://")
+    );
+}

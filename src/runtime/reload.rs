@@ -53,6 +53,8 @@ impl Reloader {
                 }
             };
         }
+        keep!(store.url, "store.url");
+        keep!(store.pool_size, "store.pool_size");
         keep!(store.path, "store.path");
         keep!(store.sync, "store.sync");
         keep!(api.listen, "api.listen");

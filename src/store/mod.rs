@@ -6,6 +6,10 @@
 //! a backend implements all four ([`Store`]). Backends: [`sqlite`] (one
 //! daemon, embedded) and [`postgres`] (several daemons sharing one queue).
 //!
+//! Moving a store's content to another backend (`taskhook store copy`)
+//! goes through [`Export`] (SQLite) and [`Import`] (PostgreSQL), driven by
+//! [`copy`].
+//!
 //! Every method takes `now` (unix milliseconds) from the caller, so tests
 //! control time. Claims hand out a fencing token (`claim`): a write that
 //! carries a stale token is ignored, so a worker whose lease ran out can
@@ -13,6 +17,7 @@
 //!
 //! May call: `clock`, `terminal` (the outcome vocabulary), `redact`.
 
+pub mod copy;
 pub mod durations;
 mod error;
 mod model;
@@ -270,6 +275,54 @@ pub trait Coordination: Send + Sync {
     fn wakeups(&self) -> Option<tokio::sync::broadcast::Receiver<Wake>> {
         None
     }
+}
+
+/// Reading a whole store in pages, to copy it into another one (`taskhook
+/// store copy`). The SQLite backend implements it; it is read while no
+/// daemon uses the store (its lock file says so), so pages do not shift
+/// under the reader.
+#[async_trait]
+pub trait Export: Send + Sync {
+    /// Up to `limit` tasks of every status, in ID order (bytes), those
+    /// after `after` when given.
+    async fn export_tasks(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> StoreResult<Vec<TaskRecord>>;
+    /// Up to `limit` events in ID order, those after `after` when given,
+    /// each with every delivery of it (pending, delivered, dead-lettered,
+    /// gone, parked), in delivery ID order. Events whose task is gone (the
+    /// dead letters of a deleted or purged task) are among them.
+    async fn export_events(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> StoreResult<Vec<EventRecord>>;
+    /// Every service's learned durations.
+    async fn export_durations(&self) -> StoreResult<Vec<DurationRecord>>;
+}
+
+/// Writing what another store exported, idempotently: a row the store has
+/// already (the same task ID, event ID or service) is counted as a
+/// duplicate and left as it is, so a copy can be run again, or resumed
+/// after it stopped halfway, without losing or doubling anything. The
+/// PostgreSQL backend implements it; daemons may be running on it (they
+/// are woken when work arrives).
+#[async_trait]
+pub trait Import: Send + Sync {
+    /// Stores the tasks whose IDs are not in the store yet, unleased, with
+    /// their schedule, poll count and state as given; one transaction.
+    async fn import_tasks(&self, tasks: Vec<TaskRecord>) -> StoreResult<Imported>;
+    /// Stores the events whose IDs are not in the store yet, each with all
+    /// its deliveries (numbered afresh, unleased); an event the store has
+    /// already keeps the deliveries it has. One transaction. Import an
+    /// event after its task: a delivery settled before its task arrives
+    /// would find no task to mark done.
+    async fn import_events(&self, events: Vec<EventRecord>) -> StoreResult<Imported>;
+    /// Stores the learned durations of services the store has learned
+    /// nothing about yet; a service it knows keeps its own.
+    async fn import_durations(&self, models: Vec<DurationRecord>) -> StoreResult<Imported>;
 }
 
 /// Work another instance made: what a wake-up says.

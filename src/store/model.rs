@@ -450,3 +450,92 @@ pub struct StoreStats {
     #[serde(serialize_with = "ser_opt_time")]
     pub oldest_watching_enqueued_at: Option<Millis>,
 }
+
+/// One task as a store keeps it, for copying it into another store
+/// (`taskhook store copy`): every field but the lease, since a copy starts
+/// unleased. Metadata and per-task webhook URLs are as enqueued (not
+/// redacted).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRecord {
+    pub id: String,
+    pub service: String,
+    pub status: TaskStatus,
+    pub enqueued_at: Millis,
+    pub next_poll_at: Millis,
+    pub polls: u32,
+    pub misses: u32,
+    pub fail_seen: u32,
+    pub upstream_state: Option<String>,
+    pub outcome: Option<String>,
+    pub event_id: Option<String>,
+    pub finished_at: Option<Millis>,
+    pub done_at: Option<Millis>,
+    /// The enqueue `metadata` object as JSON text, byte for byte.
+    pub metadata: Option<String>,
+    pub webhooks: Vec<String>,
+}
+
+/// One event as a store keeps it, with every delivery of it, for copying
+/// into another store. The event's ID (its `webhook-id`) and body travel
+/// unchanged, so a receiver that already has the event recognises it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    pub id: String,
+    pub task_id: String,
+    /// `task.succeeded`, `task.failed`, ...
+    pub event_type: String,
+    /// The body exactly as it is signed and sent.
+    pub body: String,
+    pub created_at: Millis,
+    pub deliveries: Vec<DeliveryRecord>,
+}
+
+/// One delivery of an [`EventRecord`]: everything but its ID (the store it
+/// is copied into numbers it afresh) and its lease (a copy starts
+/// unleased).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryRecord {
+    pub webhook: String,
+    pub kind: DeliveryKind,
+    /// Where a per-task delivery goes (not redacted).
+    pub url: String,
+    pub state: DeliveryState,
+    pub attempts: u32,
+    pub next_attempt_at: Millis,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub task_enqueued_at: Millis,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// One service's learned durations as stored (see
+/// [`durations`](super::durations)), for copying into another store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DurationRecord {
+    pub service: String,
+    /// Durations taken, ever.
+    pub observed: u64,
+    /// The histogram's counts, as `Histogram::to_stored` writes them.
+    pub buckets: Vec<i64>,
+    pub updated_at: Millis,
+}
+
+/// What one import call did: rows written, and rows left alone because
+/// the store had them already (by task ID, event ID or service).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Imported {
+    pub copied: u64,
+    pub duplicates: u64,
+    /// Deliveries written with the events copied (0 for tasks and
+    /// durations).
+    pub deliveries: u64,
+}
+
+impl std::ops::AddAssign for Imported {
+    fn add_assign(&mut self, other: Imported) {
+        self.copied += other.copied;
+        self.duplicates += other.duplicates;
+        self.deliveries += other.deliveries;
+    }
+}

@@ -23,5 +23,6 @@ mod recovery;
 mod scale_out;
 mod services;
 mod store_conformance;
+mod store_copy;
 mod store_faults;
 mod upstream_faults;

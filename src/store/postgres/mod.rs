@@ -18,6 +18,8 @@
 //! - NOTIFY on new tasks and newly due deliveries; one LISTEN connection
 //!   per store turns them into [`Wake`]s.
 //! - Live instances and one leader with a term, in unlogged tables.
+//! - What another store exported (`taskhook store copy`) comes in through
+//!   [`Import`] (`import`), idempotently.
 //!
 //! Owns: `conn` (URL, TLS, pool), `listen` (the LISTEN session), the
 //! migrations, the SQL. May call: `store` (the traits and values),
@@ -26,6 +28,7 @@
 mod admin;
 mod conn;
 mod coord;
+mod import;
 mod listen;
 mod queue;
 #[cfg(any(test, feature = "testing"))]

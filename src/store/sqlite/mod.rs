@@ -20,6 +20,9 @@ use super::*;
 use crate::clock::Millis;
 use crate::config::SyncMode;
 
+mod export;
+pub use export::in_use;
+
 /// This backend's schema migrations, in order; `PRAGMA user_version`
 /// counts those applied.
 const MIGRATIONS: &[&str] = &[

@@ -384,3 +384,17 @@ async fn hurry_leaves_an_expired_lease_to_the_next_claim() {
         "the stale worker's write is ignored"
     );
 }
+
+#[test]
+fn in_use_says_whether_a_daemon_holds_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    assert!(!in_use(&path).unwrap(), "no lock file yet");
+    let s = SqliteStore::open(&path, SyncMode::Full, 0).unwrap();
+    assert!(in_use(&path).unwrap());
+    assert!(in_use(&path).unwrap(), "asking does not take the lock");
+    drop(s);
+    assert!(!in_use(&path).unwrap());
+    let again = SqliteStore::open(&path, SyncMode::Full, 0);
+    assert!(again.is_ok(), "asking left the lock free");
+}
