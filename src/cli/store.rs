@@ -3,7 +3,7 @@
 //! deliveries, dead letters, learned durations) into a PostgreSQL store,
 //! so that several daemons can take over its queue.
 //!
-//! May call: `config`, `store`, `redact`.
+//! May call: `config`, `store`, `redact`, `clock`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

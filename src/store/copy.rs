@@ -339,6 +339,11 @@ mod tests {
         let v = pg.get_task("d-two".into()).await.unwrap().unwrap();
         assert_eq!(v.status, TaskStatus::Done);
         // ... and the dead letters, the deleted task's too, replay.
-        assert_eq!(pg.replay_all_failed(91_000).await.unwrap(), 2);
+        assert_eq!(
+            pg.replay_matching(91_000, crate::store::ReplayFilter::dead_letters())
+                .await
+                .unwrap(),
+            2
+        );
     }
 }
