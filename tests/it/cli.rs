@@ -281,6 +281,9 @@ fn the_bench_smoke_run_completes_and_writes_results() {
         "| lag |",
         "| scale |",
         "| isolation |",
+        "| floor |",
+        "| callbacks |",
+        "| sweep |",
     ] {
         assert!(text.contains(scenario), "{scenario} in {text}");
     }
@@ -289,6 +292,8 @@ fn the_bench_smoke_run_completes_and_writes_results() {
         ("throughput", 500),
         ("efficiency", 200),
         ("isolation", 3600),
+        ("floor", 100),
+        ("callbacks", 100),
     ] {
         let line = text
             .lines()
@@ -301,6 +306,10 @@ fn the_bench_smoke_run_completes_and_writes_results() {
         assert_eq!(cells[5], "yes", "{line}");
     }
     assert!(!text.contains("**no**"), "every target holds: {text}");
+    // The sweep's chart, beside the results and linked from them.
+    assert!(text.contains("](pacing-sweep.svg)"), "{text}");
+    let svg = std::fs::read_to_string(dir.path().join("pacing-sweep.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
 }
 
 #[test]

@@ -18,6 +18,8 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+mod pacing;
+
 /// The `taskhook` binary the bench runs as its daemon: `$TASKHOOK_BIN`,
 /// else the running executable (the bench runs as `taskhook bench`).
 fn taskhook_binary() -> anyhow::Result<PathBuf> {
@@ -43,7 +45,8 @@ pub struct BenchArgs {
     /// Tasks in the scale scenario.
     #[arg(long)]
     pub scale: Option<usize>,
-    /// Run only these scenarios (throughput, efficiency, scale, isolation).
+    /// Run only these scenarios (throughput, efficiency, scale, isolation,
+    /// floor, callbacks, sweep).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
 }
@@ -1153,16 +1156,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = anyhow::Result<()>> + 'a>,
     >;
-    let scenarios: [(&str, Scenario); 4] = [
+    let scenarios: [(&str, Scenario); 7] = [
         ("throughput", |h, p, o| Box::pin(throughput(h, p, o))),
         ("efficiency and lag", |h, p, o| {
             Box::pin(efficiency_and_lag(h, p, o))
         }),
         ("scale", |h, p, o| Box::pin(scale(h, p, o))),
         ("isolation", |h, p, o| Box::pin(isolation(h, p, o))),
+        ("floor", |h, p, o| Box::pin(pacing::floor(h, p, o))),
+        ("callbacks", |h, p, o| Box::pin(pacing::callbacks(h, p, o))),
+        ("sweep", |h, p, o| Box::pin(pacing::sweep(h, p, o))),
     ];
     for (name, scenario) in scenarios {
-        if !args.only.is_empty() && !args.only.iter().any(|o| o == name) {
+        // A scenario answers to its first word ("efficiency and lag": efficiency).
+        let key = name.split_whitespace().next().unwrap_or(name);
+        if !args.only.is_empty() && !args.only.iter().any(|o| o == key) {
             continue;
         }
         let t = Instant::now();
@@ -1211,6 +1219,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
+    pacing::write_chart(&args.out, &mut md)?;
     std::fs::write(&args.out, &md).with_context(|| format!("writing {}", args.out.display()))?;
     let mut stdout = std::io::stdout();
     writeln!(stdout, "{md}")?;

@@ -9,12 +9,19 @@
 //! `callback_delay_ms`, `callback_loss` and `callback_duplicate`. Whether a
 //! task's callback is lost or sent twice derives from hash(seed, task ID),
 //! like every other pseudo-random choice of a task, so a run is reproducible.
+//!
+//! What became of each task's callback (pending, lost, delivered or
+//! failed, and when it left and was answered) is kept per task and served
+//! by `GET /_sim/callbacks` and `GET /_sim/tasks/{id}`, so a test or the
+//! benchmark can tell the tasks whose callback arrived from the others.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderValue, header};
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::Semaphore;
 
@@ -96,12 +103,89 @@ impl Counters {
     }
 }
 
+/// What became of a task's callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Fate {
+    /// Armed; not due yet, or waiting for a connection.
+    Pending,
+    /// Dropped on purpose (`--callback-loss-rate`, `callback_loss`).
+    Lost,
+    /// A POST was answered 2xx (the first such answer is recorded).
+    Delivered,
+    /// Every POST failed: unreachable, timed out or not 2xx.
+    Failed,
+}
+
+/// One task's callback as it went, served by `GET /_sim/callbacks`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Record {
+    pub(crate) outcome: Fate,
+    /// When it was due to leave: settled + delay (ms since the epoch).
+    pub(crate) due_at_ms: u64,
+    /// When the first POST left, if one did.
+    pub(crate) sent_at_ms: Option<u64>,
+    /// When the first 2xx answer came back, if one did.
+    pub(crate) answered_at_ms: Option<u64>,
+    /// The last POST's HTTP status, if one was answered at all.
+    pub(crate) status: Option<u16>,
+    /// POSTs made (2 for a duplicated callback).
+    pub(crate) posts: u32,
+}
+
+impl Record {
+    fn pending(due_at_ms: u64) -> Self {
+        Self {
+            outcome: Fate::Pending,
+            due_at_ms,
+            sent_at_ms: None,
+            answered_at_ms: None,
+            status: None,
+            posts: 0,
+        }
+    }
+}
+
+/// Every task's callback record, by task ID. Kept across `/_sim/reset`
+/// (like the tasks themselves); a task created again starts a new one.
+#[derive(Debug, Default)]
+pub(crate) struct Records(Mutex<HashMap<String, Record>>);
+
+impl Records {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Record>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, id: &str, f: impl FnOnce(&mut Record)) {
+        if let Some(r) = self.lock().get_mut(id) {
+            f(r);
+        }
+    }
+
+    /// The record of task `id`, if it has a callback.
+    pub(crate) fn get(&self, id: &str) -> Option<Record> {
+        self.lock().get(id).cloned()
+    }
+
+    /// Every record, by task ID: the body of `GET /_sim/callbacks`.
+    pub(crate) fn to_json(&self) -> Value {
+        let all = self.lock();
+        let mut m = Map::with_capacity(all.len());
+        for (id, r) in all.iter() {
+            m.insert(id.clone(), serde_json::to_value(r).unwrap_or(Value::Null));
+        }
+        json!({ "callbacks": m })
+    }
+}
+
 /// What sends callbacks: one HTTP client for every receiver, the counters,
 /// and the cap on callbacks in flight.
 #[derive(Debug)]
 pub(crate) struct Callbacks {
     client: reqwest::Client,
     pub(crate) counters: Arc<Counters>,
+    /// What became of each task's callback.
+    pub(crate) records: Arc<Records>,
     /// `--callback-concurrency` permits. When many tasks settle at once,
     /// the callbacks beyond the cap wait for a connection to come free and
     /// reuse it, rather than each opening its own: on loopback that halves
@@ -120,6 +204,7 @@ impl Callbacks {
         Self {
             client,
             counters: Arc::default(),
+            records: Arc::default(),
             in_flight: Arc::new(Semaphore::new(concurrency.max(1) as usize)),
         }
     }
@@ -141,13 +226,16 @@ impl Callbacks {
         // now_ms() rounds down, so the timer never fires before `due_ms`.
         let at = Instant::now() + Duration::from_millis(due_ms.saturating_sub(now_ms()));
         self.counters.pending.fetch_add(1, Ordering::Relaxed);
+        self.records
+            .lock()
+            .insert(t.id.clone(), Record::pending(due_ms));
         let (client, counters, task) = (self.client.clone(), self.counters.clone(), t.clone());
-        let in_flight = self.in_flight.clone();
+        let (in_flight, records) = (self.in_flight.clone(), self.records.clone());
         rt.spawn(async move {
             tokio::time::sleep_until(at.into()).await;
             // Never closed, so this always gets a permit.
             let _permit = in_flight.acquire().await;
-            fire(&client, &counters, &task, &plan).await;
+            fire(&client, &counters, &records, &task, &plan).await;
             counters.pending.fetch_sub(1, Ordering::Relaxed);
         });
     }
@@ -164,10 +252,18 @@ fn settles(t: &Task) -> bool {
     t.outcome != Outcome::Never
 }
 
-/// Sends the callback of `task` now (or drops it, as `plan` says).
-async fn fire(client: &reqwest::Client, counters: &Counters, task: &Task, plan: &Plan) {
+/// Sends the callback of `task` now (or drops it, as `plan` says), and
+/// records what became of it.
+async fn fire(
+    client: &reqwest::Client,
+    counters: &Counters,
+    records: &Records,
+    task: &Task,
+    plan: &Plan,
+) {
     if plan.lost {
         counters.lost.fetch_add(1, Ordering::Relaxed);
+        records.update(&task.id, |r| r.outcome = Fate::Lost);
         return;
     }
     let settled_at = task.created_ms + task.duration_ms;
@@ -177,6 +273,11 @@ async fn fire(client: &reqwest::Client, counters: &Counters, task: &Task, plan: 
     }
     for _ in 0..if plan.twice { 2 } else { 1 } {
         counters.sent.fetch_add(1, Ordering::Relaxed);
+        let sent_at = now_ms();
+        records.update(&task.id, |r| {
+            r.sent_at_ms.get_or_insert(sent_at);
+            r.posts += 1;
+        });
         let sent = client
             .post(&plan.url)
             .header(
@@ -186,15 +287,25 @@ async fn fire(client: &reqwest::Client, counters: &Counters, task: &Task, plan: 
             .body(body.clone())
             .send()
             .await;
-        let ok = match sent {
+        let answered = now_ms();
+        let (ok, status) = match sent {
             Ok(resp) => {
-                let ok = resp.status().is_success();
+                let status = resp.status();
                 // Read the answer so the connection can be reused.
                 let _ = resp.bytes().await;
-                ok
+                (status.is_success(), Some(status.as_u16()))
             }
-            Err(_) => false,
+            Err(_) => (false, None),
         };
+        records.update(&task.id, |r| {
+            r.status = status.or(r.status);
+            if ok && r.outcome != Fate::Delivered {
+                r.outcome = Fate::Delivered;
+                r.answered_at_ms = Some(answered);
+            } else if !ok && r.outcome == Fate::Pending {
+                r.outcome = Fate::Failed;
+            }
+        });
         if !ok {
             counters.failed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(task = %task.id, url = %plan.url, "callback failed (not retried)");

@@ -1,5 +1,5 @@
 //! The control endpoints under `/_sim/`: create tasks, inspect one, script
-//! faults, read and reset statistics.
+//! faults, read and reset statistics, read what became of the callbacks.
 
 use std::sync::Arc;
 
@@ -67,6 +67,7 @@ pub(crate) async fn task_info(State(sh): State<Arc<Shared>>, Path(id): Path<Stri
         "duration_ms": t.duration_ms, "items": t.items, "outcome": t.outcome,
         "replay": t.record.is_some(), "polls": t.polls,
         "callback_url": t.callback.as_ref().map(|c| c.url.as_str()),
+        "callback": sh.callbacks.records.get(&t.id),
     });
     json_response(StatusCode::OK, to_json(&v))
 }
@@ -119,6 +120,13 @@ pub(crate) async fn stats(State(sh): State<Arc<Shared>>) -> Response {
     };
     sh.callbacks.counters.write_into(&mut v);
     json_response(StatusCode::OK, to_json(&v))
+}
+
+/// `GET /_sim/callbacks`: what became of every task's callback, by task ID
+/// (`outcome`: pending, lost, delivered or failed; `due_at_ms`,
+/// `sent_at_ms`, `answered_at_ms`, `status`, `posts`).
+pub(crate) async fn callbacks(State(sh): State<Arc<Shared>>) -> Response {
+    json_response(StatusCode::OK, to_json(&sh.callbacks.records.to_json()))
 }
 
 pub(crate) async fn reset_stats(State(sh): State<Arc<Shared>>) -> Response {

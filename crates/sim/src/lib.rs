@@ -9,7 +9,8 @@
 //! the spirit of stripe-mock).
 //!
 //! Tasks created with a `callback_url` (or under `--callback-url`) POST their
-//! final body to it when they settle, as the real upstream does.
+//! final body to it when they settle, as the real upstream does;
+//! `GET /_sim/callbacks` says what became of each one.
 //!
 //! Modules: `services` (the per-service table), `families` (one record
 //! builder per family of shapes) and `records` (what they share), `state`
@@ -180,6 +181,7 @@ pub fn router(args: SimArgs) -> Router {
         .route("/_sim/tasks/{id}", get(control::task_info))
         .route("/_sim/faults", post(control::set_faults))
         .route("/_sim/stats", get(control::stats))
+        .route("/_sim/callbacks", get(control::callbacks))
         .route("/_sim/reset", post(control::reset_stats))
         .route("/{service}/tasks", post(endpoint::tasks_endpoint))
         .with_state(shared)

@@ -278,6 +278,79 @@ async fn implicit_tasks_call_back_to_the_command_line_url() {
 }
 
 #[tokio::test]
+async fn each_tasks_callback_outcome_is_recorded() {
+    let mut rx = receiver().await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/cb", l.local_addr().unwrap())
+    };
+    let sim = start(SimArgs::default()).await;
+    sim.create(json!({"tasks": [
+        {"id": "lost", "duration_ms": 50, "callback_url": rx.url("/a"), "callback_loss": 1.0},
+        {"id": "nobody", "duration_ms": 100, "callback_url": closed},
+        {"id": "refused", "duration_ms": 150, "callback_url": rx.url("/fail")},
+        {"id": "twice", "duration_ms": 200, "callback_url": rx.url("/t"), "callback_duplicate": 1.0},
+        {"id": "ok", "duration_ms": 300, "callback_url": rx.url("/ok")},
+        {"id": "later", "duration_ms": 60_000, "callback_url": rx.url("/later")},
+        {"id": "none", "duration_ms": 50},
+    ]}))
+    .await;
+    // Before anything is due, every callback is pending.
+    let all = sim.get_json("/_sim/callbacks").await["callbacks"].clone();
+    assert_eq!(all.as_object().unwrap().len(), 6, "{all}");
+    assert!(all["ok"]["outcome"] == "pending" || all["ok"]["outcome"] == "delivered");
+    // Wait (with a deadline) until every callback due has finished: its
+    // record is written once the receiver's answer is back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let all = loop {
+        let all = sim.get_json("/_sim/callbacks").await["callbacks"].clone();
+        let settled = ["lost", "nobody", "refused", "twice", "ok"]
+            .iter()
+            .all(|id| all[id]["outcome"] != "pending")
+            && all["twice"]["posts"] == 2
+            && all["twice"]["answered_at_ms"].is_u64();
+        if settled {
+            break all;
+        }
+        assert!(std::time::Instant::now() < deadline, "not settled: {all}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The receiver saw the four POSTs.
+    for _ in 0..4 {
+        rx.next().await;
+    }
+    let ok_settled = sim.settles_at("ok").await;
+    let outcome = |id: &str| all[id]["outcome"].as_str().unwrap().to_string();
+    assert_eq!(outcome("lost"), "lost");
+    assert!(all["lost"]["sent_at_ms"].is_null());
+    assert_eq!(all["lost"]["posts"], 0);
+    assert_eq!(outcome("nobody"), "failed");
+    assert!(all["nobody"]["status"].is_null());
+    assert_eq!(outcome("refused"), "failed");
+    assert_eq!(all["refused"]["status"], 500);
+    assert_eq!(outcome("twice"), "delivered");
+    assert_eq!(all["twice"]["posts"], 2);
+    assert_eq!(outcome("ok"), "delivered");
+    assert_eq!(all["ok"]["status"], 200);
+    assert_eq!(all["ok"]["due_at_ms"], ok_settled);
+    let (sent, answered) = (
+        all["ok"]["sent_at_ms"].as_u64().unwrap(),
+        all["ok"]["answered_at_ms"].as_u64().unwrap(),
+    );
+    assert!(ok_settled <= sent && sent <= answered, "{}", all["ok"]);
+    assert_eq!(outcome("later"), "pending");
+    assert!(
+        all.get("none").is_none(),
+        "a task without callback has no record"
+    );
+    // One task's record is in its info too; a reset keeps the records.
+    sim.post("/_sim/reset", json!({})).await;
+    let info = sim.get_json("/_sim/tasks/refused").await;
+    assert_eq!(info["callback"]["outcome"], "failed");
+    assert!(sim.get_json("/_sim/tasks/none").await["callback"].is_null());
+}
+
+#[tokio::test]
 async fn bad_callback_specs_are_refused() {
     let sim = start(SimArgs::default()).await;
     for spec in [
