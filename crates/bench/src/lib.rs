@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 mod pacing;
+mod postgres;
 
 /// The `taskhook` binary the bench runs as its daemon: `$TASKHOOK_BIN`,
 /// else the running executable (the bench runs as `taskhook bench`).
@@ -46,9 +47,14 @@ pub struct BenchArgs {
     #[arg(long)]
     pub scale: Option<usize>,
     /// Run only these scenarios (throughput, efficiency, scale, isolation,
-    /// floor, callbacks, sweep).
+    /// floor, callbacks, sweep, pg-throughput, pg-scale, pg-vacuum).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// The PostgreSQL server of the pg-* scenarios (each works in a fresh
+    /// schema of it, dropped afterwards); they are skipped when it does not
+    /// answer.
+    #[arg(long, env = postgres::URL_VAR, default_value = postgres::DEFAULT_URL)]
+    pub database_url: String,
 }
 
 /// The sizes of one run.
@@ -60,6 +66,9 @@ struct Plan {
     efficiency_duration: (u64, u64),
     scale_tasks: usize,
     isolation_tasks: usize,
+    /// The server of the pg-* scenarios; `None` in the quick run unless
+    /// `--only` names one of them.
+    database_url: Option<String>,
 }
 
 impl Plan {
@@ -73,6 +82,11 @@ impl Plan {
                 efficiency_duration: (1_000, 3_000),
                 scale_tasks: a.scale.unwrap_or(20_000),
                 isolation_tasks: 200,
+                database_url: a
+                    .only
+                    .iter()
+                    .any(|o| o.starts_with("pg-"))
+                    .then(|| a.database_url.clone()),
             }
         } else {
             Plan {
@@ -83,6 +97,7 @@ impl Plan {
                 efficiency_duration: (5_000, 20_000),
                 scale_tasks: a.scale.unwrap_or(1_000_000),
                 isolation_tasks: 3_000,
+                database_url: Some(a.database_url.clone()),
             }
         }
     }
@@ -1156,7 +1171,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = anyhow::Result<()>> + 'a>,
     >;
-    let scenarios: [(&str, Scenario); 7] = [
+    let scenarios: [(&str, Scenario); 10] = [
         ("throughput", |h, p, o| Box::pin(throughput(h, p, o))),
         ("efficiency and lag", |h, p, o| {
             Box::pin(efficiency_and_lag(h, p, o))
@@ -1166,6 +1181,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ("floor", |h, p, o| Box::pin(pacing::floor(h, p, o))),
         ("callbacks", |h, p, o| Box::pin(pacing::callbacks(h, p, o))),
         ("sweep", |h, p, o| Box::pin(pacing::sweep(h, p, o))),
+        ("pg-throughput", |h, p, o| {
+            Box::pin(postgres::throughput(h, p, o))
+        }),
+        ("pg-scale", |h, p, o| Box::pin(postgres::scale(h, p, o))),
+        ("pg-vacuum", |h, p, o| Box::pin(postgres::vacuum(h, p, o))),
     ];
     for (name, scenario) in scenarios {
         // A scenario answers to its first word ("efficiency and lag": efficiency).
@@ -1216,6 +1236,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             f.scenario, f.name, f.value, f.target, holds
         ));
     }
+    md.push_str(&postgres::notes(&figures));
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
