@@ -104,9 +104,11 @@ pub(super) fn target(url: &str, schema: Option<&str>) -> StoreResult<Target> {
         None => search_path_in(&options).unwrap_or_else(|| "public".into()),
     };
     check_schema_name(&schema)?;
+    // JIT off: the store's statements are short, and a stale cost estimate
+    // would have them spend tens of milliseconds compiling.
     config.options(format!(
         "{options} -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS} \
-         -c search_path={schema}"
+         -c jit=off -c search_path={schema}"
     ));
     if config.get_application_name().is_none() {
         config.application_name("taskhook");

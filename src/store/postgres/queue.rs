@@ -199,17 +199,19 @@ SELECT (SELECT count(*) FROM released), (SELECT count(*) FROM wake)";
 /// cannot each see room for the same webhook's last slot.
 const DELIVERY_CLAIM_LOCK_SQL: &str = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
 
-/// Leases due deliveries: `busy` counts each webhook's running leases;
+/// Leases due deliveries: `busy` counts each webhook's running leases
+/// (read through `deliveries_leased`: its condition is the whole `WHERE`,
+/// so stale statistics cannot send it through `deliveries_due`);
 /// `cand` locks due deliveries of webhooks neither excluded nor full;
 /// `pick` keeps, per webhook, only as many as leave it at the cap; the
 /// update bumps each one's claim (looked up by key, see
 /// [`CLAIM_POLL_BATCH`]). The event body comes once per event.
 /// When nothing was leased, one extra row says when the earliest pending
 /// delivery comes due.
-const CLAIM_DELIVERIES: &str = "
+pub(super) const CLAIM_DELIVERIES: &str = "
 WITH busy AS (
-    SELECT webhook, count(*) AS n FROM deliveries
-    WHERE state = 0 AND leased AND next_attempt_at > $1
+    SELECT webhook, count(*) FILTER (WHERE next_attempt_at > $1) AS n FROM deliveries
+    WHERE state = 0 AND leased
     GROUP BY webhook
 ),
 cand AS (
@@ -322,8 +324,11 @@ const DURATION_MODEL: &str =
 /// For events whose deliveries were just settled: the task is done once
 /// none is pending; an event whose task is gone (a dead letter replayed
 /// after its task was purged) loses its settled deliveries, and is dropped
-/// with the last one.
-const SETTLE_EVENTS: &str = "
+/// with the last one. The pending check reads an event's few deliveries
+/// by `deliveries_event` and filters them: with `state = 0` in its `WHERE`,
+/// stale statistics (a fresh schema, a burst before autoanalyze) made the
+/// planner scan all of `deliveries_due` for each event.
+pub(super) const SETTLE_EVENTS: &str = "
 WITH s AS (
     SELECT DISTINCT task_id, event_id FROM unnest($2::text[], $3::text[]) AS s(task_id, event_id)
 ),
@@ -331,7 +336,8 @@ done AS (
     UPDATE tasks t SET status = 2, done_at = $1
     FROM s
     WHERE t.id = s.task_id AND t.event_id = s.event_id AND t.status = 1
-      AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = s.event_id AND d.state = 0)
+      AND (SELECT count(*) FILTER (WHERE d.state = 0) FROM deliveries d
+           WHERE d.event_id = s.event_id) = 0
 ),
 orphan AS (
     SELECT s.event_id FROM s
