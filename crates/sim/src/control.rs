@@ -1,5 +1,5 @@
 //! The control endpoints under `/_sim/`: create tasks, inspect one, script
-//! faults, read and reset statistics.
+//! faults, read and reset statistics and the request log.
 
 use std::sync::Arc;
 
@@ -79,6 +79,8 @@ pub(crate) struct FaultsUpdate {
     pub(crate) kinds: Option<Vec<FaultKind>>,
     pub(crate) script: Option<Vec<FaultKind>>,
     pub(crate) slow_ms: Option<u64>,
+    /// The `Retry-After` (seconds) a `429` fault sends.
+    pub(crate) retry_after_s: Option<u64>,
 }
 
 pub(crate) async fn set_faults(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
@@ -106,8 +108,12 @@ pub(crate) async fn set_faults(State(sh): State<Arc<Shared>>, body: Bytes) -> Re
         if let Some(slow_ms) = update.slow_ms {
             f.slow_ms = slow_ms;
         }
+        if let Some(secs) = update.retry_after_s {
+            f.retry_after_s = secs;
+        }
         f.script.extend(update.script.unwrap_or_default());
-        json!({"rate": f.rate, "kinds": f.kinds, "script": f.script, "slow_ms": f.slow_ms})
+        json!({"rate": f.rate, "kinds": f.kinds, "script": f.script, "slow_ms": f.slow_ms,
+               "retry_after_s": f.retry_after_s})
     };
     json_response(StatusCode::OK, to_json(&v))
 }
@@ -118,6 +124,18 @@ pub(crate) async fn stats(State(sh): State<Arc<Shared>>) -> Response {
         st.stats.to_json(st.tasks.len())
     };
     sh.callbacks.counters.write_into(&mut v);
+    json_response(StatusCode::OK, to_json(&v))
+}
+
+/// `GET /_sim/requests`: every request since the last reset, in arrival
+/// order, when the simulator runs with `--log-requests`.
+pub(crate) async fn requests(State(sh): State<Arc<Shared>>) -> Response {
+    let v = {
+        let st = sh.lock();
+        let mut log = st.stats.log.clone();
+        log.sort_by_key(|r| r.seq);
+        json!({"logging": sh.args.log_requests, "requests": log})
+    };
     json_response(StatusCode::OK, to_json(&v))
 }
 

@@ -19,6 +19,7 @@ use crate::reply::{
 };
 use crate::services::Profile;
 use crate::state::{InFlight, Outcome, Shared, Task};
+use crate::stats::{RequestRecord, Stats, requested_ids};
 
 /// Body of `POST /{service}/tasks`; other fields (offset, trace_ids, ...)
 /// are ignored.
@@ -106,6 +107,7 @@ pub(crate) async fn tasks_endpoint(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let at_ms = now_ms();
     let Some(profile) = sh.profile(&service) else {
         // An API gateway's answer for a path that does not exist.
         let resp = error_response(
@@ -115,7 +117,11 @@ pub(crate) async fn tasks_endpoint(
         );
         let mut st = sh.lock();
         st.stats.count_request(&service);
+        let seq = st.stats.requests;
         st.stats.count_status(resp.status());
+        if sh.args.log_requests {
+            log_request(&mut st.stats, seq, &service, &body, at_ms, &resp, None);
+        }
         return resp;
     };
     let call = parse_call(&body, profile);
@@ -127,12 +133,13 @@ pub(crate) async fn tasks_endpoint(
             .and_then(|v| v.strip_prefix("Bearer "))
             .is_some_and(|v| v == t),
     };
-    let (guard, gate) = {
+    let (guard, gate, seq) = {
         let mut st = sh.lock();
         st.in_flight += 1;
         st.stats.max_in_flight = st.stats.max_in_flight.max(st.in_flight);
         let s = &mut st.stats;
         s.count_request(&service);
+        let seq = s.requests;
         match &call {
             Call::Single(_) => s.single_requests += 1,
             Call::Batch { ids, limit } => {
@@ -150,23 +157,54 @@ pub(crate) async fn tasks_endpoint(
         } else if !st.bucket.as_mut().is_none_or(Bucket::take)
             || sh.args.max_concurrent.is_some_and(|m| st.in_flight > m)
         {
-            Gate::Reject(too_many_requests(true))
+            Gate::Reject(too_many_requests(Some(1)))
         } else if let Some(kind) = st.next_fault() {
             *st.stats.faults.entry(kind.name()).or_default() += 1;
             Gate::Fault(kind, st.faults.slow_ms)
         } else {
             Gate::Normal
         };
-        (InFlight(sh.clone()), gate)
+        (InFlight(sh.clone()), gate, seq)
+    };
+    let drawn = match gate {
+        Gate::Fault(kind, _) => Some(kind.name()),
+        _ => None,
     };
     let resp = match gate {
         Gate::Reject(resp) => resp,
         Gate::Normal => answer(&sh, &service, profile, call),
         Gate::Fault(kind, slow_ms) => fault(&sh, &service, profile, call, kind, slow_ms).await,
     };
-    sh.lock().stats.count_status(resp.status());
+    {
+        let mut st = sh.lock();
+        st.stats.count_status(resp.status());
+        if sh.args.log_requests {
+            log_request(&mut st.stats, seq, &service, &body, at_ms, &resp, drawn);
+        }
+    }
     drop(guard);
     resp
+}
+
+/// Adds a request to the log `GET /_sim/requests` serves.
+fn log_request(
+    stats: &mut Stats,
+    seq: u64,
+    service: &str,
+    body: &[u8],
+    at_ms: u64,
+    resp: &Response,
+    fault: Option<&'static str>,
+) {
+    stats.log.push(RequestRecord {
+        seq,
+        service: service.to_owned(),
+        ids: requested_ids(body),
+        at_ms,
+        answered_ms: now_ms(),
+        status: resp.status().as_u16(),
+        fault,
+    });
 }
 
 pub(crate) fn answer(sh: &Shared, service: &str, profile: &Profile, call: Call) -> Response {

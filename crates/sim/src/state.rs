@@ -151,6 +151,7 @@ impl SimState {
                 kinds: args.faults.clone(),
                 script: VecDeque::new(),
                 slow_ms: args.slow_ms,
+                retry_after_s: 1,
             },
             bucket: args.rate_limit.map(|rate| Bucket {
                 rate,

@@ -20,6 +20,41 @@ pub(crate) struct Stats {
     pub(crate) requests_by_service: BTreeMap<String, u64>,
     /// Batch requests whose `limit` was absent or not the number of IDs.
     pub(crate) limit_mismatches: u64,
+    /// Every request in arrival order, under `--log-requests`.
+    pub(crate) log: Vec<RequestRecord>,
+}
+
+/// One request to `/{service}/tasks` as `GET /_sim/requests` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct RequestRecord {
+    /// Its place in arrival order (1 for the first since the last reset).
+    pub(crate) seq: u64,
+    /// The path's service name.
+    pub(crate) service: String,
+    /// The IDs it asked about (`ids`, or the one `id` / `task_id`).
+    pub(crate) ids: Vec<String>,
+    /// When it arrived and when it was answered (unix milliseconds).
+    pub(crate) at_ms: u64,
+    pub(crate) answered_ms: u64,
+    pub(crate) status: u16,
+    /// The fault it drew, if any.
+    pub(crate) fault: Option<&'static str>,
+}
+
+/// The IDs a tasks request names, whatever the service: `ids`, else `id`
+/// or `task_id`; none when the body is not such JSON.
+pub(crate) fn requested_ids(body: &[u8]) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        ids: Option<Vec<String>>,
+        id: Option<String>,
+        task_id: Option<String>,
+    }
+    match serde_json::from_slice::<Named>(body) {
+        Ok(Named { ids: Some(ids), .. }) => ids,
+        Ok(Named { id, task_id, .. }) => id.or(task_id).into_iter().collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 impl Stats {
