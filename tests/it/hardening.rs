@@ -113,15 +113,8 @@ async fn a_refused_service_waits_alone_and_its_tasks_still_expire() {
     )
     .await;
     assert_eq!(gauge, Some(1.0));
-    let api = daemon.url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(BIN)
-            .args(["status", "--api", &api])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = taskhook_async(&["status", "--api", &daemon.url]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("refused service") && text.contains("misspelled: 404"),
@@ -552,10 +545,7 @@ async fn without_a_webhook_the_operator_is_warned_and_the_event_stays_visible() 
     let sim = spawn_sim(&[]);
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &sim.url, &[], "");
-    let out = std::process::Command::new(BIN)
-        .args(["check-config", "-c", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = taskhook_async(&["check-config", "-c", cfg.to_str().unwrap()]).await;
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("warning: no [[webhooks]] configured"));
     let log = dir.path().join("daemon.log");
