@@ -56,7 +56,7 @@ async fn events(r: &Receiver) -> HashMap<String, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_service_waits_alone_and_its_tasks_still_expire() {
     // The simulator answers 404 for a path that is no AceData service.
-    let sim = spawn_sim(&[]);
+    let sim = spawn_sim(&["--log-requests"]);
     let receiver = Receiver::start(None).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(
@@ -70,8 +70,11 @@ async fn a_refused_service_waits_alone_and_its_tasks_still_expire() {
             + "[upstream.services.misspelled]\ntasks_path = \"/misspelled/tasks\"\n"),
     );
     let daemon = spawn_daemon(&cfg);
-    let good: Vec<String> = (0..100).map(|i| format!("good-{i}")).collect();
-    sim_create_ids(&sim.url, &good, 200).await;
+    // One full batch of tasks that all stay running for a while: polled
+    // together, rescheduled together, so every request for them is due to
+    // carry all 50 until they finish together.
+    let good: Vec<String> = (0..50).map(|i| format!("good-{i}")).collect();
+    sim_create_ids(&sim.url, &good, 1500).await;
     let broken: Vec<Value> = (0..5)
         .map(|i| json!({"id": format!("lost-{i}"), "service": "misspelled"}))
         .collect();
@@ -122,7 +125,7 @@ async fn a_refused_service_waits_alone_and_its_tasks_still_expire() {
     );
 
     // Every other task is polled in full batches and delivered.
-    eventually("the 100 good tasks", Duration::from_secs(30), || async {
+    eventually("the 50 good tasks", Duration::from_secs(30), || async {
         let e = events(&receiver).await;
         (good
             .iter()
@@ -130,11 +133,48 @@ async fn a_refused_service_waits_alone_and_its_tasks_still_expire() {
         .then_some(())
     })
     .await;
-    let (_, sim_st) = get_json(&format!("{}/_sim/stats", sim.url)).await;
-    assert_eq!(
-        sim_st["max_ids_per_request"], 50,
-        "batches never shrank: {sim_st}"
+    // Batches never shrank: every request for the other service after the
+    // first refusal still carried all 50 of its due tasks, and the refused
+    // service's own requests all 5 of its tasks.
+    let (_, log) = get_json(&format!("{}/_sim/requests", sim.url)).await;
+    let log = log["requests"].as_array().unwrap();
+    let first_404 = log
+        .iter()
+        .find(|r| r["service"] == "misspelled")
+        .map(|r| r["seq"].as_u64().unwrap())
+        .expect("the refused service was asked");
+    let ids_of = |service: &str| -> Vec<(u64, usize)> {
+        log.iter()
+            .filter(|r| r["service"] == service)
+            .map(|r| {
+                (
+                    r["seq"].as_u64().unwrap(),
+                    r["ids"].as_array().unwrap().len(),
+                )
+            })
+            .collect()
+    };
+    let after: Vec<usize> = ids_of("producer")
+        .into_iter()
+        .filter(|(seq, _)| *seq > first_404)
+        .map(|(_, n)| n)
+        .collect();
+    assert!(
+        after.len() >= 2,
+        "the other service was polled {} times after the 404",
+        after.len()
     );
+    assert!(
+        after.iter().all(|n| *n == 50),
+        "the other service's batches after the 404 (IDs each): {after:?}"
+    );
+    let refused_batches = ids_of("misspelled");
+    assert!(
+        refused_batches.iter().all(|(_, n)| *n == 5),
+        "{refused_batches:?}"
+    );
+    let (_, sim_st) = get_json(&format!("{}/_sim/stats", sim.url)).await;
+    assert_eq!(sim_st["max_ids_per_request"], 50, "{sim_st}");
     let refused = sim_st["requests_by_service"]["misspelled"]
         .as_u64()
         .unwrap();
@@ -746,4 +786,205 @@ async fn logs_written_to_a_file_carry_no_colour_codes() {
         "ANSI escapes in a log file: {text:?}"
     );
     assert!(text.contains(" INFO "), "{text}");
+}
+
+/// The simulator's request log: every request in arrival order.
+async fn sim_requests(sim: &str) -> Vec<Value> {
+    let (s, v) = get_json(&format!("{sim}/_sim/requests")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["logging"], true,
+        "start the simulator with --log-requests"
+    );
+    v["requests"].as_array().cloned().unwrap_or_default()
+}
+
+/// How many IDs each logged request for `service` carried, in order.
+fn batch_sizes(log: &[Value], service: &str) -> Vec<usize> {
+    log.iter()
+        .filter(|r| r["service"] == service)
+        .map(|r| r["ids"].as_array().map_or(0, Vec::len))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_over_the_cap_halves_only_that_services_batches() {
+    let sim = spawn_sim(&["--log-requests"]);
+    let receiver = Receiver::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    // The smallest cap the configuration allows: 64 KiB.
+    let cap = 65_536;
+    let cfg = config(
+        dir.path(),
+        &sim.url,
+        &[("upstream", &format!("max_response_bytes = {cap}"))],
+        &webhook_toml("pipeline", &receiver.url, None),
+    );
+    let daemon = spawn_daemon(&cfg);
+
+    // A finished producer record as the simulator writes it, padded so that
+    // 50 of them are well over the cap and 25 well under it.
+    sim_create(&sim.url, vec![json!({"id": "template", "duration_ms": 0})]).await;
+    let (s, answer) = post_json(
+        &format!("{}/producer/tasks", sim.url),
+        &json!({"ids": ["template"], "action": "retrieve_batch"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{answer}");
+    let mut record = answer["items"][0].clone();
+    assert!(record["finished_at"].is_number(), "{record}");
+    let size = 1_900;
+    let pad = size - serde_json::to_string(&record).unwrap().len();
+    record["padding"] = json!("x".repeat(pad));
+    assert!(50 * size > cap * 13 / 10 && 25 * size < cap * 8 / 10);
+    let big: Vec<String> = (0..50).map(|i| format!("big-{i:02}")).collect();
+    sim_create(
+        &sim.url,
+        big.iter()
+            .map(|id| json!({"id": id, "duration_ms": 0, "record": record}))
+            .collect(),
+    )
+    .await;
+    // Another service's tasks, polled at the same time and for a while
+    // after, with small answers.
+    let other: Vec<String> = (0..40).map(|i| format!("kl-{i:02}")).collect();
+    sim_create(
+        &sim.url,
+        other
+            .iter()
+            .map(|id| json!({"id": id, "service": "kling", "duration_ms": 1200}))
+            .collect(),
+    )
+    .await;
+    let tasks: Vec<Value> = big
+        .iter()
+        .map(|id| json!({"id": id}))
+        .chain(other.iter().map(|id| json!({"id": id, "service": "kling"})))
+        .collect();
+    let (s, v) = post_json(
+        &format!("{}/v1/tasks", daemon.url),
+        &json!({"tasks": tasks}),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+
+    // Every task is delivered once the answers fit.
+    let e = eventually("all 90 events", Duration::from_secs(30), || async {
+        let e = events(&receiver).await;
+        (e.len() == 90).then_some(e)
+    })
+    .await;
+    for id in big.iter().chain(&other) {
+        assert_eq!(e[id], "task.succeeded", "{id}");
+    }
+    // The answer over the cap failed its batch as too large...
+    let too_large = metric_value(
+        &daemon.url,
+        "taskhook_upstream_requests_total{outcome=\"too_large\"}",
+    )
+    .await;
+    assert_eq!(too_large, Some(1.0));
+    // ...and halved that service's batch size: the first request asked
+    // about all 50, every later one about at most 25.
+    let log = sim_requests(&sim.url).await;
+    let producer = batch_sizes(&log, "producer");
+    assert_eq!(producer[0], 1, "the template: {producer:?}");
+    assert_eq!(producer[1], 50, "{producer:?}");
+    assert!(
+        producer.len() >= 4 && producer[2..].iter().all(|n| *n <= 25),
+        "{producer:?}"
+    );
+    assert_eq!(producer[2..].iter().sum::<usize>(), 50, "{producer:?}");
+    // The other service was never touched: every request for it, before
+    // and after the answer over the cap, asked about all 40 of its tasks.
+    let too_large_at = log
+        .iter()
+        .find(|r| r["service"] == "producer" && r["ids"].as_array().unwrap().len() == 50)
+        .map(|r| r["seq"].as_u64().unwrap())
+        .unwrap();
+    let kling = batch_sizes(&log, "kling");
+    assert!(kling.iter().all(|n| *n == 40), "{kling:?}");
+    let kling_after = log
+        .iter()
+        .filter(|r| r["service"] == "kling" && r["seq"].as_u64().unwrap() > too_large_at)
+        .count();
+    assert!(
+        kling_after >= 2,
+        "{kling_after} kling requests after the answer over the cap"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_writes_to_the_store_at_most_once_a_second() {
+    let sim = spawn_sim(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = spawn_daemon(&config(dir.path(), &sim.url, &[], ""));
+    let writes = || async {
+        metric_value(
+            &daemon.url,
+            "taskhook_store_query_duration_seconds_count{op=\"check_writable\"}",
+        )
+        .await
+        .unwrap_or(0.0) as u64
+    };
+    assert_eq!(writes().await, 0, "nothing asked /readyz yet");
+    let http = reqwest::Client::new();
+    let url = format!("{}/readyz", daemon.url);
+    let started = std::time::Instant::now();
+    let mut calls = 0;
+    // A burst of eight at a time, for two and a half seconds.
+    while started.elapsed() < Duration::from_millis(2500) {
+        let burst = (0..8).map(|_| http.get(&url).send());
+        for r in futures::future::join_all(burst).await {
+            assert_eq!(r.unwrap().status(), 200);
+            calls += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    let written = writes().await;
+    assert!(calls >= 40, "only {calls} calls");
+    // One write, then one more each time the cached answer is a second old.
+    let most = elapsed.as_secs() + 1;
+    assert!(
+        (2..=most).contains(&written),
+        "{written} store writes for {calls} calls of /readyz in {elapsed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanently_unreadable_record_still_expires_at_the_ttl() {
+    let sim = spawn_sim(&[]);
+    let receiver = Receiver::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ttl = Duration::from_secs(2);
+    let cfg = config(
+        dir.path(),
+        &sim.url,
+        &[("poll", "task_ttl = \"2s\"")],
+        &webhook_toml("pipeline", &receiver.url, None),
+    );
+    let daemon = spawn_daemon(&cfg);
+    sim_create_ids(&sim.url, &["bad".to_string()], 50).await;
+    // Every answer about it carries its record with a lone surrogate.
+    sim_script(&sim.url, &["corrupt-item"; 200]).await;
+    let enqueued = std::time::SystemTime::now();
+    enqueue_ids(&daemon.url, &["bad".to_string()]).await;
+    let hit = eventually("the expiry", Duration::from_secs(20), || async {
+        receiver.hits().into_iter().find(|h| h.status_sent < 300)
+    })
+    .await;
+    assert_eq!(hit.body["type"], "task.expired", "{}", hit.body);
+    assert_eq!(hit.body["data"]["task_id"], "bad");
+    let enqueued_ms = enqueued
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        hit.received_at_ms - enqueued_ms >= ttl.as_millis() as i64,
+        "expired {} ms after enqueue",
+        hit.received_at_ms - enqueued_ms
+    );
+    // It was asked about (and unreadable) again and again until then.
+    let (_, st) = get_json(&format!("{}/_sim/stats", sim.url)).await;
+    assert!(st["faults"]["corrupt-item"].as_u64().unwrap() >= 3, "{st}");
 }
