@@ -763,29 +763,132 @@ async fn raising_the_per_webhook_cap_by_sighup_widens_its_lane() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_written_to_a_file_carry_no_colour_codes() {
     let sim = spawn_sim(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &sim.url, &[], "");
-    let log = dir.path().join("daemon.log");
-    let mut child = std::process::Command::new(BIN)
-        .args(["run", "-c", cfg.to_str().unwrap()])
-        .env("RUST_LOG", "taskhook=info")
-        .env_remove("NO_COLOR")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let text = eventually("the start line", Duration::from_secs(10), || async {
-        let t = std::fs::read_to_string(&log).unwrap();
-        t.contains("taskhook is running").then_some(t)
+    // Without NO_COLOR (a file is no terminal), and with it.
+    for no_color in [None, Some("1")] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), &sim.url, &[], "");
+        let log = dir.path().join("daemon.log");
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(["run", "-c", cfg.to_str().unwrap()])
+            .env("RUST_LOG", "taskhook=info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap());
+        match no_color {
+            Some(v) => cmd.env("NO_COLOR", v),
+            None => cmd.env_remove("NO_COLOR"),
+        };
+        let _child = ChildGuard(cmd.spawn().unwrap());
+        let text = eventually("the start line", Duration::from_secs(10), || async {
+            let t = std::fs::read_to_string(&log).unwrap();
+            t.contains("taskhook is running").then_some(t)
+        })
+        .await;
+        assert!(
+            !text.contains('\u{1b}'),
+            "ANSI escapes in a log file (NO_COLOR={no_color:?}): {text:?}"
+        );
+        assert!(text.contains(" INFO "), "{text}");
+    }
+}
+
+/// The pids of `parent`'s children, from /proc.
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The fields after the command name (in parentheses): state, ppid.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Runs the daemon with its output at a pseudo-terminal (util-linux's
+/// `script`) until it says it is running, stops it with SIGTERM, and
+/// returns what the terminal showed.
+async fn daemon_at_a_terminal(script: &Path, cfg: &Path, no_color: Option<&str>) -> String {
+    use std::io::Read;
+    let mut cmd = std::process::Command::new(script);
+    cmd.args([
+        "-q",
+        "-e",
+        "-c",
+        &format!("exec '{BIN}' run -c '{}'", cfg.display()),
+        "/dev/null",
+    ])
+    .env("RUST_LOG", "taskhook=info")
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::inherit());
+    match no_color {
+        Some(v) => cmd.env("NO_COLOR", v),
+        None => cmd.env_remove("NO_COLOR"),
+    };
+    let mut child = ChildGuard(cmd.spawn().unwrap());
+    let shown = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = shown.clone();
+    let mut out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let text = || String::from_utf8_lossy(&shown.lock().unwrap()).into_owned();
+    eventually(
+        "the daemon running at a terminal",
+        Duration::from_secs(20),
+        || async { text().contains("taskhook is running").then_some(()) },
+    )
+    .await;
+    // `script` runs the daemon as its child (the shell execs it).
+    let daemon = eventually("the daemon's pid", Duration::from_secs(5), || async {
+        children_of(child.id()).first().copied()
     })
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
+    send_signal(daemon, "TERM");
+    let status = wait_child(&mut child, Duration::from_secs(20));
+    assert!(status.success(), "{status:?}: {}", text());
+    reader.join().unwrap();
+    text()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn colour_only_at_a_terminal_and_never_under_no_color() {
+    let Some(script) = external_tool("TASKHOOK_SCRIPT", "script", "util-linux's script") else {
+        return;
+    };
+    let sim = spawn_sim(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &sim.url, &[], "");
+    let shown = daemon_at_a_terminal(&script, &cfg, None).await;
     assert!(
-        !text.contains('\u{1b}'),
-        "ANSI escapes in a log file: {text:?}"
+        shown.contains("\u{1b}["),
+        "no colour at a terminal: {shown:?}"
     );
-    assert!(text.contains(" INFO "), "{text}");
+    for value in ["1", "true"] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), &sim.url, &[], "");
+        let shown = daemon_at_a_terminal(&script, &cfg, Some(value)).await;
+        assert!(shown.contains(" INFO "), "{shown:?}");
+        assert!(
+            !shown.contains('\u{1b}'),
+            "colour at a terminal under NO_COLOR={value:?}: {shown:?}"
+        );
+    }
 }
 
 /// The simulator's request log: every request in arrival order.
