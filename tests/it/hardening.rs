@@ -1091,3 +1091,212 @@ async fn a_permanently_unreadable_record_still_expires_at_the_ttl() {
     let (_, st) = get_json(&format!("{}/_sim/stats", sim.url)).await;
     assert!(st["faults"]["corrupt-item"].as_u64().unwrap() >= 3, "{st}");
 }
+
+/// Sends SIGHUP and waits for the daemon's log (at `log`) to say the
+/// reload number `n` (1-based) was applied.
+async fn reload(pid: u32, log: &Path, n: usize) {
+    hup(pid);
+    eventually("the reload applied", Duration::from_secs(10), || async {
+        let text = std::fs::read_to_string(log).unwrap();
+        (text.matches("configuration reloaded").count() >= n).then_some(())
+    })
+    .await;
+}
+
+/// The deliveries in `state` (`failed`, `webhook_removed`, ...).
+async fn deliveries_in(api: &str, state: &str) -> Vec<Value> {
+    let (s, v) = get_json(&format!("{api}/v1/deliveries?state={state}")).await;
+    assert_eq!(s, 200, "{v}");
+    v["deliveries"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renaming_a_webhook_by_sighup_parks_its_deliveries_under_the_old_name() {
+    let sim = spawn_sim(&[]);
+    // No secret of its own: each hit's signature is checked below against
+    // the old name's secret and the new name's.
+    let receiver = Receiver::start(None).await;
+    *receiver.behaviour.lock().unwrap() = Behaviour {
+        status: Some(500),
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let base = config(dir.path(), &sim.url, &[], "");
+    let text = std::fs::read_to_string(&base).unwrap().replace(
+        "retry_schedule = [\"100ms\", \"200ms\", \"300ms\"]",
+        &format!("retry_schedule = [{}]", vec!["\"300ms\""; 30].join(", ")),
+    );
+    let write = |name: &str, secret: &str| {
+        std::fs::write(
+            &base,
+            format!("{text}{}", webhook_toml(name, &receiver.url, Some(secret))),
+        )
+        .unwrap()
+    };
+    write("pipeline", SECRET_A);
+    let log = dir.path().join("daemon.log");
+    let (child, api) = spawn_daemon_logging(&base, "taskhook=info", &log);
+    let old: Vec<String> = (0..3).map(|i| format!("o-{i}")).collect();
+    sim_create_ids(&sim.url, &old, 50).await;
+    enqueue_ids(&api, &old).await;
+    eventually(
+        "the receiver refusing all three",
+        Duration::from_secs(10),
+        || async {
+            let seen: std::collections::HashSet<String> = receiver
+                .hits()
+                .iter()
+                .map(|h| h.body["data"]["task_id"].as_str().unwrap_or("").to_string())
+                .collect();
+            (seen.len() == 3).then_some(())
+        },
+    )
+    .await;
+
+    // Same URL, new name and secret: the old name's deliveries park under
+    // the old name; none goes out under the new one.
+    write("renamed", SECRET_B);
+    reload(child.id(), &log, 1).await;
+    let parked = eventually(
+        "three parked deliveries",
+        Duration::from_secs(10),
+        || async {
+            let list = deliveries_in(&api, "webhook_removed").await;
+            (list.len() == 3).then_some(list)
+        },
+    )
+    .await;
+    assert!(
+        parked.iter().all(|d| d["webhook"] == "pipeline"),
+        "{parked:?}"
+    );
+    assert!(parked.iter().all(|d| d["kind"] == "webhook"), "{parked:?}");
+    let (_, st) = get_json(&format!("{api}/v1/stats")).await;
+    assert_eq!(st["deliveries"]["webhook_removed"], 3, "{st}");
+    // Replaying one by hand while its name is gone parks it again.
+    let id = parked[0]["id"].as_i64().unwrap();
+    let (s, v) = post_json(&format!("{api}/v1/deliveries/{id}/replay"), &json!({})).await;
+    assert_eq!(s, 202, "{v}");
+    let before = parked[0]["updated_at"].as_str().unwrap().to_string();
+    let again = eventually("parked again", Duration::from_secs(10), || async {
+        let list = deliveries_in(&api, "webhook_removed").await;
+        let d = list.into_iter().find(|d| d["id"] == id)?;
+        (d["updated_at"].as_str()? > before.as_str()).then_some(d)
+    })
+    .await;
+    assert_eq!(again["webhook"], "pipeline", "{again}");
+    assert!(
+        again["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not configured")),
+        "{again}"
+    );
+
+    // The receiver accepts now. A new task goes out under the new name,
+    // signed with its secret...
+    *receiver.behaviour.lock().unwrap() = Behaviour::default();
+    sim_create_ids(&sim.url, &["n-1".to_string()], 50).await;
+    enqueue_ids(&api, &["n-1".to_string()]).await;
+    let hit = eventually(
+        "the new task delivered",
+        Duration::from_secs(10),
+        || async {
+            receiver
+                .accepted_by_task()
+                .remove("n-1")
+                .map(|h| h[0].clone())
+        },
+    )
+    .await;
+    assert!(signature_valid(SECRET_B, &hit.header_map(), &hit.raw));
+    let (_, t) = get_json(&format!("{api}/v1/tasks/n-1")).await;
+    assert_eq!(t["deliveries"][0]["webhook"], "renamed", "{t}");
+    // ...while every request ever made for the old tasks was the old
+    // name's: signed with its secret, never unsigned or with the new one,
+    // and none was accepted (nothing went out after they parked).
+    for h in receiver.hits() {
+        if h.body["data"]["task_id"] == "n-1" {
+            continue;
+        }
+        assert_eq!(
+            h.status_sent, 500,
+            "an old delivery went out after it parked"
+        );
+        assert!(
+            signature_valid(SECRET_A, &h.header_map(), &h.raw),
+            "not signed with the old name's secret: {:?}",
+            h.headers
+        );
+    }
+
+    // The old name back: its parked deliveries resume by themselves.
+    write("pipeline", SECRET_A);
+    reload(child.id(), &log, 2).await;
+    let got = eventually(
+        "the old three delivered",
+        Duration::from_secs(10),
+        || async {
+            let got = receiver.accepted_by_task();
+            old.iter().all(|id| got.contains_key(id)).then_some(got)
+        },
+    )
+    .await;
+    for id in &old {
+        let h = &got[id][0];
+        assert!(signature_valid(SECRET_A, &h.header_map(), &h.raw), "{id}");
+    }
+    assert!(deliveries_in(&api, "webhook_removed").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_dead_letter_goes_to_the_url_its_webhook_has_now() {
+    let sim = spawn_sim(&[]);
+    let old = Receiver::start(Some(SECRET_A)).await;
+    *old.behaviour.lock().unwrap() = Behaviour {
+        status: Some(500),
+        ..Default::default()
+    };
+    let new = Receiver::start(Some(SECRET_A)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = config(dir.path(), &sim.url, &[], "");
+    let text = std::fs::read_to_string(&base).unwrap();
+    let write = |url: &str| {
+        std::fs::write(
+            &base,
+            format!("{text}{}", webhook_toml("pipeline", url, Some(SECRET_A))),
+        )
+        .unwrap()
+    };
+    write(&old.url);
+    let log = dir.path().join("daemon.log");
+    let (child, api) = spawn_daemon_logging(&base, "taskhook=info", &log);
+    sim_create_ids(&sim.url, &["d-1".to_string()], 50).await;
+    enqueue_ids(&api, &["d-1".to_string()]).await;
+    // Four refused attempts (the test schedule has three retries).
+    let dead = eventually("a dead letter", Duration::from_secs(15), || async {
+        deliveries_in(&api, "failed").await.into_iter().next()
+    })
+    .await;
+    assert_eq!(dead["webhook"], "pipeline");
+    let refused = old.hits().len();
+    assert_eq!(refused, 4);
+
+    // The webhook now points elsewhere; the dead letter is replayed.
+    write(&new.url);
+    reload(child.id(), &log, 1).await;
+    let id = dead["id"].as_i64().unwrap();
+    let (s, v) = post_json(&format!("{api}/v1/deliveries/{id}/replay"), &json!({})).await;
+    assert_eq!(s, 202, "{v}");
+    let got = eventually("the new URL gets it", Duration::from_secs(10), || async {
+        new.accepted_by_task().remove("d-1")
+    })
+    .await;
+    assert!(got[0].signature_ok);
+    assert_eq!(got[0].body["data"]["task_id"], "d-1");
+    eventually("delivered", Duration::from_secs(10), || async {
+        let (_, t) = get_json(&format!("{api}/v1/tasks/d-1")).await;
+        (t["deliveries"][0]["state"] == "delivered").then_some(())
+    })
+    .await;
+    assert_eq!(old.hits().len(), refused, "the old URL was asked again");
+}
