@@ -81,6 +81,8 @@ pub(crate) struct FaultsUpdate {
     pub(crate) slow_ms: Option<u64>,
     /// The `Retry-After` (seconds) a `429` fault sends.
     pub(crate) retry_after_s: Option<u64>,
+    /// How long every fault waits before it answers (ms).
+    pub(crate) delay_ms: Option<u64>,
 }
 
 pub(crate) async fn set_faults(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
@@ -111,9 +113,12 @@ pub(crate) async fn set_faults(State(sh): State<Arc<Shared>>, body: Bytes) -> Re
         if let Some(secs) = update.retry_after_s {
             f.retry_after_s = secs;
         }
+        if let Some(ms) = update.delay_ms {
+            f.delay_ms = ms;
+        }
         f.script.extend(update.script.unwrap_or_default());
         json!({"rate": f.rate, "kinds": f.kinds, "script": f.script, "slow_ms": f.slow_ms,
-               "retry_after_s": f.retry_after_s})
+               "retry_after_s": f.retry_after_s, "delay_ms": f.delay_ms})
     };
     json_response(StatusCode::OK, to_json(&v))
 }

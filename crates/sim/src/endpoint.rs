@@ -19,7 +19,6 @@ use crate::reply::{
 };
 use crate::services::Profile;
 use crate::state::{InFlight, Outcome, Shared, Task};
-use crate::stats::{RequestRecord, Stats, requested_ids};
 
 /// Body of `POST /{service}/tasks`; other fields (offset, trace_ids, ...)
 /// are ignored.
@@ -120,7 +119,8 @@ pub(crate) async fn tasks_endpoint(
         let seq = st.stats.requests;
         st.stats.count_status(resp.status());
         if sh.args.log_requests {
-            log_request(&mut st.stats, seq, &service, &body, at_ms, &resp, None);
+            st.stats.log_arrival(seq, &service, &body, at_ms, None);
+            st.stats.log_answer(seq, resp.status().as_u16(), now_ms());
         }
         return resp;
     };
@@ -164,11 +164,14 @@ pub(crate) async fn tasks_endpoint(
         } else {
             Gate::Normal
         };
+        if sh.args.log_requests {
+            let fault = match gate {
+                Gate::Fault(kind, _) => Some(kind.name()),
+                _ => None,
+            };
+            st.stats.log_arrival(seq, &service, &body, at_ms, fault);
+        }
         (InFlight(sh.clone()), gate, seq)
-    };
-    let drawn = match gate {
-        Gate::Fault(kind, _) => Some(kind.name()),
-        _ => None,
     };
     let resp = match gate {
         Gate::Reject(resp) => resp,
@@ -179,32 +182,11 @@ pub(crate) async fn tasks_endpoint(
         let mut st = sh.lock();
         st.stats.count_status(resp.status());
         if sh.args.log_requests {
-            log_request(&mut st.stats, seq, &service, &body, at_ms, &resp, drawn);
+            st.stats.log_answer(seq, resp.status().as_u16(), now_ms());
         }
     }
     drop(guard);
     resp
-}
-
-/// Adds a request to the log `GET /_sim/requests` serves.
-fn log_request(
-    stats: &mut Stats,
-    seq: u64,
-    service: &str,
-    body: &[u8],
-    at_ms: u64,
-    resp: &Response,
-    fault: Option<&'static str>,
-) {
-    stats.log.push(RequestRecord {
-        seq,
-        service: service.to_owned(),
-        ids: requested_ids(body),
-        at_ms,
-        answered_ms: now_ms(),
-        status: resp.status().as_u16(),
-        fault,
-    });
 }
 
 pub(crate) fn answer(sh: &Shared, service: &str, profile: &Profile, call: Call) -> Response {

@@ -138,6 +138,10 @@ pub(crate) async fn fault(
     kind: FaultKind,
     slow_ms: u64,
 ) -> Response {
+    let delay = sh.lock().faults.delay_ms;
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     match kind {
         FaultKind::RateLimited => too_many_requests(Some(sh.lock().faults.retry_after_s)),
         FaultKind::RateLimitedNoRetryAfter => too_many_requests(None),
@@ -233,6 +237,8 @@ pub(crate) struct Faults {
     pub(crate) slow_ms: u64,
     /// The `Retry-After` (seconds) of a `429` fault.
     pub(crate) retry_after_s: u64,
+    /// How long every fault waits before it answers (ms): a late 429.
+    pub(crate) delay_ms: u64,
 }
 
 /// Token bucket of `--rate-limit`.

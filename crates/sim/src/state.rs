@@ -152,6 +152,7 @@ impl SimState {
                 script: VecDeque::new(),
                 slow_ms: args.slow_ms,
                 retry_after_s: 1,
+                delay_ms: 0,
             },
             bucket: args.rate_limit.map(|rate| Bucket {
                 rate,

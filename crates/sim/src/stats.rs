@@ -33,17 +33,48 @@ pub(crate) struct RequestRecord {
     pub(crate) service: String,
     /// The IDs it asked about (`ids`, or the one `id` / `task_id`).
     pub(crate) ids: Vec<String>,
-    /// When it arrived and when it was answered (unix milliseconds).
+    /// When it arrived and when it was answered (unix milliseconds); not
+    /// answered (`None`) while in flight, or when the client gave up first.
     pub(crate) at_ms: u64,
-    pub(crate) answered_ms: u64,
-    pub(crate) status: u16,
+    pub(crate) answered_ms: Option<u64>,
+    pub(crate) status: Option<u16>,
     /// The fault it drew, if any.
     pub(crate) fault: Option<&'static str>,
 }
 
+impl Stats {
+    /// Logs request `seq` as it arrives.
+    pub(crate) fn log_arrival(
+        &mut self,
+        seq: u64,
+        service: &str,
+        body: &[u8],
+        at_ms: u64,
+        fault: Option<&'static str>,
+    ) {
+        self.log.push(RequestRecord {
+            seq,
+            service: service.to_owned(),
+            ids: requested_ids(body),
+            at_ms,
+            answered_ms: None,
+            status: None,
+            fault,
+        });
+    }
+
+    /// Logs the answer to request `seq`.
+    pub(crate) fn log_answer(&mut self, seq: u64, status: u16, at_ms: u64) {
+        if let Some(r) = self.log.iter_mut().rev().find(|r| r.seq == seq) {
+            r.status = Some(status);
+            r.answered_ms = Some(at_ms);
+        }
+    }
+}
+
 /// The IDs a tasks request names, whatever the service: `ids`, else `id`
 /// or `task_id`; none when the body is not such JSON.
-pub(crate) fn requested_ids(body: &[u8]) -> Vec<String> {
+fn requested_ids(body: &[u8]) -> Vec<String> {
     #[derive(serde::Deserialize)]
     struct Named {
         ids: Option<Vec<String>>,

@@ -428,6 +428,34 @@ async fn the_request_log_keeps_every_request_in_order() {
     assert_eq!(v["requests"][4]["ids"], json!(["k"]));
     assert_eq!(v["requests"][4]["service"], "captcha");
 
+    // A request whose client gives up before the answer is logged as
+    // it arrived, unanswered.
+    sim.post_json("/_sim/faults", json!({"script": ["slow"], "slow_ms": 2000}))
+        .await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let url = format!("{}/producer/tasks", sim.base);
+    assert!(
+        impatient
+            .post(url)
+            .json(&json!({"id": "s"}))
+            .send()
+            .await
+            .is_err()
+    );
+    let v = sim.get_json("/_sim/requests").await;
+    let last = &v["requests"][5];
+    assert_eq!(
+        (&last["ids"], &last["fault"]),
+        (&json!(["s"]), &json!("slow"))
+    );
+    assert!(
+        last["status"].is_null() && last["answered_ms"].is_null(),
+        "{last}"
+    );
+
     // A reset starts the log afresh.
     sim.post("/_sim/reset", json!({})).await;
     sim.batch(&["e"]).await;
@@ -438,7 +466,7 @@ async fn the_request_log_keeps_every_request_in_order() {
 }
 
 #[tokio::test]
-async fn a_429_fault_sends_the_retry_after_it_is_given() {
+async fn a_429_fault_sends_the_retry_after_and_the_delay_it_is_given() {
     let sim = start(SimArgs::default()).await;
     let v = sim
         .post_json(
@@ -454,6 +482,18 @@ async fn a_429_fault_sends_the_retry_after_it_is_given() {
         .await;
     let r = sim.retrieve("t").await;
     assert_eq!(r.headers()["retry-after"], "1");
+    // A late 429: every fault waits delay_ms before it answers; a request
+    // that draws no fault does not.
+    let v = sim
+        .post_json("/_sim/faults", json!({"script": ["429"], "delay_ms": 300}))
+        .await;
+    assert_eq!(v["delay_ms"], 300);
+    let t0 = Instant::now();
+    assert_eq!(sim.retrieve("t").await.status(), 429);
+    assert!(t0.elapsed() >= Duration::from_millis(300));
+    let t0 = Instant::now();
+    assert_eq!(sim.retrieve("t").await.status(), 200);
+    assert!(t0.elapsed() < Duration::from_millis(300));
 }
 
 #[tokio::test]
