@@ -16,6 +16,8 @@ pub mod profile;
 mod round;
 pub mod schedule;
 pub mod terminal;
+#[cfg(all(test, feature = "dev-tools"))]
+mod tests;
 pub mod upstream;
 
 pub use batches::Batches;
@@ -61,6 +63,9 @@ pub struct Poller {
     pub hand_off: bool,
     /// The poll interval the budget allows, refreshed beside the loop.
     pub pace: Arc<pace::Pace>,
+    /// A claim's lease beyond pacing and the slowest answer:
+    /// [`LEASE_SPARE`] (tests shorten it).
+    pub lease_spare: Duration,
 }
 
 /// How far ahead of its due time a task may be polled to fill a batch.
@@ -155,7 +160,7 @@ impl Poller {
                     .upstream
                     .time_for(cfg.upstream.max_concurrent_requests * 2))
                 + ms(cfg.upstream.request_timeout * 2)
-                + ms(LEASE_SPARE);
+                + ms(self.lease_spare);
             let started = std::time::Instant::now();
             let claimed = self
                 .store
@@ -210,6 +215,7 @@ impl Poller {
                     metrics: self.metrics.clone(),
                     handoff: self.handoff.clone(),
                     pace: self.pace.clone(),
+                    lease,
                 };
                 batches.spawn(round.poll(claim.service.clone(), tasks, slot));
                 tasks = rest;
@@ -274,6 +280,6 @@ impl Poller {
 const EXPIRY_SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// A poll claim's lease beyond pacing and the slowest answer: the time a
 /// round has to write its results, store hiccups included.
-pub(super) const LEASE_SPARE: Duration = Duration::from_secs(30);
+pub const LEASE_SPARE: Duration = Duration::from_secs(30);
 /// Tasks expired per statement.
 const EXPIRY_BATCH: usize = 500;
