@@ -232,7 +232,7 @@ impl Metrics {
         );
         r.register(
             "store_query_duration_seconds",
-            "Time for one store call on the hot path, by operation",
+            "Time for one store call on the hot path (and readyz's write check), by operation",
             m.store_query.clone(),
         );
         r.register(

@@ -75,11 +75,13 @@ pub(super) async fn write_check(s: &ApiState) -> Result<(), String> {
     {
         return result.clone();
     }
+    let started = std::time::Instant::now();
     let result = s
         .store
         .check_writable(s.clock.now_ms())
         .await
         .map_err(|e| e.to_string());
+    s.metrics.store_call("check_writable", started);
     *last = Some((std::time::Instant::now(), result.clone()));
     result
 }

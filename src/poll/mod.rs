@@ -17,6 +17,8 @@ pub mod pace;
 mod round;
 pub mod schedule;
 pub mod terminal;
+#[cfg(all(test, feature = "dev-tools"))]
+mod tests;
 pub mod upstream;
 
 pub use batches::Batches;
@@ -62,6 +64,9 @@ pub struct Poller {
     pub hand_off: bool,
     /// The poll interval the budget allows, refreshed beside the loop.
     pub pace: Arc<pace::Pace>,
+    /// A claim's lease beyond pacing and the slowest answer:
+    /// [`LEASE_SPARE`] (tests shorten it).
+    pub lease_spare: Duration,
 }
 
 /// What the loop does after a stage.
@@ -148,7 +153,7 @@ impl Poller {
         let cfg = self.config.borrow().clone();
         let now = self.clock.now_ms();
         let paused = self.upstream.paused_services();
-        let Some(claim) = self.claim(&cfg, now, &paused).await else {
+        let Some((claim, lease)) = self.claim(&cfg, now, &paused).await else {
             return self.idle(Duration::from_secs(1), shutdown).await;
         };
         if claim.tasks.is_empty() {
@@ -166,7 +171,8 @@ impl Poller {
             }
             return Step::Go;
         }
-        self.start_rounds(&cfg, claim, rounds, shutdown).await
+        self.start_rounds(&cfg, claim, lease, rounds, shutdown)
+            .await
     }
 
     /// While the upstream refuses the token: nothing is claimed; the token
@@ -207,13 +213,14 @@ impl Poller {
     }
 
     /// Leases one service's due tasks (those due within the coalescing
-    /// window too, so batches fill). `None` when the store refused.
+    /// window too, so batches fill), with the lease they were taken
+    /// until. `None` when the store refused.
     async fn claim(
         &self,
         cfg: &Config,
         now: crate::clock::Millis,
         paused: &[(String, Duration)],
-    ) -> Option<crate::store::PollClaim> {
+    ) -> Option<(crate::store::PollClaim, crate::clock::Millis)> {
         // Claim first, then wait for request slots: the claim's commit
         // overlaps with requests in flight. At most one claim's batches
         // wait for slots; their lease covers the wait. One claim feeds
@@ -228,7 +235,7 @@ impl Poller {
                 .upstream
                 .time_for(cfg.upstream.max_concurrent_requests * 2))
             + ms(cfg.upstream.request_timeout * 2)
-            + ms(LEASE_SPARE);
+            + ms(self.lease_spare);
         let started = std::time::Instant::now();
         let claimed = self
             .store
@@ -238,7 +245,7 @@ impl Poller {
         match claimed {
             Ok(c) => {
                 self.metrics.claimed("tasks", c.tasks.len());
-                Some(c)
+                Some((c, lease))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot claim tasks to poll; retrying in 1s");
@@ -253,6 +260,7 @@ impl Poller {
         &self,
         cfg: &Arc<Config>,
         claim: crate::store::PollClaim,
+        lease: crate::clock::Millis,
         rounds: &mut JoinSet<()>,
         shutdown: &CancellationToken,
     ) -> Step {
@@ -276,6 +284,7 @@ impl Poller {
                 metrics: self.metrics.clone(),
                 handoff: self.handoff.clone(),
                 pace: self.pace.clone(),
+                lease,
             };
             rounds.spawn(round.poll(claim.service.clone(), tasks, slot));
             tasks = rest;
@@ -345,6 +354,6 @@ impl Poller {
 const EXPIRY_SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// A poll claim's lease beyond pacing and the slowest answer: the time a
 /// round has to write its results, store hiccups included.
-pub(super) const LEASE_SPARE: Duration = Duration::from_secs(30);
+pub const LEASE_SPARE: Duration = Duration::from_secs(30);
 /// Tasks expired per statement.
 const EXPIRY_BATCH: usize = 500;

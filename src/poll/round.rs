@@ -40,6 +40,9 @@ pub(super) struct Round {
     pub hand_off: bool,
     /// The poll interval in force; learns from the tasks that finish.
     pub pace: Arc<Pace>,
+    /// The claim's lease. Past it the loop may claim these tasks again, so
+    /// no request for them may start that could still be running then.
+    pub lease: Millis,
 }
 
 impl Round {
@@ -53,7 +56,10 @@ impl Round {
         let span = tracing::info_span!("round", service = %service, ids = tasks.len());
         async move {
             let profile = self.cfg.upstream.profiles.for_task(&service).clone();
-            let answer = self.request(&service, &profile, &tasks, slot).await;
+            let Some(answer) = self.request(&service, &profile, &tasks, slot).await else {
+                self.give_back(&tasks).await;
+                return;
+            };
             let now = self.clock.now_ms();
             let updates = self.decide(&service, &tasks, &answer, now).await;
             let durations = self.observe(&profile, &tasks, &updates, &answer, now);
@@ -65,19 +71,42 @@ impl Round {
     }
 
     /// Stage 1: paces, sends, and gives the request slot back as soon as
-    /// the answer is in.
+    /// the answer is in. Sends nothing (`None`) when the wait for the rate
+    /// limiter outlasted the claim's lease: a back-off that began after the
+    /// claim (a 429's long `Retry-After`) may be longer than the lease, and
+    /// by then the loop may have claimed these tasks again.
     async fn request(
         &self,
         service: &str,
         profile: &Profile,
         tasks: &[ClaimedTask],
         slot: tokio::sync::OwnedSemaphorePermit,
-    ) -> Result<BatchAnswer, UpstreamError> {
+    ) -> Option<Result<BatchAnswer, UpstreamError>> {
         let ids: Vec<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
         self.upstream.pace().await;
+        if self.clock.now_ms() + ms(self.cfg.upstream.request_timeout) >= self.lease {
+            return None;
+        }
         let answer = self.upstream.retrieve(service, profile, &ids).await;
         drop(slot);
-        answer
+        Some(answer)
+    }
+
+    /// The claim's lease ran out before its request could go: the tasks go
+    /// back to the queue unpolled, due when requests may flow again. (If
+    /// the loop has claimed them again meanwhile, this write is stale and
+    /// changes nothing.)
+    async fn give_back(&self, tasks: &[ClaimedTask]) {
+        let now = self.clock.now_ms();
+        let due = now + ms(self.upstream.pause_remaining());
+        tracing::warn!(
+            "a back-off outlasted this batch's lease; its tasks go back to the queue unpolled"
+        );
+        let updates = tasks
+            .iter()
+            .map(|t| retry_or_expire(&self.cfg, t, due, now))
+            .collect();
+        self.persist(updates, now).await;
     }
 
     /// Stage 2: each task's next step. An answer is read task by task; a

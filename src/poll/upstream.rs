@@ -810,6 +810,130 @@ mod tests {
         assert!(parse_single(b"<html>", "c").is_err());
     }
 
+    /// The upstream's JSON error shape.
+    fn error(code: &str, message: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "success": false,
+            "error": {"code": code, "message": message},
+            "trace_id": "t",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn every_status_class_is_told_apart() {
+        let html = |title: &str| format!("<html><head><title>{title}</title></head></html>");
+        let class = |status: u16, body: &[u8]| classify_status(status, None, body);
+        let refused = |e: &UpstreamError, want: u16| {
+            assert!(
+                matches!(e, UpstreamError::ServiceRefused { status, .. } if *status == want),
+                "{want}: {e:?}"
+            );
+            assert_eq!(e.outcome(), "service_refused");
+        };
+        let too_large = |e: &UpstreamError, want: u16| {
+            assert!(
+                matches!(e, UpstreamError::TooLarge { status, .. } if *status == want),
+                "{want}: {e:?}"
+            );
+            assert_eq!(e.outcome(), "too_large");
+        };
+
+        // The token: 401 whatever the body; 403 only when it says invalid_token.
+        for body in [
+            error("invalid_token", "invalid or missing bearer token"),
+            html("401 Authorization Required").into_bytes(),
+            Vec::new(),
+        ] {
+            let e = class(401, &body);
+            assert!(
+                matches!(e, UpstreamError::Unauthorized { status: 401, .. }),
+                "{e:?}"
+            );
+            assert_eq!(e.outcome(), "unauthorized");
+        }
+        let e = class(403, &error("invalid_token", "invalid token"));
+        assert_eq!(
+            e,
+            UpstreamError::Unauthorized {
+                status: 403,
+                code: "invalid_token".into()
+            }
+        );
+        // Any other 403 (a firewall's page, another code) is the service's.
+        refused(&class(403, html("403 Forbidden").as_bytes()), 403);
+        refused(&class(403, &error("forbidden", "not allowed")), 403);
+        refused(&class(403, b""), 403);
+
+        // The service cannot be polled as configured.
+        refused(&class(404, &error("not_found", "no API at /x/tasks")), 404);
+        refused(&class(404, html("404 Not Found").as_bytes()), 404);
+        refused(
+            &class(405, &error("method_not_allowed", "method not allowed")),
+            405,
+        );
+        let e = class(
+            400,
+            &error("api_not_implemented", "this api is not implemented"),
+        );
+        refused(&e, 400);
+        assert!(
+            matches!(&e, UpstreamError::ServiceRefused { code, .. } if code == "api_not_implemented")
+        );
+        refused(
+            &class(
+                400,
+                &error("token_mismatched", "the token does not match this api"),
+            ),
+            400,
+        );
+        // A 400 that does not say the batch is too big.
+        refused(
+            &class(400, &error("bad_request", "missing field `ids`")),
+            400,
+        );
+        refused(&class(400, b"bad request"), 400);
+
+        // The batch is too big: 413 whatever the body, or a 400 that says so.
+        too_large(
+            &class(413, html("413 Request Entity Too Large").as_bytes()),
+            413,
+        );
+        too_large(&class(413, b""), 413);
+        for message in [
+            "too many ids in one batch: 60 > 50",
+            "request too large",
+            "ids exceeds the limit",
+            "at most 100 ids (maximum)",
+            "batch limit reached",
+        ] {
+            too_large(&class(400, &error("bad_request", message)), 400);
+        }
+
+        // 429: the whole client slows down, with or without Retry-After.
+        let ra = Some(Duration::from_secs(7));
+        let e = classify_status(429, ra, &error("too_many_requests", "slow down"));
+        assert_eq!(e, UpstreamError::RateLimited { retry_after: ra });
+        assert_eq!(e.outcome(), "rate_limited");
+        assert_eq!(
+            class(429, b""),
+            UpstreamError::RateLimited { retry_after: None }
+        );
+
+        // 5xx: the whole client backs off, keeping the Retry-After.
+        for status in [500, 502, 503, 504] {
+            let e = classify_status(status, ra, html("Bad Gateway").as_bytes());
+            assert_eq!(
+                e,
+                UpstreamError::Server {
+                    status,
+                    retry_after: ra
+                }
+            );
+            assert_eq!(e.outcome(), "server_error");
+        }
+    }
+
     #[test]
     fn truncated_and_html_bodies_are_errors() {
         let p = profiles();

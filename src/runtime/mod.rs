@@ -276,6 +276,7 @@ fn spawn_workers(s: &Shared, tasks: &mut JoinSet<()>, shutdown: &CancellationTok
         // claim can hold each webhook to its cap across all of them.
         hand_off: !s.shared_store,
         pace: s.pace.clone(),
+        lease_spare: crate::poll::LEASE_SPARE,
     };
     tasks.spawn(poller.run(shutdown.child_token()));
     let dispatcher = Dispatcher {

@@ -447,6 +447,21 @@ pub struct Hit {
     pub received_at_ms: i64,
 }
 
+impl Hit {
+    /// The request's headers as a [`HeaderMap`] (for [`signature_valid`]).
+    pub fn header_map(&self) -> HeaderMap {
+        self.headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                )
+            })
+            .collect()
+    }
+}
+
 /// A recording webhook receiver on a loopback port.
 #[derive(Clone)]
 pub struct Receiver {

@@ -56,7 +56,7 @@ async fn events(r: &Receiver) -> HashMap<String, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_service_waits_alone_and_its_tasks_still_expire() {
     // The simulator answers 404 for a path that is no AceData service.
-    let sim = spawn_sim(&[]);
+    let sim = spawn_sim(&["--log-requests"]);
     let receiver = Receiver::start(None).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(
@@ -70,8 +70,11 @@ async fn a_refused_service_waits_alone_and_its_tasks_still_expire() {
             + "[upstream.services.misspelled]\ntasks_path = \"/misspelled/tasks\"\n"),
     );
     let daemon = spawn_daemon(&cfg);
-    let good: Vec<String> = (0..100).map(|i| format!("good-{i}")).collect();
-    sim_create_ids(&sim.url, &good, 200).await;
+    // One full batch of tasks that all stay running for a while: polled
+    // together, rescheduled together, so every request for them is due to
+    // carry all 50 until they finish together.
+    let good: Vec<String> = (0..50).map(|i| format!("good-{i}")).collect();
+    sim_create_ids(&sim.url, &good, 1500).await;
     let broken: Vec<Value> = (0..5)
         .map(|i| json!({"id": format!("lost-{i}"), "service": "misspelled"}))
         .collect();
@@ -113,15 +116,8 @@ async fn a_refused_service_waits_alone_and_its_tasks_still_expire() {
     )
     .await;
     assert_eq!(gauge, Some(1.0));
-    let api = daemon.url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(BIN)
-            .args(["status", "--api", &api])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = taskhook_async(&["status", "--api", &daemon.url]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("refused service") && text.contains("misspelled: 404"),
@@ -129,7 +125,7 @@ async fn a_refused_service_waits_alone_and_its_tasks_still_expire() {
     );
 
     // Every other task is polled in full batches and delivered.
-    eventually("the 100 good tasks", Duration::from_secs(30), || async {
+    eventually("the 50 good tasks", Duration::from_secs(30), || async {
         let e = events(&receiver).await;
         (good
             .iter()
@@ -137,11 +133,48 @@ async fn a_refused_service_waits_alone_and_its_tasks_still_expire() {
         .then_some(())
     })
     .await;
-    let (_, sim_st) = get_json(&format!("{}/_sim/stats", sim.url)).await;
-    assert_eq!(
-        sim_st["max_ids_per_request"], 50,
-        "batches never shrank: {sim_st}"
+    // Batches never shrank: every request for the other service after the
+    // first refusal still carried all 50 of its due tasks, and the refused
+    // service's own requests all 5 of its tasks.
+    let (_, log) = get_json(&format!("{}/_sim/requests", sim.url)).await;
+    let log = log["requests"].as_array().unwrap();
+    let first_404 = log
+        .iter()
+        .find(|r| r["service"] == "misspelled")
+        .map(|r| r["seq"].as_u64().unwrap())
+        .expect("the refused service was asked");
+    let ids_of = |service: &str| -> Vec<(u64, usize)> {
+        log.iter()
+            .filter(|r| r["service"] == service)
+            .map(|r| {
+                (
+                    r["seq"].as_u64().unwrap(),
+                    r["ids"].as_array().unwrap().len(),
+                )
+            })
+            .collect()
+    };
+    let after: Vec<usize> = ids_of("producer")
+        .into_iter()
+        .filter(|(seq, _)| *seq > first_404)
+        .map(|(_, n)| n)
+        .collect();
+    assert!(
+        after.len() >= 2,
+        "the other service was polled {} times after the 404",
+        after.len()
     );
+    assert!(
+        after.iter().all(|n| *n == 50),
+        "the other service's batches after the 404 (IDs each): {after:?}"
+    );
+    let refused_batches = ids_of("misspelled");
+    assert!(
+        refused_batches.iter().all(|(_, n)| *n == 5),
+        "{refused_batches:?}"
+    );
+    let (_, sim_st) = get_json(&format!("{}/_sim/stats", sim.url)).await;
+    assert_eq!(sim_st["max_ids_per_request"], 50, "{sim_st}");
     let refused = sim_st["requests_by_service"]["misspelled"]
         .as_u64()
         .unwrap();
@@ -552,10 +585,7 @@ async fn without_a_webhook_the_operator_is_warned_and_the_event_stays_visible() 
     let sim = spawn_sim(&[]);
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &sim.url, &[], "");
-    let out = std::process::Command::new(BIN)
-        .args(["check-config", "-c", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = taskhook_async(&["check-config", "-c", cfg.to_str().unwrap()]).await;
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("warning: no [[webhooks]] configured"));
     let log = dir.path().join("daemon.log");
@@ -733,27 +763,540 @@ async fn raising_the_per_webhook_cap_by_sighup_widens_its_lane() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_written_to_a_file_carry_no_colour_codes() {
     let sim = spawn_sim(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &sim.url, &[], "");
-    let log = dir.path().join("daemon.log");
-    let mut child = std::process::Command::new(BIN)
-        .args(["run", "-c", cfg.to_str().unwrap()])
-        .env("RUST_LOG", "taskhook=info")
-        .env_remove("NO_COLOR")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let text = eventually("the start line", Duration::from_secs(10), || async {
-        let t = std::fs::read_to_string(&log).unwrap();
-        t.contains("taskhook is running").then_some(t)
+    // Without NO_COLOR (a file is no terminal), and with it.
+    for no_color in [None, Some("1")] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), &sim.url, &[], "");
+        let log = dir.path().join("daemon.log");
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(["run", "-c", cfg.to_str().unwrap()])
+            .env("RUST_LOG", "taskhook=info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap());
+        match no_color {
+            Some(v) => cmd.env("NO_COLOR", v),
+            None => cmd.env_remove("NO_COLOR"),
+        };
+        let _child = ChildGuard(cmd.spawn().unwrap());
+        let text = eventually("the start line", Duration::from_secs(10), || async {
+            let t = std::fs::read_to_string(&log).unwrap();
+            t.contains("taskhook is running").then_some(t)
+        })
+        .await;
+        assert!(
+            !text.contains('\u{1b}'),
+            "ANSI escapes in a log file (NO_COLOR={no_color:?}): {text:?}"
+        );
+        assert!(text.contains(" INFO "), "{text}");
+    }
+}
+
+/// The pids of `parent`'s children, from /proc.
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The fields after the command name (in parentheses): state, ppid.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Runs the daemon with its output at a pseudo-terminal (util-linux's
+/// `script`) until it says it is running, stops it with SIGTERM, and
+/// returns what the terminal showed.
+async fn daemon_at_a_terminal(script: &Path, cfg: &Path, no_color: Option<&str>) -> String {
+    use std::io::Read;
+    let mut cmd = std::process::Command::new(script);
+    cmd.args([
+        "-q",
+        "-e",
+        "-c",
+        &format!("exec '{BIN}' run -c '{}'", cfg.display()),
+        "/dev/null",
+    ])
+    .env("RUST_LOG", "taskhook=info")
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::inherit());
+    match no_color {
+        Some(v) => cmd.env("NO_COLOR", v),
+        None => cmd.env_remove("NO_COLOR"),
+    };
+    let mut child = ChildGuard(cmd.spawn().unwrap());
+    let shown = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = shown.clone();
+    let mut out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let text = || String::from_utf8_lossy(&shown.lock().unwrap()).into_owned();
+    eventually(
+        "the daemon running at a terminal",
+        Duration::from_secs(20),
+        || async { text().contains("taskhook is running").then_some(()) },
+    )
+    .await;
+    // `script` runs the daemon as its child (the shell execs it).
+    let daemon = eventually("the daemon's pid", Duration::from_secs(5), || async {
+        children_of(child.id()).first().copied()
     })
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
+    send_signal(daemon, "TERM");
+    let status = wait_child(&mut child, Duration::from_secs(20));
+    assert!(status.success(), "{status:?}: {}", text());
+    reader.join().unwrap();
+    text()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn colour_only_at_a_terminal_and_never_under_no_color() {
+    let Some(script) = external_tool("TASKHOOK_SCRIPT", "script", "util-linux's script") else {
+        return;
+    };
+    let sim = spawn_sim(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &sim.url, &[], "");
+    let shown = daemon_at_a_terminal(&script, &cfg, None).await;
     assert!(
-        !text.contains('\u{1b}'),
-        "ANSI escapes in a log file: {text:?}"
+        shown.contains("\u{1b}["),
+        "no colour at a terminal: {shown:?}"
     );
-    assert!(text.contains(" INFO "), "{text}");
+    for value in ["1", "true"] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), &sim.url, &[], "");
+        let shown = daemon_at_a_terminal(&script, &cfg, Some(value)).await;
+        assert!(shown.contains(" INFO "), "{shown:?}");
+        assert!(
+            !shown.contains('\u{1b}'),
+            "colour at a terminal under NO_COLOR={value:?}: {shown:?}"
+        );
+    }
+}
+
+/// The simulator's request log: every request in arrival order.
+async fn sim_requests(sim: &str) -> Vec<Value> {
+    let (s, v) = get_json(&format!("{sim}/_sim/requests")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["logging"], true,
+        "start the simulator with --log-requests"
+    );
+    v["requests"].as_array().cloned().unwrap_or_default()
+}
+
+/// How many IDs each logged request for `service` carried, in order.
+fn batch_sizes(log: &[Value], service: &str) -> Vec<usize> {
+    log.iter()
+        .filter(|r| r["service"] == service)
+        .map(|r| r["ids"].as_array().map_or(0, Vec::len))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_over_the_cap_halves_only_that_services_batches() {
+    let sim = spawn_sim(&["--log-requests"]);
+    let receiver = Receiver::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    // The smallest cap the configuration allows: 64 KiB.
+    let cap = 65_536;
+    let cfg = config(
+        dir.path(),
+        &sim.url,
+        &[("upstream", &format!("max_response_bytes = {cap}"))],
+        &webhook_toml("pipeline", &receiver.url, None),
+    );
+    let daemon = spawn_daemon(&cfg);
+
+    // A finished producer record as the simulator writes it, padded so that
+    // 50 of them are well over the cap and 25 well under it.
+    sim_create(&sim.url, vec![json!({"id": "template", "duration_ms": 0})]).await;
+    let (s, answer) = post_json(
+        &format!("{}/producer/tasks", sim.url),
+        &json!({"ids": ["template"], "action": "retrieve_batch"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{answer}");
+    let mut record = answer["items"][0].clone();
+    assert!(record["finished_at"].is_number(), "{record}");
+    let size = 1_900;
+    let pad = size - serde_json::to_string(&record).unwrap().len();
+    record["padding"] = json!("x".repeat(pad));
+    assert!(50 * size > cap * 13 / 10 && 25 * size < cap * 8 / 10);
+    let big: Vec<String> = (0..50).map(|i| format!("big-{i:02}")).collect();
+    sim_create(
+        &sim.url,
+        big.iter()
+            .map(|id| json!({"id": id, "duration_ms": 0, "record": record}))
+            .collect(),
+    )
+    .await;
+    // Another service's tasks, polled at the same time and for a while
+    // after, with small answers.
+    let other: Vec<String> = (0..40).map(|i| format!("kl-{i:02}")).collect();
+    sim_create(
+        &sim.url,
+        other
+            .iter()
+            .map(|id| json!({"id": id, "service": "kling", "duration_ms": 1200}))
+            .collect(),
+    )
+    .await;
+    let tasks: Vec<Value> = big
+        .iter()
+        .map(|id| json!({"id": id}))
+        .chain(other.iter().map(|id| json!({"id": id, "service": "kling"})))
+        .collect();
+    let (s, v) = post_json(
+        &format!("{}/v1/tasks", daemon.url),
+        &json!({"tasks": tasks}),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+
+    // Every task is delivered once the answers fit.
+    let e = eventually("all 90 events", Duration::from_secs(30), || async {
+        let e = events(&receiver).await;
+        (e.len() == 90).then_some(e)
+    })
+    .await;
+    for id in big.iter().chain(&other) {
+        assert_eq!(e[id], "task.succeeded", "{id}");
+    }
+    // The answer over the cap failed its batch as too large...
+    let too_large = metric_value(
+        &daemon.url,
+        "taskhook_upstream_requests_total{outcome=\"too_large\"}",
+    )
+    .await;
+    assert_eq!(too_large, Some(1.0));
+    // ...and halved that service's batch size: the first request asked
+    // about all 50, every later one about at most 25.
+    let log = sim_requests(&sim.url).await;
+    let producer = batch_sizes(&log, "producer");
+    assert_eq!(producer[0], 1, "the template: {producer:?}");
+    assert_eq!(producer[1], 50, "{producer:?}");
+    assert!(
+        producer.len() >= 4 && producer[2..].iter().all(|n| *n <= 25),
+        "{producer:?}"
+    );
+    assert_eq!(producer[2..].iter().sum::<usize>(), 50, "{producer:?}");
+    // The other service was never touched: every request for it, before
+    // and after the answer over the cap, asked about all 40 of its tasks.
+    let too_large_at = log
+        .iter()
+        .find(|r| r["service"] == "producer" && r["ids"].as_array().unwrap().len() == 50)
+        .map(|r| r["seq"].as_u64().unwrap())
+        .unwrap();
+    let kling = batch_sizes(&log, "kling");
+    assert!(kling.iter().all(|n| *n == 40), "{kling:?}");
+    let kling_after = log
+        .iter()
+        .filter(|r| r["service"] == "kling" && r["seq"].as_u64().unwrap() > too_large_at)
+        .count();
+    assert!(
+        kling_after >= 2,
+        "{kling_after} kling requests after the answer over the cap"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_writes_to_the_store_at_most_once_a_second() {
+    let sim = spawn_sim(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = spawn_daemon(&config(dir.path(), &sim.url, &[], ""));
+    let writes = || async {
+        metric_value(
+            &daemon.url,
+            "taskhook_store_query_duration_seconds_count{op=\"check_writable\"}",
+        )
+        .await
+        .unwrap_or(0.0) as u64
+    };
+    assert_eq!(writes().await, 0, "nothing asked /readyz yet");
+    let http = reqwest::Client::new();
+    let url = format!("{}/readyz", daemon.url);
+    let started = std::time::Instant::now();
+    let mut calls = 0;
+    // A burst of eight at a time, for two and a half seconds.
+    while started.elapsed() < Duration::from_millis(2500) {
+        let burst = (0..8).map(|_| http.get(&url).send());
+        for r in futures::future::join_all(burst).await {
+            assert_eq!(r.unwrap().status(), 200);
+            calls += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    let written = writes().await;
+    assert!(calls >= 40, "only {calls} calls");
+    // One write, then one more each time the cached answer is a second old.
+    let most = elapsed.as_secs() + 1;
+    assert!(
+        (2..=most).contains(&written),
+        "{written} store writes for {calls} calls of /readyz in {elapsed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanently_unreadable_record_still_expires_at_the_ttl() {
+    let sim = spawn_sim(&[]);
+    let receiver = Receiver::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ttl = Duration::from_secs(2);
+    let cfg = config(
+        dir.path(),
+        &sim.url,
+        &[("poll", "task_ttl = \"2s\"")],
+        &webhook_toml("pipeline", &receiver.url, None),
+    );
+    let daemon = spawn_daemon(&cfg);
+    sim_create_ids(&sim.url, &["bad".to_string()], 50).await;
+    // Every answer about it carries its record with a lone surrogate.
+    sim_script(&sim.url, &["corrupt-item"; 200]).await;
+    let enqueued = std::time::SystemTime::now();
+    enqueue_ids(&daemon.url, &["bad".to_string()]).await;
+    let hit = eventually("the expiry", Duration::from_secs(20), || async {
+        receiver.hits().into_iter().find(|h| h.status_sent < 300)
+    })
+    .await;
+    assert_eq!(hit.body["type"], "task.expired", "{}", hit.body);
+    assert_eq!(hit.body["data"]["task_id"], "bad");
+    let enqueued_ms = enqueued
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        hit.received_at_ms - enqueued_ms >= ttl.as_millis() as i64,
+        "expired {} ms after enqueue",
+        hit.received_at_ms - enqueued_ms
+    );
+    // It was asked about (and unreadable) again and again until then.
+    let (_, st) = get_json(&format!("{}/_sim/stats", sim.url)).await;
+    assert!(st["faults"]["corrupt-item"].as_u64().unwrap() >= 3, "{st}");
+}
+
+/// Sends SIGHUP and waits for the daemon's log (at `log`) to say the
+/// reload number `n` (1-based) was applied.
+async fn reload(pid: u32, log: &Path, n: usize) {
+    hup(pid);
+    eventually("the reload applied", Duration::from_secs(10), || async {
+        let text = std::fs::read_to_string(log).unwrap();
+        (text.matches("configuration reloaded").count() >= n).then_some(())
+    })
+    .await;
+}
+
+/// The deliveries in `state` (`failed`, `webhook_removed`, ...).
+async fn deliveries_in(api: &str, state: &str) -> Vec<Value> {
+    let (s, v) = get_json(&format!("{api}/v1/deliveries?state={state}")).await;
+    assert_eq!(s, 200, "{v}");
+    v["deliveries"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renaming_a_webhook_by_sighup_parks_its_deliveries_under_the_old_name() {
+    let sim = spawn_sim(&[]);
+    // No secret of its own: each hit's signature is checked below against
+    // the old name's secret and the new name's.
+    let receiver = Receiver::start(None).await;
+    *receiver.behaviour.lock().unwrap() = Behaviour {
+        status: Some(500),
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let base = config(dir.path(), &sim.url, &[], "");
+    let text = std::fs::read_to_string(&base).unwrap().replace(
+        "retry_schedule = [\"100ms\", \"200ms\", \"300ms\"]",
+        &format!("retry_schedule = [{}]", vec!["\"300ms\""; 30].join(", ")),
+    );
+    let write = |name: &str, secret: &str| {
+        std::fs::write(
+            &base,
+            format!("{text}{}", webhook_toml(name, &receiver.url, Some(secret))),
+        )
+        .unwrap()
+    };
+    write("pipeline", SECRET_A);
+    let log = dir.path().join("daemon.log");
+    let (child, api) = spawn_daemon_logging(&base, "taskhook=info", &log);
+    let old: Vec<String> = (0..3).map(|i| format!("o-{i}")).collect();
+    sim_create_ids(&sim.url, &old, 50).await;
+    enqueue_ids(&api, &old).await;
+    eventually(
+        "the receiver refusing all three",
+        Duration::from_secs(10),
+        || async {
+            let seen: std::collections::HashSet<String> = receiver
+                .hits()
+                .iter()
+                .map(|h| h.body["data"]["task_id"].as_str().unwrap_or("").to_string())
+                .collect();
+            (seen.len() == 3).then_some(())
+        },
+    )
+    .await;
+
+    // Same URL, new name and secret: the old name's deliveries park under
+    // the old name; none goes out under the new one.
+    write("renamed", SECRET_B);
+    reload(child.id(), &log, 1).await;
+    let parked = eventually(
+        "three parked deliveries",
+        Duration::from_secs(10),
+        || async {
+            let list = deliveries_in(&api, "webhook_removed").await;
+            (list.len() == 3).then_some(list)
+        },
+    )
+    .await;
+    assert!(
+        parked.iter().all(|d| d["webhook"] == "pipeline"),
+        "{parked:?}"
+    );
+    assert!(parked.iter().all(|d| d["kind"] == "webhook"), "{parked:?}");
+    let (_, st) = get_json(&format!("{api}/v1/stats")).await;
+    assert_eq!(st["deliveries"]["webhook_removed"], 3, "{st}");
+    // Replaying one by hand while its name is gone parks it again.
+    let id = parked[0]["id"].as_i64().unwrap();
+    let (s, v) = post_json(&format!("{api}/v1/deliveries/{id}/replay"), &json!({})).await;
+    assert_eq!(s, 202, "{v}");
+    let before = parked[0]["updated_at"].as_str().unwrap().to_string();
+    let again = eventually("parked again", Duration::from_secs(10), || async {
+        let list = deliveries_in(&api, "webhook_removed").await;
+        let d = list.into_iter().find(|d| d["id"] == id)?;
+        (d["updated_at"].as_str()? > before.as_str()).then_some(d)
+    })
+    .await;
+    assert_eq!(again["webhook"], "pipeline", "{again}");
+    assert!(
+        again["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not configured")),
+        "{again}"
+    );
+
+    // The receiver accepts now. A new task goes out under the new name,
+    // signed with its secret...
+    *receiver.behaviour.lock().unwrap() = Behaviour::default();
+    sim_create_ids(&sim.url, &["n-1".to_string()], 50).await;
+    enqueue_ids(&api, &["n-1".to_string()]).await;
+    let hit = eventually(
+        "the new task delivered",
+        Duration::from_secs(10),
+        || async {
+            receiver
+                .accepted_by_task()
+                .remove("n-1")
+                .map(|h| h[0].clone())
+        },
+    )
+    .await;
+    assert!(signature_valid(SECRET_B, &hit.header_map(), &hit.raw));
+    let (_, t) = get_json(&format!("{api}/v1/tasks/n-1")).await;
+    assert_eq!(t["deliveries"][0]["webhook"], "renamed", "{t}");
+    // ...while every request ever made for the old tasks was the old
+    // name's: signed with its secret, never unsigned or with the new one,
+    // and none was accepted (nothing went out after they parked).
+    for h in receiver.hits() {
+        if h.body["data"]["task_id"] == "n-1" {
+            continue;
+        }
+        assert_eq!(
+            h.status_sent, 500,
+            "an old delivery went out after it parked"
+        );
+        assert!(
+            signature_valid(SECRET_A, &h.header_map(), &h.raw),
+            "not signed with the old name's secret: {:?}",
+            h.headers
+        );
+    }
+
+    // The old name back: its parked deliveries resume by themselves.
+    write("pipeline", SECRET_A);
+    reload(child.id(), &log, 2).await;
+    let got = eventually(
+        "the old three delivered",
+        Duration::from_secs(10),
+        || async {
+            let got = receiver.accepted_by_task();
+            old.iter().all(|id| got.contains_key(id)).then_some(got)
+        },
+    )
+    .await;
+    for id in &old {
+        let h = &got[id][0];
+        assert!(signature_valid(SECRET_A, &h.header_map(), &h.raw), "{id}");
+    }
+    assert!(deliveries_in(&api, "webhook_removed").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_dead_letter_goes_to_the_url_its_webhook_has_now() {
+    let sim = spawn_sim(&[]);
+    let old = Receiver::start(Some(SECRET_A)).await;
+    *old.behaviour.lock().unwrap() = Behaviour {
+        status: Some(500),
+        ..Default::default()
+    };
+    let new = Receiver::start(Some(SECRET_A)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = config(dir.path(), &sim.url, &[], "");
+    let text = std::fs::read_to_string(&base).unwrap();
+    let write = |url: &str| {
+        std::fs::write(
+            &base,
+            format!("{text}{}", webhook_toml("pipeline", url, Some(SECRET_A))),
+        )
+        .unwrap()
+    };
+    write(&old.url);
+    let log = dir.path().join("daemon.log");
+    let (child, api) = spawn_daemon_logging(&base, "taskhook=info", &log);
+    sim_create_ids(&sim.url, &["d-1".to_string()], 50).await;
+    enqueue_ids(&api, &["d-1".to_string()]).await;
+    // Four refused attempts (the test schedule has three retries).
+    let dead = eventually("a dead letter", Duration::from_secs(15), || async {
+        deliveries_in(&api, "failed").await.into_iter().next()
+    })
+    .await;
+    assert_eq!(dead["webhook"], "pipeline");
+    let refused = old.hits().len();
+    assert_eq!(refused, 4);
+
+    // The webhook now points elsewhere; the dead letter is replayed.
+    write(&new.url);
+    reload(child.id(), &log, 1).await;
+    let id = dead["id"].as_i64().unwrap();
+    let (s, v) = post_json(&format!("{api}/v1/deliveries/{id}/replay"), &json!({})).await;
+    assert_eq!(s, 202, "{v}");
+    let got = eventually("the new URL gets it", Duration::from_secs(10), || async {
+        new.accepted_by_task().remove("d-1")
+    })
+    .await;
+    assert!(got[0].signature_ok);
+    assert_eq!(got[0].body["data"]["task_id"], "d-1");
+    eventually("delivered", Duration::from_secs(10), || async {
+        let (_, t) = get_json(&format!("{api}/v1/tasks/d-1")).await;
+        (t["deliveries"][0]["state"] == "delivered").then_some(())
+    })
+    .await;
+    assert_eq!(old.hits().len(), refused, "the old URL was asked again");
 }

@@ -1,5 +1,6 @@
 //! The control endpoints under `/_sim/`: create tasks, inspect one, script
-//! faults, read and reset statistics, read what became of the callbacks.
+//! faults, read and reset statistics and the request log, read what became
+//! of the callbacks.
 
 use std::sync::Arc;
 
@@ -80,6 +81,10 @@ pub(crate) struct FaultsUpdate {
     pub(crate) kinds: Option<Vec<FaultKind>>,
     pub(crate) script: Option<Vec<FaultKind>>,
     pub(crate) slow_ms: Option<u64>,
+    /// The `Retry-After` (seconds) a `429` fault sends.
+    pub(crate) retry_after_s: Option<u64>,
+    /// How long every fault waits before it answers (ms).
+    pub(crate) delay_ms: Option<u64>,
 }
 
 pub(crate) async fn set_faults(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
@@ -107,8 +112,15 @@ pub(crate) async fn set_faults(State(sh): State<Arc<Shared>>, body: Bytes) -> Re
         if let Some(slow_ms) = update.slow_ms {
             f.slow_ms = slow_ms;
         }
+        if let Some(secs) = update.retry_after_s {
+            f.retry_after_s = secs;
+        }
+        if let Some(ms) = update.delay_ms {
+            f.delay_ms = ms;
+        }
         f.script.extend(update.script.unwrap_or_default());
-        json!({"rate": f.rate, "kinds": f.kinds, "script": f.script, "slow_ms": f.slow_ms})
+        json!({"rate": f.rate, "kinds": f.kinds, "script": f.script, "slow_ms": f.slow_ms,
+               "retry_after_s": f.retry_after_s, "delay_ms": f.delay_ms})
     };
     json_response(StatusCode::OK, to_json(&v))
 }
@@ -127,6 +139,18 @@ pub(crate) async fn stats(State(sh): State<Arc<Shared>>) -> Response {
 /// `sent_at_ms`, `answered_at_ms`, `status`, `posts`).
 pub(crate) async fn callbacks(State(sh): State<Arc<Shared>>) -> Response {
     json_response(StatusCode::OK, to_json(&sh.callbacks.records.to_json()))
+}
+
+/// `GET /_sim/requests`: every request since the last reset, in arrival
+/// order, when the simulator runs with `--log-requests`.
+pub(crate) async fn requests(State(sh): State<Arc<Shared>>) -> Response {
+    let v = {
+        let st = sh.lock();
+        let mut log = st.stats.log.clone();
+        log.sort_by_key(|r| r.seq);
+        json!({"logging": sh.args.log_requests, "requests": log})
+    };
+    json_response(StatusCode::OK, to_json(&v))
 }
 
 pub(crate) async fn reset_stats(State(sh): State<Arc<Shared>>) -> Response {

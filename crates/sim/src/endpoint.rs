@@ -106,6 +106,7 @@ pub(crate) async fn tasks_endpoint(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let at_ms = now_ms();
     let Some(profile) = sh.profile(&service) else {
         // An API gateway's answer for a path that does not exist.
         let resp = error_response(
@@ -115,7 +116,12 @@ pub(crate) async fn tasks_endpoint(
         );
         let mut st = sh.lock();
         st.stats.count_request(&service);
+        let seq = st.stats.requests;
         st.stats.count_status(resp.status());
+        if sh.args.log_requests {
+            st.stats.log_arrival(seq, &service, &body, at_ms, None);
+            st.stats.log_answer(seq, resp.status().as_u16(), now_ms());
+        }
         return resp;
     };
     let call = parse_call(&body, profile);
@@ -127,12 +133,13 @@ pub(crate) async fn tasks_endpoint(
             .and_then(|v| v.strip_prefix("Bearer "))
             .is_some_and(|v| v == t),
     };
-    let (guard, gate) = {
+    let (guard, gate, seq) = {
         let mut st = sh.lock();
         st.in_flight += 1;
         st.stats.max_in_flight = st.stats.max_in_flight.max(st.in_flight);
         let s = &mut st.stats;
         s.count_request(&service);
+        let seq = s.requests;
         match &call {
             Call::Single(_) => s.single_requests += 1,
             Call::Batch { ids, limit } => {
@@ -150,21 +157,34 @@ pub(crate) async fn tasks_endpoint(
         } else if !st.bucket.as_mut().is_none_or(Bucket::take)
             || sh.args.max_concurrent.is_some_and(|m| st.in_flight > m)
         {
-            Gate::Reject(too_many_requests(true))
+            Gate::Reject(too_many_requests(Some(1)))
         } else if let Some(kind) = st.next_fault() {
             *st.stats.faults.entry(kind.name()).or_default() += 1;
             Gate::Fault(kind, st.faults.slow_ms)
         } else {
             Gate::Normal
         };
-        (InFlight(sh.clone()), gate)
+        if sh.args.log_requests {
+            let fault = match gate {
+                Gate::Fault(kind, _) => Some(kind.name()),
+                _ => None,
+            };
+            st.stats.log_arrival(seq, &service, &body, at_ms, fault);
+        }
+        (InFlight(sh.clone()), gate, seq)
     };
     let resp = match gate {
         Gate::Reject(resp) => resp,
         Gate::Normal => answer(&sh, &service, profile, call),
         Gate::Fault(kind, slow_ms) => fault(&sh, &service, profile, call, kind, slow_ms).await,
     };
-    sh.lock().stats.count_status(resp.status());
+    {
+        let mut st = sh.lock();
+        st.stats.count_status(resp.status());
+        if sh.args.log_requests {
+            st.stats.log_answer(seq, resp.status().as_u16(), now_ms());
+        }
+    }
     drop(guard);
     resp
 }

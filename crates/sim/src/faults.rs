@@ -18,7 +18,8 @@ use crate::state::Shared;
     Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize,
 )]
 pub enum FaultKind {
-    /// 429 too_many_requests with `Retry-After: 1`.
+    /// 429 too_many_requests with `Retry-After: 1` (or the seconds set as
+    /// `retry_after_s` through `POST /_sim/faults`).
     #[serde(rename = "429")]
     #[value(name = "429")]
     RateLimited,
@@ -137,9 +138,13 @@ pub(crate) async fn fault(
     kind: FaultKind,
     slow_ms: u64,
 ) -> Response {
+    let delay = sh.lock().faults.delay_ms;
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     match kind {
-        FaultKind::RateLimited => too_many_requests(true),
-        FaultKind::RateLimitedNoRetryAfter => too_many_requests(false),
+        FaultKind::RateLimited => too_many_requests(Some(sh.lock().faults.retry_after_s)),
+        FaultKind::RateLimitedNoRetryAfter => too_many_requests(None),
         FaultKind::ServerError => error_response(
             StatusCode::INTERNAL_SERVER_ERROR,
             "api_error",
@@ -230,6 +235,10 @@ pub(crate) struct Faults {
     pub(crate) kinds: Vec<FaultKind>,
     pub(crate) script: VecDeque<FaultKind>,
     pub(crate) slow_ms: u64,
+    /// The `Retry-After` (seconds) of a `429` fault.
+    pub(crate) retry_after_s: u64,
+    /// How long every fault waits before it answers (ms): a late 429.
+    pub(crate) delay_ms: u64,
 }
 
 /// Token bucket of `--rate-limit`.

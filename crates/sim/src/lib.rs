@@ -115,6 +115,11 @@ pub struct SimArgs {
     /// settle together they then reuse connections, which keeps them prompt).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub callback_concurrency: u32,
+    /// Keep every request to `/{service}/tasks` (its service, IDs, status,
+    /// fault and times) for `GET /_sim/requests`. The log grows with every
+    /// request: for tests, not for long runs.
+    #[arg(long)]
+    pub log_requests: bool,
 }
 
 impl Default for SimArgs {
@@ -141,6 +146,7 @@ impl Default for SimArgs {
             callback_loss_rate: 0.0,
             callback_duplicate_rate: 0.0,
             callback_concurrency: 64,
+            log_requests: false,
         }
     }
 }
@@ -182,6 +188,7 @@ pub fn router(args: SimArgs) -> Router {
         .route("/_sim/faults", post(control::set_faults))
         .route("/_sim/stats", get(control::stats))
         .route("/_sim/callbacks", get(control::callbacks))
+        .route("/_sim/requests", get(control::requests))
         .route("/_sim/reset", post(control::reset_stats))
         .route("/{service}/tasks", post(endpoint::tasks_endpoint))
         .with_state(shared)

@@ -42,15 +42,16 @@ pub(crate) fn invalid_token() -> Response {
     )
 }
 
-pub(crate) fn too_many_requests(retry_after: bool) -> Response {
+/// 429 too_many_requests, with `Retry-After: SECS` when `retry_after` is set.
+pub(crate) fn too_many_requests(retry_after: Option<u64>) -> Response {
     let mut resp = error_response(
         StatusCode::TOO_MANY_REQUESTS,
         "too_many_requests",
         "too many requests, please slow down",
     );
-    if retry_after {
+    if let Some(secs) = retry_after {
         resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     resp
 }

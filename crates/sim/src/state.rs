@@ -151,6 +151,8 @@ impl SimState {
                 kinds: args.faults.clone(),
                 script: VecDeque::new(),
                 slow_ms: args.slow_ms,
+                retry_after_s: 1,
+                delay_ms: 0,
             },
             bucket: args.rate_limit.map(|rate| Bucket {
                 rate,

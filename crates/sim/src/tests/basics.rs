@@ -362,6 +362,141 @@ async fn bad_requests_and_stats() {
 }
 
 #[tokio::test]
+async fn the_request_log_keeps_every_request_in_order() {
+    // Off by default: nothing kept.
+    let quiet = start(SimArgs::default()).await;
+    quiet.batch(&["a"]).await;
+    let v = quiet.get_json("/_sim/requests").await;
+    assert_eq!(v, json!({"logging": false, "requests": []}));
+
+    let sim = start(SimArgs {
+        log_requests: true,
+        ..SimArgs::default()
+    })
+    .await;
+    let before = crate::ids::now_ms();
+    sim.batch(&["a", "b", "a"]).await;
+    sim.record("c").await;
+    let (status, _) = sim
+        .call(
+            "/nosuch/tasks",
+            json!({"ids": ["x", "y"], "action": "retrieve_batch"}),
+        )
+        .await;
+    assert_eq!(status, 404);
+    sim.post_json("/_sim/faults", json!({"script": ["500"]}))
+        .await;
+    assert_eq!(sim.retrieve("d").await.status(), 500);
+    let v = sim.get_json("/_sim/requests").await;
+    assert_eq!(v["logging"], true);
+    let log = v["requests"].as_array().unwrap();
+    let row = |r: &Value| {
+        (
+            r["seq"].as_u64().unwrap(),
+            r["service"].as_str().unwrap().to_owned(),
+            r["ids"].clone(),
+            r["status"].as_u64().unwrap(),
+            r["fault"].clone(),
+        )
+    };
+    let rows: Vec<_> = log.iter().map(row).collect();
+    assert_eq!(
+        rows,
+        [
+            (
+                1,
+                "producer".into(),
+                json!(["a", "b", "a"]),
+                200,
+                Value::Null
+            ),
+            (2, "producer".into(), json!(["c"]), 200, Value::Null),
+            (3, "nosuch".into(), json!(["x", "y"]), 404, Value::Null),
+            (4, "producer".into(), json!(["d"]), 500, json!("500")),
+        ]
+    );
+    for r in log {
+        let (at, answered) = (
+            r["at_ms"].as_u64().unwrap(),
+            r["answered_ms"].as_u64().unwrap(),
+        );
+        assert!(at >= before && answered >= at, "{r}");
+    }
+    // The single-task services name theirs as `task_id`.
+    sim.call("/captcha/tasks", json!({"task_id": "k"})).await;
+    let v = sim.get_json("/_sim/requests").await;
+    assert_eq!(v["requests"][4]["ids"], json!(["k"]));
+    assert_eq!(v["requests"][4]["service"], "captcha");
+
+    // A request whose client gives up before the answer is logged as
+    // it arrived, unanswered.
+    sim.post_json("/_sim/faults", json!({"script": ["slow"], "slow_ms": 2000}))
+        .await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let url = format!("{}/producer/tasks", sim.base);
+    assert!(
+        impatient
+            .post(url)
+            .json(&json!({"id": "s"}))
+            .send()
+            .await
+            .is_err()
+    );
+    let v = sim.get_json("/_sim/requests").await;
+    let last = &v["requests"][5];
+    assert_eq!(
+        (&last["ids"], &last["fault"]),
+        (&json!(["s"]), &json!("slow"))
+    );
+    assert!(
+        last["status"].is_null() && last["answered_ms"].is_null(),
+        "{last}"
+    );
+
+    // A reset starts the log afresh.
+    sim.post("/_sim/reset", json!({})).await;
+    sim.batch(&["e"]).await;
+    let v = sim.get_json("/_sim/requests").await;
+    assert_eq!(v["requests"].as_array().unwrap().len(), 1);
+    assert_eq!(v["requests"][0]["seq"], 1);
+    assert_eq!(v["requests"][0]["ids"], json!(["e"]));
+}
+
+#[tokio::test]
+async fn a_429_fault_sends_the_retry_after_and_the_delay_it_is_given() {
+    let sim = start(SimArgs::default()).await;
+    let v = sim
+        .post_json(
+            "/_sim/faults",
+            json!({"script": ["429", "429"], "retry_after_s": 40}),
+        )
+        .await;
+    assert_eq!(v["retry_after_s"], 40);
+    let r = sim.retrieve("t").await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "40");
+    sim.post_json("/_sim/faults", json!({"retry_after_s": 1}))
+        .await;
+    let r = sim.retrieve("t").await;
+    assert_eq!(r.headers()["retry-after"], "1");
+    // A late 429: every fault waits delay_ms before it answers; a request
+    // that draws no fault does not.
+    let v = sim
+        .post_json("/_sim/faults", json!({"script": ["429"], "delay_ms": 300}))
+        .await;
+    assert_eq!(v["delay_ms"], 300);
+    let t0 = Instant::now();
+    assert_eq!(sim.retrieve("t").await.status(), 429);
+    assert!(t0.elapsed() >= Duration::from_millis(300));
+    let t0 = Instant::now();
+    assert_eq!(sim.retrieve("t").await.status(), 200);
+    assert!(t0.elapsed() < Duration::from_millis(300));
+}
+
+#[tokio::test]
 async fn implicit_tasks_are_deterministic() {
     let args = SimArgs {
         seed: 7,
