@@ -5,15 +5,22 @@
 
 #![no_main]
 
+use std::sync::LazyLock;
+
 use libfuzzer_sys::fuzz_target;
 use taskhook::ingest::{MAX_ID_BYTES, Rules, check_id, parse_enqueue};
 use taskhook::profile::Profiles;
 
+/// The built-in profiles, loaded once (not per input).
+static PROFILES: LazyLock<Profiles> = LazyLock::new(|| {
+    Profiles::new(&Default::default(), false, "producer").expect("built-ins load")
+});
+
 fuzz_target!(|data: &[u8]| {
-    let profiles = Profiles::new(&Default::default(), false, "producer").expect("built-ins load");
+    let profiles = &*PROFILES;
     let rules = Rules {
         default_service: "producer",
-        profiles: &profiles,
+        profiles,
         max_webhooks: 10,
     };
     match parse_enqueue(data, rules) {
@@ -23,7 +30,11 @@ fuzz_target!(|data: &[u8]| {
                 assert!(check_id(&t.id).is_ok(), "accepted bad id {:?}", t.id);
                 assert!(!t.id.is_empty() && t.id.len() <= MAX_ID_BYTES, "{:?}", t.id);
                 assert!(!t.id.chars().any(char::is_control), "{:?}", t.id);
-                assert!(profiles.get(&t.service).is_some(), "accepted unknown service {:?}", t.service);
+                assert!(
+                    profiles.get(&t.service).is_some(),
+                    "accepted unknown service {:?}",
+                    t.service
+                );
                 for w in &t.webhooks {
                     assert!(
                         w.starts_with("http://") || w.starts_with("https://"),

@@ -7,6 +7,8 @@
 
 #![no_main]
 
+use std::sync::LazyLock;
+
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use taskhook::profile::{Profile, Profiles};
@@ -29,11 +31,15 @@ fn check(profile: &Profile, record: &Value) {
     assert!(!a.state.is_empty(), "empty state label for {record}");
 }
 
+/// The built-in profiles, loaded once (not per input).
+static PROFILES: LazyLock<Profiles> =
+    LazyLock::new(|| Profiles::new(&Default::default(), true, "producer").expect("built-ins load"));
+
 fuzz_target!(|data: &[u8]| {
     let Some((pick, data)) = data.split_first() else {
         return;
     };
-    let profiles = Profiles::new(&Default::default(), true, "producer").expect("built-ins load");
+    let profiles = &*PROFILES;
     let names: Vec<&str> = profiles.names().collect();
     let profile = match names.get(*pick as usize) {
         Some(name) => profiles.get(name).expect("known"),
