@@ -162,6 +162,10 @@ pub struct Sources {
 
 /// How often the demand is counted, at least; a slow count waits longer.
 pub const REFRESH: Duration = Duration::from_secs(2);
+/// Counting the demand may take at most one part in this many of the time
+/// between counts: with a million watched tasks a count takes tens of
+/// milliseconds, and an idle daemon must stay near zero CPU.
+pub const COST_SHARE: u32 = 200;
 
 impl Pace {
     /// Starts from the durations learned so far (the store's).
@@ -208,8 +212,8 @@ impl Pace {
         self.view.lock().expect("pace lock").clone()
     }
 
-    /// Counts the demand every [`REFRESH`] (or twenty times as long as the
-    /// count took) and sets the interval it allows, until cancelled.
+    /// Counts the demand every [`REFRESH`] (or [`COST_SHARE`] times as long
+    /// as the count took) and sets the interval it allows, until cancelled.
     pub async fn run(self: Arc<Self>, from: Sources, shutdown: CancellationToken) {
         loop {
             let cfg = from.config.borrow().clone();
@@ -237,7 +241,7 @@ impl Pace {
                     tracing::warn!(error = %e, "cannot count the watched tasks; keeping the last poll interval")
                 }
             }
-            let wait = REFRESH.max(started.elapsed() * 20);
+            let wait = REFRESH.max(started.elapsed() * COST_SHARE);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.cancelled() => return,
