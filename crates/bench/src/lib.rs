@@ -18,6 +18,8 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+mod purge;
+
 /// The `taskhook` binary the bench runs as its daemon: `$TASKHOOK_BIN`,
 /// else the running executable (the bench runs as `taskhook bench`).
 fn taskhook_binary() -> anyhow::Result<PathBuf> {
@@ -43,7 +45,8 @@ pub struct BenchArgs {
     /// Tasks in the scale scenario.
     #[arg(long)]
     pub scale: Option<usize>,
-    /// Run only these scenarios (throughput, efficiency, scale, isolation).
+    /// Run only these scenarios (throughput, efficiency, scale, isolation;
+    /// purge runs only when named: it waits for the daemon's first purge).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
 }
@@ -1171,6 +1174,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("scenario {name}"))?;
         eprintln!("bench: {name} done in {:.1} s", t.elapsed().as_secs_f64());
+    }
+    if args.only.iter().any(|o| o == "purge") {
+        let t = Instant::now();
+        eprintln!("bench: purge ...");
+        purge::purge(&h, &plan, &mut figures)
+            .await
+            .context("scenario purge")?;
+        eprintln!("bench: purge done in {:.1} s", t.elapsed().as_secs_f64());
     }
     stop.cancel();
 
