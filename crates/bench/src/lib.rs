@@ -46,7 +46,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub scale: Option<usize>,
     /// Run only these scenarios (throughput, efficiency, scale, isolation;
-    /// purge runs only when named: it waits for the daemon's first purge).
+    /// purge runs only when named: it waits for the daemon's once-a-minute purge).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
 }
