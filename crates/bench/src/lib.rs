@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 mod pacing;
 mod postgres;
+mod purge;
 
 /// The `taskhook` binary the bench runs as its daemon: `$TASKHOOK_BIN`,
 /// else the running executable (the bench runs as `taskhook bench`).
@@ -47,7 +48,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub scale: Option<usize>,
     /// Run only these scenarios (throughput, efficiency, scale, isolation,
-    /// floor, callbacks, sweep, pg-throughput, pg-scale, pg-vacuum).
+    /// floor, callbacks, sweep, pg-throughput, pg-scale, pg-vacuum; purge
+    /// runs only when named: it waits for the daemon's once-a-minute purge).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// The PostgreSQL server of the pg-* scenarios (each works in a fresh
@@ -1199,6 +1201,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("scenario {name}"))?;
         eprintln!("bench: {name} done in {:.1} s", t.elapsed().as_secs_f64());
+    }
+    if args.only.iter().any(|o| o == "purge") {
+        let t = Instant::now();
+        eprintln!("bench: purge ...");
+        purge::purge(&h, &plan, &mut figures)
+            .await
+            .context("scenario purge")?;
+        eprintln!("bench: purge done in {:.1} s", t.elapsed().as_secs_f64());
     }
     stop.cancel();
 
