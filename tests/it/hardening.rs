@@ -1,8 +1,10 @@
 //! The defects an outside review found, each driven end to end through the
 //! real daemon: refused services, the TTL on every path, unreadable
-//! records, webhooks removed or re-pointed by SIGHUP, receivers that stream
-//! without end, proxies, a configuration without webhooks, JSON errors,
-//! a reloaded concurrency cap, and logs written to a file.
+//! records, answers over the size cap, webhooks removed, renamed or
+//! re-pointed by SIGHUP, receivers that stream without end, proxies, a
+//! configuration without webhooks, JSON errors, `/readyz`'s cached write
+//! check, a reloaded concurrency cap, colour in logs (a file, a terminal,
+//! `NO_COLOR`), and signals sent the moment the daemon is up.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
