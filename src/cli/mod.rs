@@ -223,6 +223,7 @@ pub fn main() -> ExitCode {
             init_logging(log_format.unwrap_or(LogFormat::Text), "info");
             runtime(async move {
                 use anyhow::Context;
+                let stop = crate::runtime::signal();
                 let listener = tokio::net::TcpListener::bind(args.listen)
                     .await
                     .with_context(|| format!("--listen: cannot listen on {}", args.listen))?;
@@ -231,7 +232,7 @@ pub fn main() -> ExitCode {
                     listener.local_addr()?
                 );
                 std::io::stdout().flush()?;
-                taskhook_sim::serve(listener, args, crate::runtime::signal()).await?;
+                taskhook_sim::serve(listener, args, stop).await?;
                 Ok(())
             })
         }
@@ -363,6 +364,14 @@ pub fn init_logging(format: LogFormat, level: &str) {
 }
 
 async fn run_daemon(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+    // Signals are caught before the daemon says it is ready (to systemd,
+    // and with its address): a supervisor may stop or reload it at once.
+    let stop_signal = crate::runtime::signal();
+    #[cfg(unix)]
+    let mut hup = {
+        use tokio::signal::unix::{SignalKind, signal};
+        signal(SignalKind::hangup())?
+    };
     let daemon = crate::runtime::Daemon::start(cfg).await?;
     println!(
         "taskhook: control API listening on http://{}",
@@ -371,14 +380,12 @@ async fn run_daemon(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     std::io::stdout().flush()?;
     let stop = daemon.shutdown_token();
     tokio::spawn(async move {
-        crate::runtime::signal().await;
+        stop_signal.await;
         stop.cancel();
     });
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
         let reloader = daemon.reloader();
-        let mut hup = signal(SignalKind::hangup())?;
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
                 let file = config::resolve_path(path.as_deref());

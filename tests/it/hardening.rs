@@ -1,8 +1,10 @@
 //! The defects an outside review found, each driven end to end through the
 //! real daemon: refused services, the TTL on every path, unreadable
-//! records, webhooks removed or re-pointed by SIGHUP, receivers that stream
-//! without end, proxies, a configuration without webhooks, JSON errors,
-//! a reloaded concurrency cap, and logs written to a file.
+//! records, answers over the size cap, webhooks removed, renamed or
+//! re-pointed by SIGHUP, receivers that stream without end, proxies, a
+//! configuration without webhooks, JSON errors, `/readyz`'s cached write
+//! check, a reloaded concurrency cap, colour in logs (a file, a terminal,
+//! `NO_COLOR`), and signals sent the moment the daemon is up.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -1299,4 +1301,38 @@ async fn a_replayed_dead_letter_goes_to_the_url_its_webhook_has_now() {
     })
     .await;
     assert_eq!(old.hits().len(), refused, "the old URL was asked again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_the_moment_the_daemon_announces_itself_is_handled() {
+    // A supervisor may stop or reload the daemon as soon as it says it is
+    // ready: by then SIGTERM must stop it cleanly and SIGHUP reload it,
+    // not kill it with the default action.
+    let sim = spawn_sim(&[]);
+    for round in 0..6 {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), &sim.url, &[], "");
+        let mut daemon = spawn_daemon(&cfg);
+        daemon.signal("TERM");
+        assert_eq!(
+            daemon.wait_exit(Duration::from_secs(20)),
+            Some(0),
+            "round {round}: SIGTERM right after the address line"
+        );
+
+        let log = dir.path().join("daemon.log");
+        let (mut child, api) = spawn_daemon_logging(&cfg, "taskhook=info", &log);
+        hup(child.id());
+        eventually("the reload", Duration::from_secs(10), || async {
+            let text = std::fs::read_to_string(&log).unwrap();
+            text.contains("configuration reloaded").then_some(())
+        })
+        .await;
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "round {round}: SIGHUP right after the address line ended the daemon"
+        );
+        let (s, _) = get_json(&format!("{api}/healthz")).await;
+        assert_eq!(s, 200);
+    }
 }
