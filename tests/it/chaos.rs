@@ -6,7 +6,6 @@
 //! CI runs a short form. The full run:
 //!   CHAOS_TASKS=2000 CHAOS_KILLS=10 cargo test --release --test it chaos:: -- --nocapture
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -58,35 +57,7 @@ async fn nothing_is_lost_through_kills_faults_and_refusals() {
     std::fs::write(&cfg, text).unwrap();
 
     // The tasks: mixed outcomes, some unknown upstream.
-    let outcomes = [
-        "succeeded",
-        "succeeded",
-        "succeeded",
-        "hiccup",
-        "failed",
-        "failed_string",
-        "item_error",
-        "failed_unfinished",
-    ];
-    let mut expected: HashMap<String, &str> = HashMap::new();
-    let mut specs = Vec::new();
-    for i in 0..n_tasks {
-        if i % 20 == 19 {
-            expected.insert(format!("missing-{i}"), "task.not_found");
-            continue;
-        }
-        let outcome = outcomes[i % outcomes.len()];
-        let id = format!("chaos-{i}");
-        expected.insert(
-            id.clone(),
-            if matches!(outcome, "succeeded" | "hiccup") {
-                "task.succeeded"
-            } else {
-                "task.failed"
-            },
-        );
-        specs.push(json!({"id": id, "outcome": outcome, "duration_ms": rng.gen_range(200..3000), "items": 1 + i % 2}));
-    }
+    let (expected, specs) = chaos_tasks("chaos", n_tasks, 200..3000, &mut rng);
     for chunk in specs.chunks(500) {
         sim_create(&sim.url, chunk.to_vec()).await;
     }

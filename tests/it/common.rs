@@ -765,3 +765,46 @@ pub async fn metric_value(api: &str, line_prefix: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(line_prefix))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// The chaos runs' tasks: `n` of mixed outcomes (successes, a hiccup,
+/// failures of each shape, an item error), every twentieth one unknown
+/// upstream; each named `{prefix}-{i}` with a duration drawn from
+/// `durations_ms`. Returns the event type each ID must end with, and the
+/// simulator's task specs.
+pub fn chaos_tasks(
+    prefix: &str,
+    n: usize,
+    durations_ms: std::ops::Range<u64>,
+    rng: &mut impl rand::Rng,
+) -> (HashMap<String, &'static str>, Vec<Value>) {
+    let outcomes = [
+        "succeeded",
+        "succeeded",
+        "succeeded",
+        "hiccup",
+        "failed",
+        "failed_string",
+        "item_error",
+        "failed_unfinished",
+    ];
+    let mut expected: HashMap<String, &'static str> = HashMap::new();
+    let mut specs = Vec::new();
+    for i in 0..n {
+        if i % 20 == 19 {
+            expected.insert(format!("missing-{i}"), "task.not_found");
+            continue;
+        }
+        let outcome = outcomes[i % outcomes.len()];
+        let id = format!("{prefix}-{i}");
+        expected.insert(
+            id.clone(),
+            if matches!(outcome, "succeeded" | "hiccup") {
+                "task.succeeded"
+            } else {
+                "task.failed"
+            },
+        );
+        specs.push(serde_json::json!({"id": id, "outcome": outcome, "duration_ms": rng.gen_range(durations_ms.clone()), "items": 1 + i % 2}));
+    }
+    (expected, specs)
+}

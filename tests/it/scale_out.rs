@@ -15,7 +15,7 @@
 //! (default 10), `SCALE_SEED` to repeat a run:
 //!   cargo test --test it scale_out::chaos -- --nocapture
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -621,35 +621,7 @@ async fn chaos_three_daemons_killed_in_turn_lose_nothing() {
         &CAP.to_string(),
     );
 
-    let outcomes = [
-        "succeeded",
-        "succeeded",
-        "succeeded",
-        "hiccup",
-        "failed",
-        "failed_string",
-        "item_error",
-        "failed_unfinished",
-    ];
-    let mut expected: HashMap<String, &str> = HashMap::new();
-    let mut specs = Vec::new();
-    for i in 0..n_tasks {
-        if i % 20 == 19 {
-            expected.insert(format!("missing-{i}"), "task.not_found");
-            continue;
-        }
-        let outcome = outcomes[i % outcomes.len()];
-        let id = format!("scale-{i}");
-        expected.insert(
-            id.clone(),
-            if matches!(outcome, "succeeded" | "hiccup") {
-                "task.succeeded"
-            } else {
-                "task.failed"
-            },
-        );
-        specs.push(json!({"id": id, "outcome": outcome, "duration_ms": rng.gen_range(200..4000), "items": 1 + i % 2}));
-    }
+    let (expected, specs) = chaos_tasks("scale", n_tasks, 200..4000, &mut rng);
     let mut ids: Vec<String> = expected.keys().cloned().collect();
     ids.sort();
 
