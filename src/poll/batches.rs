@@ -103,14 +103,15 @@ pub(crate) fn batch_for(cfg: &Config, batches: &Batches, service: &str) -> usize
     batches.get(service, cfg.upstream.batch_size.min(profile.max_batch))
 }
 
-/// How many tasks one claim takes: enough to fill every request slot with
-/// a full batch of the claimed service; none of a service that must wait.
+/// How many tasks one claim takes: a full batch of the claimed service for
+/// each of `requests`; none of a service that must wait.
 pub(crate) fn claim_limits(
     cfg: &Config,
     batches: &Batches,
     paused: &[(String, Duration)],
+    requests: usize,
 ) -> ClaimLimits {
-    let slots = cfg.upstream.max_concurrent_requests;
+    let slots = requests.max(1);
     let mut limits = ClaimLimits::from(cfg.upstream.batch_size * slots);
     let services: Vec<String> = cfg
         .upstream
@@ -168,15 +169,15 @@ mod tests {
     fn claim_limits_follow_each_service_s_batch() {
         let c = cfg();
         let b = Batches::new();
-        let l = claim_limits(&c, &b, &[]);
+        let l = claim_limits(&c, &b, &[], 4);
         assert_eq!(l.default, 50 * 4);
         assert_eq!(l.of("producer"), 200);
         assert_eq!(l.of("captcha"), 4, "one task per request");
         b.paged("openai", 12);
-        assert_eq!(claim_limits(&c, &b, &[]).of("openai"), 48);
+        assert_eq!(claim_limits(&c, &b, &[], 4).of("openai"), 48);
         let paused = [("kling".to_string(), Duration::from_secs(5))];
         assert_eq!(
-            claim_limits(&c, &b, &paused).of("kling"),
+            claim_limits(&c, &b, &paused, 4).of("kling"),
             0,
             "a refused service waits"
         );

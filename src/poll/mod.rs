@@ -6,7 +6,8 @@
 //! Inside: `batches` (IDs per request), `round` (request → decide → persist
 //! → hand off), `decide` (one task's next step), `upstream` (the client),
 //! `terminal` (reading records through the service `profile`), `schedule`
-//! (timing), `pace` (spending the request budget, the learned first poll).
+//! (timing), `pace` (spending the request budget, the learned first poll),
+//! `pacer` (the rate limiter).
 //!
 //! May call: `store`, `fanout`, `profile`, `outcome`, `config`, `metrics`,
 //! `heartbeat`, `http`, `limit`, `cluster`, `clock`.
@@ -14,6 +15,7 @@
 mod batches;
 mod decide;
 pub mod pace;
+mod pacer;
 mod round;
 pub mod schedule;
 pub mod terminal;
@@ -150,13 +152,29 @@ impl Poller {
                 .idle(pause.min(self.heartbeat.max_idle()), shutdown)
                 .await;
         }
+        // Claim only what can leave now: a request slot and the rate
+        // limiter's go first, so every request carries the tasks most due
+        // when it leaves (a task a callback hurried among them), not those
+        // most due when an earlier claim queued it.
+        let (wait, ready) = self.upstream.ready();
+        if !wait.is_zero() {
+            return self
+                .idle(wait.min(self.heartbeat.max_idle()), shutdown)
+                .await;
+        }
+        let slot = tokio::select! {
+            s = self.upstream.slot() => s,
+            _ = shutdown.cancelled() => return Step::Stop,
+        };
+        let requests = ready.min(1 + self.upstream.free_slots());
         let cfg = self.config.borrow().clone();
         let now = self.clock.now_ms();
         let paused = self.upstream.paused_services();
-        let Some((claim, lease)) = self.claim(&cfg, now, &paused).await else {
+        let Some((claim, lease)) = self.claim(&cfg, now, &paused, requests).await else {
             return self.idle(Duration::from_secs(1), shutdown).await;
         };
         if claim.tasks.is_empty() {
+            drop(slot);
             let unpause = paused.iter().map(|(_, d)| *d).min();
             let sleep = match claim.next_due {
                 Some(due) => Duration::from_millis((due - now).max(1) as u64),
@@ -171,7 +189,7 @@ impl Poller {
             }
             return Step::Go;
         }
-        self.start_rounds(&cfg, claim, lease, rounds, shutdown)
+        self.start_rounds(&cfg, claim, lease, slot, rounds, shutdown)
             .await
     }
 
@@ -212,22 +230,21 @@ impl Poller {
         Step::Go
     }
 
-    /// Leases one service's due tasks (those due within the coalescing
-    /// window too, so batches fill), with the lease they were taken
-    /// until. `None` when the store refused.
+    /// Leases one service's due tasks for `requests` requests (those due
+    /// within the coalescing window too, so batches fill), with the lease
+    /// they were taken until. `None` when the store refused.
     async fn claim(
         &self,
         cfg: &Config,
         now: crate::clock::Millis,
         paused: &[(String, Duration)],
+        requests: usize,
     ) -> Option<(crate::store::PollClaim, crate::clock::Millis)> {
-        // Claim first, then wait for request slots: the claim's commit
-        // overlaps with requests in flight. At most one claim's batches
-        // wait for slots; their lease covers the wait. One claim feeds
-        // every request slot: claims go through the store's single writer,
-        // so each one must carry a lot.
+        // One claim feeds every request that may leave now: claims go
+        // through the store's single writer, so under load each carries
+        // several batches.
         let window_end = now + ms(coalesce_window(cfg));
-        let limits = claim_limits(cfg, &self.batches, paused);
+        let limits = claim_limits(cfg, &self.batches, paused, requests);
         // The lease covers pacing every request of the claim, then the
         // slowest answer, with room to spare.
         let lease = now
@@ -255,22 +272,27 @@ impl Poller {
     }
 
     /// Splits a claim into batches and starts a round for each as request
-    /// slots free up.
+    /// slots free up, the first in `slot`.
     async fn start_rounds(
         &self,
         cfg: &Arc<Config>,
         claim: crate::store::PollClaim,
         lease: crate::clock::Millis,
+        slot: tokio::sync::OwnedSemaphorePermit,
         rounds: &mut JoinSet<()>,
         shutdown: &CancellationToken,
     ) -> Step {
         let mut tasks = claim.tasks;
         let batch = batch_for(cfg, &self.batches, &claim.service);
+        let mut first = Some(slot);
         while !tasks.is_empty() {
             let rest = tasks.split_off(batch.min(tasks.len()));
-            let slot = tokio::select! {
-                p = self.upstream.slot() => p,
-                _ = shutdown.cancelled() => return Step::Stop,
+            let slot = match first.take() {
+                Some(s) => s,
+                None => tokio::select! {
+                    p = self.upstream.slot() => p,
+                    _ = shutdown.cancelled() => return Step::Stop,
+                },
             };
             let round = Round {
                 hand_off: self.hand_off,

@@ -2,7 +2,8 @@
 //! by a rate limiter, capped in concurrency, backing off on 429 and 5xx.
 //! Every failure is an error value for that batch; none loses an ID.
 //!
-//! May call: `clock`, `config`, `http`, `limit`, `metrics`, `profile`.
+//! May call: `poll::pacer`, `clock`, `config`, `http`, `limit`, `metrics`,
+//! `profile`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -282,23 +283,8 @@ fn error_code(body: &[u8]) -> (String, String) {
     }
 }
 
-/// Paces requests to at most `rate` per second and holds them back while
-/// the upstream asked us to back off. `rate` follows AIMD: halved on every
-/// 429, raised by [`RATE_STEP`] per success, never above the configured
-/// `max_requests_per_second`. (A fixed-quota limiter such as `governor`
-/// cannot change its rate on the fly, which AIMD needs.)
-#[derive(Debug)]
-struct Pacer {
-    next_slot: Instant,
-    paused_until: Instant,
-    rate: f64,
-    max_rate: f64,
-}
-
-/// Additive increase of the request rate per successful request (req/s).
-pub const RATE_STEP: f64 = 0.25;
-/// The request rate never drops below this (req/s).
-pub const MIN_RATE: f64 = 0.2;
+use super::pacer::Pacer;
+pub use super::pacer::{MIN_RATE, RATE_STEP};
 
 /// What the daemon knows about the upstream's health, for `/readyz` and
 /// `/v1/stats`.
@@ -379,12 +365,7 @@ impl UpstreamClient {
         let now = Instant::now();
         Ok(UpstreamClient {
             http,
-            pacer: Mutex::new(Pacer {
-                next_slot: now,
-                paused_until: now,
-                rate: cfg.max_requests_per_second,
-                max_rate: cfg.max_requests_per_second,
-            }),
+            pacer: Mutex::new(Pacer::new(cfg.max_requests_per_second, now)),
             slots: crate::limit::Limit::new(cfg.max_concurrent_requests),
             health: Mutex::new(UpstreamHealth {
                 token_accepted: true,
@@ -405,7 +386,7 @@ impl UpstreamClient {
 
     pub fn health(&self) -> UpstreamHealth {
         let mut h = self.health.lock().expect("health lock").clone();
-        h.requests_per_second = self.pacer.lock().expect("pacer lock").rate;
+        h.requests_per_second = self.pacer.lock().expect("pacer lock").rate();
         h.broken_services = self.broken_services();
         h
     }
@@ -445,8 +426,10 @@ impl UpstreamClient {
     pub fn set_token(&self, token: Option<Secret>) {
         *self.token.write().expect("token lock") = token;
         self.health.lock().expect("health lock").token_accepted = true;
-        let mut p = self.pacer.lock().expect("pacer lock");
-        p.paused_until = Instant::now();
+        self.pacer
+            .lock()
+            .expect("pacer lock")
+            .resume(Instant::now());
     }
 
     /// Applies a reloaded `upstream.broken_service_retry`.
@@ -458,12 +441,7 @@ impl UpstreamClient {
     /// it waited (time spent in the rate limiter or a back-off pause).
     pub async fn pace(&self) -> Duration {
         let start = Instant::now();
-        let at = {
-            let mut p = self.pacer.lock().expect("pacer lock");
-            let at = start.max(p.next_slot).max(p.paused_until);
-            p.next_slot = at + Duration::from_secs_f64(1.0 / p.rate);
-            at
-        };
+        let at = self.pacer.lock().expect("pacer lock").reserve(start);
         tokio::time::sleep_until(at.into()).await;
         let waited = start.elapsed();
         self.metrics.rate_limiter_wait.inc_by(waited.as_secs_f64());
@@ -473,22 +451,34 @@ impl UpstreamClient {
     /// How long from now until requests may flow again.
     pub fn pause_remaining(&self) -> Duration {
         let p = self.pacer.lock().expect("pacer lock");
-        p.paused_until.saturating_duration_since(Instant::now())
+        p.pause_remaining(Instant::now())
+    }
+
+    /// How long from now until a request may start, and how many may start
+    /// at once then: the poll loop claims only what can leave.
+    pub fn ready(&self) -> (Duration, usize) {
+        let now = Instant::now();
+        let p = self.pacer.lock().expect("pacer lock");
+        let at = p.ready_at(now);
+        (at.saturating_duration_since(now), p.ready_now(at).max(1))
     }
 
     /// How long `requests` more requests take at the rate in force, after
     /// any pause: what a claim's lease must cover.
     pub fn time_for(&self, requests: usize) -> Duration {
         let p = self.pacer.lock().expect("pacer lock");
-        let start = Instant::now().max(p.next_slot).max(p.paused_until);
-        start.saturating_duration_since(Instant::now())
-            + Duration::from_secs_f64(requests as f64 / p.rate)
+        p.time_for(Instant::now(), requests)
     }
 
     /// Waits for a request slot: the caller holds it while its request is
     /// in flight.
     pub async fn slot(&self) -> tokio::sync::OwnedSemaphorePermit {
         self.slots.acquire().await
+    }
+
+    /// Request slots free now.
+    pub fn free_slots(&self) -> usize {
+        self.slots.available()
     }
 
     /// This instance's share of the request budget when `instances` daemons
@@ -504,18 +494,14 @@ impl UpstreamClient {
             self.slots.resize(concurrency);
         }
         let rate = self.cfg.max_requests_per_second / n as f64;
-        let mut p = self.pacer.lock().expect("pacer lock");
-        if (p.max_rate - rate).abs() > f64::EPSILON {
-            p.max_rate = rate;
-            p.rate = p.rate.min(rate).max(MIN_RATE.min(rate));
-        }
+        self.pacer.lock().expect("pacer lock").set_max_rate(rate);
     }
 
     /// The concurrent requests and the rate this instance may use now.
     pub fn share(&self) -> (usize, f64) {
         (
             self.slots.size(),
-            self.pacer.lock().expect("pacer lock").max_rate,
+            self.pacer.lock().expect("pacer lock").max_rate(),
         )
     }
 
@@ -637,9 +623,7 @@ impl UpstreamClient {
                 h.token_accepted = true;
                 h.last_success_at = Some(crate::clock::now_ms());
                 drop(h);
-                let mut p = self.pacer.lock().expect("pacer lock");
-                p.rate = (p.rate + RATE_STEP).min(p.max_rate);
-                drop(p);
+                self.pacer.lock().expect("pacer lock").faster();
                 self.service_answered(service);
             }
             // A batch or a service refused says nothing about the
@@ -682,9 +666,9 @@ impl UpstreamClient {
                     self.cfg.backoff_max,
                 );
                 let mut p = self.pacer.lock().expect("pacer lock");
-                p.paused_until = p.paused_until.max(Instant::now() + pause);
+                p.pause_until(Instant::now() + pause);
                 if matches!(e, UpstreamError::RateLimited { .. }) {
-                    p.rate = (p.rate / 2.0).max(MIN_RATE.min(p.max_rate));
+                    p.slower();
                 }
             }
         }

@@ -37,6 +37,11 @@ use async_trait::async_trait;
 use crate::clock::Millis;
 
 /// Rows removed per purge call and kind, so the writer is never held long.
+/// How far before `now` a hinted task is made due, so that it sorts ahead
+/// of every task merely due (polls run late only when the budget cannot
+/// keep up, and never by a day). A claim overwrites it with the lease.
+pub const HINT_LEAD_MS: crate::clock::Millis = 86_400_000;
+
 pub const PURGE_CHUNK: usize = 5_000;
 
 /// What one purge call did.
@@ -99,15 +104,18 @@ pub trait PollQueue: Send + Sync {
     /// the latest): the upstream refuses that service for now.
     async fn defer_service(&self, service: String, until: Millis) -> StoreResult<u64>;
 
-    /// Makes the watched tasks named in `ids` (of `service`) due at `now`
-    /// unless leased: a callback said they may have finished. Unknown IDs
-    /// and tasks of another service change nothing. Returns how many.
+    /// Makes the watched tasks named in `ids` (of `service`) due ahead of
+    /// every other: a callback said they may have finished. An unleased
+    /// task's due time becomes `now - HINT_LEAD_MS` (so claims take it
+    /// first); a leased one (its poll may be in flight, and may have left
+    /// before the task settled) is marked, and its round's reschedule
+    /// makes it due the same way. Unknown IDs and tasks of another service
+    /// change nothing. Returns how many tasks moved or were marked; a task
+    /// already hinted does not count again.
     ///
-    /// Only tasks due after `now` move (a due time never goes later), so a
-    /// task already due does not count; a leased task is its worker's,
-    /// even once its lease ran out (it is due then anyway). Meant for a
-    /// few hundred IDs per call (one key lookup each). PostgreSQL wakes the
-    /// pollers when any task moved.
+    /// A leased task is its worker's, even once its lease ran out (it is
+    /// due then anyway). Meant for a few hundred IDs per call (one key
+    /// lookup each). PostgreSQL wakes the pollers when any task moved.
     async fn hurry(&self, now: Millis, service: String, ids: Vec<String>) -> StoreResult<u64>;
 
     /// Watched tasks that take polls now, per service, sorted by service:

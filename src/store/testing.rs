@@ -2134,10 +2134,12 @@ pub async fn activity_counts_the_window_and_each_webhooks_health(s: Arc<dyn Stor
     );
 }
 
-/// A hint hurries watched, unleased tasks of its service that were due
-/// later; leased, done, already due and other services' tasks, and
-/// unknown IDs, are left alone.
+/// A hint makes watched tasks of its service due ahead of every other
+/// (`HINT_LEAD_MS` before now), already due ones too; a leased task is
+/// marked instead, and its worker's reschedule makes it due the same way.
+/// Done and other services' tasks, and unknown IDs, are left alone.
 pub async fn hurry_brings_named_watched_tasks_forward(s: Arc<dyn Store>) {
+    use crate::store::HINT_LEAD_MS as LEAD;
     s.enqueue(0, 0, vec![task("held"), task("done")])
         .await
         .unwrap();
@@ -2163,16 +2165,20 @@ pub async fn hurry_brings_named_watched_tasks_forward(s: Arc<dyn Store>) {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    assert_eq!(s.hurry(200, "producer".into(), named).await.unwrap(), 2);
+    assert_eq!(
+        s.hurry(200, "producer".into(), named).await.unwrap(),
+        4,
+        "a, b, due moved; held marked"
+    );
     let due_at = |id: &'static str| {
         let s = s.clone();
         async move { s.get_task(id.into()).await.unwrap().unwrap().next_poll_at }
     };
-    assert_eq!(due_at("a").await, Some(200));
-    assert_eq!(due_at("b").await, Some(200));
+    assert_eq!(due_at("a").await, Some(200 - LEAD));
+    assert_eq!(due_at("b").await, Some(200 - LEAD));
+    assert_eq!(due_at("due").await, Some(200 - LEAD), "ahead of due tasks");
     assert_eq!(due_at("c").await, Some(10_100), "not named");
     assert_eq!(due_at("k").await, Some(10_100), "another service");
-    assert_eq!(due_at("due").await, Some(100), "never later");
     assert_eq!(due_at("held").await, Some(50_000), "its lease untouched");
     assert_eq!(
         s.get_task("done".into()).await.unwrap().unwrap().status,
@@ -2180,35 +2186,45 @@ pub async fn hurry_brings_named_watched_tasks_forward(s: Arc<dyn Store>) {
     );
     assert_eq!(s.hurry(200, "producer".into(), vec![]).await.unwrap(), 0);
     assert_eq!(
-        s.hurry(200, "producer".into(), vec!["a".into()])
+        s.hurry(250, "producer".into(), vec!["a".into(), "held".into()])
             .await
             .unwrap(),
         0,
-        "already due"
+        "already hinted"
     );
-    // The held task's worker still owns it.
-    let c = s.claim_poll_batch(200, 200, 10.into(), 1000).await.unwrap();
+    // Hinted tasks are claimed before a task due earlier; the held task's
+    // worker still owns it.
+    s.enqueue(100, 0, vec![task("early")]).await.unwrap();
+    let c = s.claim_poll_batch(200, 200, 3.into(), 1000).await.unwrap();
     let mut got: Vec<_> = c.tasks.iter().map(|t| t.id.as_str()).collect();
     got.sort();
     assert_eq!(
         (c.service.as_str(), got),
         ("producer", vec!["a", "b", "due"])
     );
+    // The worker's reschedule lands, ahead of the queue: it was hinted.
     s.record_polls(300, vec![resched(&held, 90_000)], None)
         .await
         .unwrap();
     assert_eq!(
         due_at("held").await,
-        Some(90_000),
-        "the worker's write landed"
+        Some(300 - LEAD),
+        "the remembered hint"
     );
+    let c = s.claim_poll_batch(400, 400, 1.into(), 2000).await.unwrap();
+    assert_eq!(c.tasks[0].id, "held", "claimed before the merely due task");
+    // Its next reschedule is plain: the hint was used once.
+    s.record_polls(500, vec![resched(&c.tasks[0], 90_000)], None)
+        .await
+        .unwrap();
+    assert_eq!(due_at("held").await, Some(90_000));
     assert_eq!(
         s.hurry(400, "kling".into(), vec!["k".into()])
             .await
             .unwrap(),
         1
     );
-    assert_eq!(due_at("k").await, Some(400));
+    assert_eq!(due_at("k").await, Some(400 - LEAD));
 }
 
 /// Durations learned per service add up over calls; negative and absurd

@@ -32,7 +32,7 @@ up AS (
     SELECT id, service, 0, $1, $2, metadata, webhooks FROM input
     ON CONFLICT (id) DO UPDATE SET service = excluded.service, status = 0,
         enqueued_at = excluded.enqueued_at, next_poll_at = excluded.next_poll_at,
-        leased = false, claim = 0, polls = 0, misses = 0, fail_seen = 0,
+        leased = false, hinted = false, claim = 0, polls = 0, misses = 0, fail_seen = 0,
         upstream_state = NULL, outcome = NULL, event_id = NULL, finished_at = NULL,
         done_at = NULL, metadata = excluded.metadata, webhooks = excluded.webhooks
     WHERE t.status = 2
@@ -110,7 +110,8 @@ WHERE NOT EXISTS (SELECT 1 FROM leased)";
 /// stored leased (claim 1) until `$18` and returned.
 const RECORD_POLLS: &str = "
 WITH resched AS (
-    UPDATE tasks t SET leased = false, next_poll_at = u.next_poll_at,
+    UPDATE tasks t SET leased = false, hinted = false,
+        next_poll_at = CASE WHEN t.hinted THEN least(u.next_poll_at, $25::int8) ELSE u.next_poll_at END,
         polls = t.polls + u.polled, misses = u.misses, fail_seen = u.fail_seen,
         upstream_state = coalesce(u.upstream_state, t.upstream_state)
     FROM unnest($2::text[], $3::int8[], $4::int8[], $5::int4[], $6::int4[], $7::int4[], $8::text[])
@@ -119,7 +120,8 @@ WITH resched AS (
     RETURNING t.id
 ),
 finished AS (
-    UPDATE tasks t SET leased = false, status = CASE WHEN u.settled THEN 2 ELSE 1 END,
+    UPDATE tasks t SET leased = false, hinted = false,
+        status = CASE WHEN u.settled THEN 2 ELSE 1 END,
         polls = t.polls + u.polled, upstream_state = u.upstream_state, outcome = u.outcome,
         event_id = u.event_id, finished_at = $1::int8, done_at = CASE WHEN u.settled THEN $1::int8 END
     FROM unnest($9::text[], $10::int8[], $11::int4[], $12::text[], $13::text[], $14::text[],
@@ -289,13 +291,14 @@ SELECT task_id, event_id, state FROM u";
 /// they were due later, and wakes the pollers when any moved.
 const HURRY: &str = "
 WITH h AS (
-    UPDATE tasks SET next_poll_at = $1
-    WHERE id = ANY($3::text[]) AND service = $2 AND status = 0 AND NOT leased
-      AND next_poll_at > $1
-    RETURNING 1
+    UPDATE tasks SET next_poll_at = CASE WHEN leased THEN next_poll_at ELSE $1 END,
+        hinted = leased
+    WHERE id = ANY($3::text[]) AND service = $2 AND status = 0
+      AND CASE WHEN leased THEN NOT hinted ELSE next_poll_at > $1 END
+    RETURNING leased
 ),
 wake AS (
-    SELECT pg_notify('taskhook_tasks', $4) FROM (SELECT 1 FROM h LIMIT 1) AS any_new
+    SELECT pg_notify('taskhook_tasks', $4) FROM (SELECT 1 FROM h WHERE NOT leased LIMIT 1) AS any_new
 )
 SELECT (SELECT count(*) FROM h), (SELECT count(*) FROM wake)";
 
@@ -391,7 +394,15 @@ impl PollQueue for PostgresStore {
         let c = self.conn().await?;
         let st = c.prepare_cached(HURRY).await.map_err(db)?;
         let row = c
-            .query_one(&st, &[&now, &service, &ids, &self.inner.schema])
+            .query_one(
+                &st,
+                &[
+                    &(now - crate::store::HINT_LEAD_MS),
+                    &service,
+                    &ids,
+                    &self.inner.schema,
+                ],
+            )
             .await
             .map_err(db)?;
         Ok(row.get::<_, i64>(0) as u64)
@@ -741,6 +752,7 @@ async fn record_round(
                 &d.kind,
                 &d.url,
                 &schema,
+                &(now - crate::store::HINT_LEAD_MS),
             ],
         )
         .await

@@ -29,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/v1.sql"),
     include_str!("migrations/v2.sql"),
     include_str!("migrations/v3.sql"),
+    include_str!("migrations/v4.sql"),
 ];
 
 /// The SQLite store. Cheap to clone.
@@ -611,14 +612,17 @@ impl PollQueue for SqliteStore {
         self.write(move |tx| {
             // One primary-key lookup per ID (callers pass a few hundred).
             let mut hurry = tx.prepare_cached(
-                "UPDATE tasks SET next_poll_at = ?1 WHERE id = ?2 AND service = ?3 \
-                 AND status = 0 AND leased = 0 AND next_poll_at > ?1",
+                "UPDATE tasks SET next_poll_at = CASE WHEN leased THEN next_poll_at ELSE ?1 END, \
+                   hinted = leased \
+                 WHERE id = ?2 AND service = ?3 AND status = 0 \
+                   AND CASE WHEN leased THEN hinted = 0 ELSE next_poll_at > ?1 END",
             )?;
             let mut seen = std::collections::HashSet::with_capacity(ids.len());
             let mut n = 0;
             for id in &ids {
                 if seen.insert(id) {
-                    n += hurry.execute(params![now, id, service])? as u64;
+                    n += hurry.execute(params![now - crate::store::HINT_LEAD_MS, id, service])?
+                        as u64;
                 }
             }
             Ok(n)
@@ -702,7 +706,7 @@ impl PollQueue for SqliteStore {
                  VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6) \
                  ON CONFLICT (id) DO UPDATE SET service = excluded.service, status = 0, \
                    enqueued_at = excluded.enqueued_at, next_poll_at = excluded.next_poll_at, \
-                   leased = 0, claim = 0, polls = 0, misses = 0, fail_seen = 0, \
+                   leased = 0, hinted = 0, claim = 0, polls = 0, misses = 0, fail_seen = 0, \
                    upstream_state = NULL, outcome = NULL, event_id = NULL, finished_at = NULL, \
                    done_at = NULL, metadata = excluded.metadata, webhooks = excluded.webhooks \
                  WHERE tasks.status = 2",
@@ -796,12 +800,13 @@ impl PollQueue for SqliteStore {
         self.write(move |tx| {
             let mut handed = Vec::new();
             let mut resched = tx.prepare_cached(
-                "UPDATE tasks SET leased = 0, next_poll_at = ?1, polls = polls + ?2, misses = ?3, \
-                   fail_seen = ?4, upstream_state = COALESCE(?5, upstream_state) \
+                "UPDATE tasks SET leased = 0, polls = polls + ?2, misses = ?3, fail_seen = ?4, \
+                   upstream_state = COALESCE(?5, upstream_state), \
+                   next_poll_at = CASE WHEN hinted THEN min(?1, ?8) ELSE ?1 END, hinted = 0 \
                  WHERE id = ?6 AND claim = ?7 AND status = 0",
             )?;
             let mut finish = tx.prepare_cached(
-                "UPDATE tasks SET leased = 0, status = ?1, polls = polls + ?2, upstream_state = ?3, \
+                "UPDATE tasks SET leased = 0, hinted = 0, status = ?1, polls = polls + ?2, upstream_state = ?3, \
                    outcome = ?4, event_id = ?5, finished_at = ?6, done_at = ?7 \
                  WHERE id = ?8 AND claim = ?9 AND status = 0",
             )?;
@@ -839,7 +844,8 @@ impl PollQueue for SqliteStore {
                             fail_seen,
                             upstream_state,
                             id,
-                            claim
+                            claim,
+                            now - crate::store::HINT_LEAD_MS
                         ])?;
                     }
                     PollUpdate::Finish {

@@ -139,7 +139,7 @@ async fn a_version_2_store_migrates_with_its_rows() {
         .unwrap();
     }
     let s = SqliteStore::open(&path, SyncMode::Full, 100).unwrap();
-    assert_eq!(s.schema_version(), 3);
+    assert_eq!(s.schema_version(), MIGRATIONS.len() as i64);
     let listed: Vec<_> = s
         .list_tasks(TaskFilter {
             limit: 10,
@@ -350,7 +350,8 @@ fn listings_and_the_attempt_log_use_their_indexes() {
 }
 
 /// A leased task keeps its lease through a hint even once it expired (its
-/// due time is the lease's end, already past), and is claimed again then.
+/// due time is the lease's end, already past): the hint is only marked, and
+/// the task is claimed again then.
 #[tokio::test]
 async fn hurry_leaves_an_expired_lease_to_the_next_claim() {
     let dir = tempfile::tempdir().unwrap();
@@ -366,7 +367,7 @@ async fn hurry_leaves_an_expired_lease_to_the_next_claim() {
         s.hurry(600, "producer".into(), vec!["a".into()])
             .await
             .unwrap(),
-        0
+        1
     );
     let again = s
         .claim_poll_batch(600, 600, 10.into(), 5000)
