@@ -222,3 +222,71 @@ async fn a_callback_token_is_the_only_one_a_callback_url_takes() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+/// A callback that arrives while its task's poll is on the way (the
+/// upstream read the task as running, its answer is slow) is not lost: the
+/// task is polled again as soon as that round is recorded, not at its next
+/// planned poll a minute later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_during_its_tasks_poll_is_kept_for_the_next() {
+    let sim = spawn_sim(&[]);
+    let receiver = Receiver::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = daemon_config(
+        dir.path(),
+        &sim.url,
+        &webhook_toml("r", &receiver.url, None),
+    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("interval = \"200ms\"", "interval = \"60s\"")
+        .replace("max_interval = \"400ms\"", "max_interval = \"60s\"");
+    std::fs::write(&cfg, text).unwrap();
+    // The first request is answered 1.5 s late, as the task was when it
+    // arrived; the task settles (and calls back) meanwhile.
+    let (s, _) = post_json(
+        &format!("{}/_sim/faults", sim.url),
+        &json!({"script": ["slow"], "slow_ms": 1500}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let daemon = spawn_daemon(&cfg);
+    let hook = format!("{}/v1/callbacks/suno", daemon.url);
+    sim_create(
+        &sim.url,
+        vec![
+            json!({"id": "inflight", "service": "suno", "duration_ms": 600, "callback_url": hook}),
+        ],
+    )
+    .await;
+    let started = Instant::now();
+    let (s, _) = post_json(
+        &format!("{}/v1/tasks", daemon.url),
+        &json!({"id": "inflight", "service": "suno"}),
+    )
+    .await;
+    assert_eq!(s, 202);
+    eventually(
+        "delivered after the slow poll, through the kept hint",
+        Duration::from_secs(30),
+        || async {
+            receiver
+                .accepted_by_task()
+                .contains_key("inflight")
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "not left to the next planned poll"
+    );
+    let hit = &receiver.accepted_by_task()["inflight"][0];
+    assert_eq!(hit.body["type"], "task.succeeded");
+    // Two polls: the slow one (running) and the one the hint asked for.
+    assert_eq!(sim_requests(&sim.url).await, 2);
+    assert_eq!(
+        metric_value(&daemon.url, "taskhook_callback_hinted_tasks_total ").await,
+        Some(1.0)
+    );
+}

@@ -43,7 +43,7 @@ pub enum FaultKind {
     #[serde(rename = "truncated")]
     #[value(name = "truncated")]
     Truncated,
-    /// Wait `slow_ms`, then answer normally.
+    /// Answer normally as of the request's arrival, `slow_ms` late.
     #[serde(rename = "slow")]
     #[value(name = "slow")]
     Slow,
@@ -185,8 +185,11 @@ pub(crate) async fn fault(
             json_response(status, corrupt_first_item(body))
         }
         FaultKind::Slow => {
+            // Read as the request arrived, sent late: a task may settle
+            // while its answer is on the way.
+            let late = answer(sh, service, profile, call);
             tokio::time::sleep(Duration::from_millis(slow_ms)).await;
-            answer(sh, service, profile, call)
+            late
         }
         FaultKind::Truncated => {
             let (_, mut body) = answer_body(sh, service, profile, call);
