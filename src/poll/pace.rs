@@ -164,8 +164,9 @@ pub struct Sources {
 pub const REFRESH: Duration = Duration::from_secs(2);
 /// Counting the demand may take at most one part in this many of the time
 /// between counts: with a million watched tasks a count takes tens of
-/// milliseconds, and an idle daemon must stay near zero CPU.
-pub const COST_SHARE: u32 = 200;
+/// milliseconds, and an idle daemon must stay near zero CPU (at that scale
+/// the interval is many minutes, so a count every minute or two keeps up).
+pub const COST_SHARE: u32 = 1000;
 
 impl Pace {
     /// Starts from the durations learned so far (the store's).
