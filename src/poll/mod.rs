@@ -307,6 +307,7 @@ impl Poller {
                 handoff: self.handoff.clone(),
                 pace: self.pace.clone(),
                 lease,
+                start_at: self.upstream.reserve(),
             };
             rounds.spawn(round.poll(claim.service.clone(), tasks, slot));
             tasks = rest;

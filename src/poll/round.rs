@@ -43,6 +43,9 @@ pub(super) struct Round {
     /// The claim's lease. Past it the loop may claim these tasks again, so
     /// no request for them may start that could still be running then.
     pub lease: Millis,
+    /// When the rate limiter lets this round's request start (reserved by
+    /// the loop).
+    pub start_at: std::time::Instant,
 }
 
 impl Round {
@@ -70,8 +73,8 @@ impl Round {
         .await
     }
 
-    /// Stage 1: paces, sends, and gives the request slot back as soon as
-    /// the answer is in. Sends nothing (`None`) when the wait for the rate
+    /// Stage 1: waits for its start, sends, and gives the request slot
+    /// back as soon as the answer is in. Sends nothing (`None`) when the wait for the rate
     /// limiter outlasted the claim's lease: a back-off that began after the
     /// claim (a 429's long `Retry-After`) may be longer than the lease, and
     /// by then the loop may have claimed these tasks again.
@@ -83,7 +86,7 @@ impl Round {
         slot: tokio::sync::OwnedSemaphorePermit,
     ) -> Option<Result<BatchAnswer, UpstreamError>> {
         let ids: Vec<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
-        self.upstream.pace().await;
+        self.upstream.wait_for(self.start_at).await;
         if self.clock.now_ms() + ms(self.cfg.upstream.request_timeout) >= self.lease {
             return None;
         }

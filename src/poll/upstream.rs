@@ -437,12 +437,26 @@ impl UpstreamClient {
         *self.broken_retry.write().expect("retry lock") = d;
     }
 
-    /// Reserves the next request slot and waits for it. Returns how long
-    /// it waited (time spent in the rate limiter or a back-off pause).
-    pub async fn pace(&self) -> Duration {
+    /// Reserves the next request start with the rate limiter: the poll
+    /// loop does, as it hands a batch to its round, so the next claim
+    /// already sees the budget spent. The round waits with
+    /// [`wait_for`](Self::wait_for).
+    pub fn reserve(&self) -> Instant {
+        self.pacer
+            .lock()
+            .expect("pacer lock")
+            .reserve(Instant::now())
+    }
+
+    /// Waits for a start reserved with [`reserve`](Self::reserve), and out
+    /// any pause the upstream asked for since. Returns how long it waited.
+    pub async fn wait_for(&self, at: Instant) -> Duration {
         let start = Instant::now();
-        let at = self.pacer.lock().expect("pacer lock").reserve(start);
         tokio::time::sleep_until(at.into()).await;
+        let pause = self.pause_remaining();
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
         let waited = start.elapsed();
         self.metrics.rate_limiter_wait.inc_by(waited.as_secs_f64());
         waited
