@@ -348,10 +348,11 @@ pub fn init_logging(format: LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     // Colour only for a person at a terminal: systemd's journal, `docker
-    // logs` and files get plain text. NO_COLOR (any value) turns it off.
+    // logs` and files get plain text. NO_COLOR set to anything but the
+    // empty string turns it off (no-color.org).
     let colour = {
         use std::io::IsTerminal;
-        std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+        std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

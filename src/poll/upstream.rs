@@ -278,6 +278,14 @@ fn error_code(body: &[u8]) -> (String, String) {
                 .unwrap_or("")
                 .to_string(),
         ),
+        // `{"error": "invalid_token"}`: a bare code.
+        Some(serde_json::Value::String(s))
+            if !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') =>
+        {
+            (s.clone(), s)
+        }
         Some(serde_json::Value::String(s)) => ("unknown".into(), s),
         _ => ("unknown".into(), String::new()),
     }
@@ -858,6 +866,14 @@ mod tests {
                 code: "invalid_token".into()
             }
         );
+        // The bare-string form says the same.
+        assert_eq!(
+            class(403, br#"{"error":"invalid_token"}"#),
+            UpstreamError::Unauthorized {
+                status: 403,
+                code: "invalid_token".into()
+            }
+        );
         // Any other 403 (a firewall's page, another code) is the service's.
         refused(&class(403, html("403 Forbidden").as_bytes()), 403);
         refused(&class(403, &error("forbidden", "not allowed")), 403);
@@ -947,6 +963,14 @@ mod tests {
         assert_eq!(
             error_code(br#"{"success":false,"error":{"code":"invalid_token","message":"m"}}"#),
             ("invalid_token".to_string(), "m".to_string())
+        );
+        assert_eq!(
+            error_code(br#"{"error":"invalid_token"}"#),
+            ("invalid_token".to_string(), "invalid_token".to_string())
+        );
+        assert_eq!(
+            error_code(br#"{"error":"Invalid token, check it"}"#),
+            ("unknown".to_string(), "Invalid token, check it".to_string())
         );
     }
 }

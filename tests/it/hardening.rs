@@ -891,6 +891,14 @@ async fn colour_only_at_a_terminal_and_never_under_no_color() {
             "colour at a terminal under NO_COLOR={value:?}: {shown:?}"
         );
     }
+    // Empty is as if unset (no-color.org).
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &sim.url, &[], "");
+    let shown = daemon_at_a_terminal(&script, &cfg, Some("")).await;
+    assert!(
+        shown.contains("\u{1b}["),
+        "no colour at a terminal under an empty NO_COLOR: {shown:?}"
+    );
 }
 
 /// The simulator's request log: every request in arrival order.
