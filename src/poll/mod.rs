@@ -103,6 +103,7 @@ impl Poller {
         ));
         let mut rounds = JoinSet::new();
         let mut token_paused_since: Option<std::time::Instant> = None;
+        let mut claim_ahead = Duration::ZERO;
         let mut last_sweep: Option<std::time::Instant> = None;
         loop {
             self.heartbeat.beat();
@@ -117,8 +118,13 @@ impl Poller {
                     let cfg = self.config.borrow().clone();
                     self.expire_overdue(&cfg).await;
                 }
-                self.poll_once(&mut token_paused_since, &mut rounds, &shutdown)
-                    .await
+                self.poll_once(
+                    &mut token_paused_since,
+                    &mut claim_ahead,
+                    &mut rounds,
+                    &shutdown,
+                )
+                .await
             };
             if step == Step::Stop {
                 break;
@@ -132,9 +138,12 @@ impl Poller {
     /// One turn of the loop past readiness and the sweep: wait out a
     /// refused token or an upstream pause, else claim due tasks and start
     /// their rounds, or sleep until the next is due.
+    /// `claim_ahead`: how long claims take lately, so the next is made
+    /// that long before its requests may leave.
     async fn poll_once(
         &mut self,
         token_paused_since: &mut Option<std::time::Instant>,
+        claim_ahead: &mut Duration,
         rounds: &mut JoinSet<()>,
         shutdown: &CancellationToken,
     ) -> Step {
@@ -152,11 +161,13 @@ impl Poller {
                 .idle(pause.min(self.heartbeat.max_idle()), shutdown)
                 .await;
         }
-        // Claim only what can leave now: a request slot and the rate
-        // limiter's go first, so every request carries the tasks most due
-        // when it leaves (a task a callback hurried among them), not those
-        // most due when an earlier claim queued it.
-        let (wait, ready) = self.upstream.ready();
+        // Claim only what can leave by the time the claim is written (a
+        // request slot and the rate limiter's go first, the claim made as
+        // long before as claims take lately, at most MAX_CLAIM_AHEAD), so
+        // every request carries the tasks most due when it leaves (a task
+        // a callback hurried among them), not those most due when an
+        // earlier claim queued it behind the rate limiter.
+        let (wait, ready) = self.upstream.ready(*claim_ahead);
         if !wait.is_zero() {
             return self
                 .idle(wait.min(self.heartbeat.max_idle()), shutdown)
@@ -166,11 +177,15 @@ impl Poller {
             s = self.upstream.slot() => s,
             _ = shutdown.cancelled() => return Step::Stop,
         };
-        let requests = ready.min(1 + self.upstream.free_slots());
+        let requests = ready.min(self.upstream.slot_count());
         let cfg = self.config.borrow().clone();
         let now = self.clock.now_ms();
         let paused = self.upstream.paused_services();
-        let Some((claim, lease)) = self.claim(&cfg, now, &paused, requests).await else {
+        let started = std::time::Instant::now();
+        let claimed = self.claim(&cfg, now, &paused, requests).await;
+        *claim_ahead = (*claim_ahead * 4 + started.elapsed()) / 5;
+        *claim_ahead = (*claim_ahead).min(MAX_CLAIM_AHEAD);
+        let Some((claim, lease)) = claimed else {
             return self.idle(Duration::from_secs(1), shutdown).await;
         };
         if claim.tasks.is_empty() {
@@ -373,6 +388,10 @@ impl Poller {
     }
 }
 
+/// A claim is made at most this long before its requests may leave, however
+/// slow claims are lately: a task a callback hurried meanwhile waits at most
+/// this long behind it.
+const MAX_CLAIM_AHEAD: Duration = Duration::from_millis(50);
 /// How often tasks past `poll.task_ttl` are looked for.
 const EXPIRY_SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// A poll claim's lease beyond pacing and the slowest answer: the time a

@@ -476,13 +476,15 @@ impl UpstreamClient {
         p.pause_remaining(Instant::now())
     }
 
-    /// How long from now until a request may start, and how many may start
-    /// at once then: the poll loop claims only what can leave.
-    pub fn ready(&self) -> (Duration, usize) {
+    /// How long from now until a request may start within `ahead`, and
+    /// how many may start by then: the poll loop claims only what can leave
+    /// by the time its claim is written.
+    pub fn ready(&self, ahead: Duration) -> (Duration, usize) {
         let now = Instant::now();
         let p = self.pacer.lock().expect("pacer lock");
         let at = p.ready_at(now);
-        (at.saturating_duration_since(now), p.ready_now(at).max(1))
+        let wait = at.saturating_duration_since(now).saturating_sub(ahead);
+        (wait, p.ready_now(at.max(now + ahead)).max(1))
     }
 
     /// How long `requests` more requests take at the rate in force, after
@@ -498,9 +500,9 @@ impl UpstreamClient {
         self.slots.acquire().await
     }
 
-    /// Request slots free now.
-    pub fn free_slots(&self) -> usize {
-        self.slots.available()
+    /// Requests this instance may have in flight at once.
+    pub fn slot_count(&self) -> usize {
+        self.slots.size()
     }
 
     /// This instance's share of the request budget when `instances` daemons
