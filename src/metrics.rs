@@ -96,7 +96,8 @@ pub struct Metrics {
     pub poll_budget_in_use: Gauge<f64, AtomicU64>,
     /// Callbacks received, by what became of them.
     pub callbacks: Family<ResultLabel, Counter>,
-    /// Watched tasks a callback made due at once.
+    /// Watched tasks a callback made due at once, or marked to be when a
+    /// poll of theirs on its way is recorded.
     pub hinted: Counter,
     /// The (service, word) pairs seen, each logged once.
     unknown_seen: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
@@ -258,7 +259,7 @@ impl Metrics {
         );
         r.register(
             "callback_hinted_tasks",
-            "Watched tasks a callback made due for a poll at once",
+            "Watched tasks a callback made due for a poll at once (or marked, when a poll of theirs was on its way)",
             m.hinted.clone(),
         );
         Metrics { registry, ..m }
