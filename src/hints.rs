@@ -1,8 +1,10 @@
 //! Callbacks as hints. The upstream can call a URL when a task settles
 //! (`callback_url`), but that call is unsigned and never retried, so it is
-//! only ever a hint: the task it names is polled at once, and the poll
-//! decides. Hints arriving close together are coalesced into one store
-//! write per service, so a burst of callbacks becomes a few batch polls.
+//! only ever a hint: the task it names is polled at once, ahead of every
+//! task merely due, and the poll decides; a hint for a task whose poll is
+//! on its way is kept for when that poll is recorded (`PollQueue::hurry`).
+//! Hints arriving close together are coalesced into one store write per
+//! service, so a burst of callbacks becomes a few batch polls.
 //! A flood (unknown IDs, forged bodies, one source calling too often)
 //! changes nothing but counters: IDs are capped per body, sources are rate
 //! capped, and the pending set is bounded.
