@@ -242,11 +242,12 @@ async fn a_callback_during_its_tasks_poll_is_kept_for_the_next() {
         .replace("interval = \"200ms\"", "interval = \"60s\"")
         .replace("max_interval = \"400ms\"", "max_interval = \"60s\"");
     std::fs::write(&cfg, text).unwrap();
-    // The first request is answered 1.5 s late, as the task was when it
-    // arrived; the task settles (and calls back) meanwhile.
+    // The first request (100 ms after the enqueue) is answered 4 s late,
+    // as the task was when it arrived; the task settles at 2 s (and calls
+    // back) meanwhile.
     let (s, _) = post_json(
         &format!("{}/_sim/faults", sim.url),
-        &json!({"script": ["slow"], "slow_ms": 1500}),
+        &json!({"script": ["slow"], "slow_ms": 4000}),
     )
     .await;
     assert_eq!(s, 200);
@@ -255,7 +256,7 @@ async fn a_callback_during_its_tasks_poll_is_kept_for_the_next() {
     sim_create(
         &sim.url,
         vec![
-            json!({"id": "inflight", "service": "suno", "duration_ms": 600, "callback_url": hook}),
+            json!({"id": "inflight", "service": "suno", "duration_ms": 2000, "callback_url": hook}),
         ],
     )
     .await;
