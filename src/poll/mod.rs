@@ -183,8 +183,7 @@ impl Poller {
         let paused = self.upstream.paused_services();
         let started = std::time::Instant::now();
         let claimed = self.claim(&cfg, now, &paused, requests).await;
-        *claim_ahead = (*claim_ahead * 4 + started.elapsed()) / 5;
-        *claim_ahead = (*claim_ahead).min(MAX_CLAIM_AHEAD);
+        *claim_ahead = ((*claim_ahead * 4 + started.elapsed()) / 5).min(MAX_CLAIM_AHEAD);
         let Some((claim, lease)) = claimed else {
             return self.idle(Duration::from_secs(1), shutdown).await;
         };

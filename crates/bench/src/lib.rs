@@ -228,7 +228,7 @@ struct Daemon {
 
 impl Daemon {
     fn start(config: &Path) -> anyhow::Result<Daemon> {
-        let mut child = Command::new(taskhook_binary()?)
+        let child = Command::new(taskhook_binary()?)
             .args(["run", "-c"])
             .arg(config)
             .env("RUST_LOG", "error")
@@ -236,8 +236,13 @@ impl Daemon {
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting the daemon")?;
-        // Its first line names the API; a daemon that never says it is
-        // killed rather than waited for.
+        Daemon::announced(child, None)
+    }
+
+    /// The daemon `child` (stdout piped) once its first line names the API;
+    /// a daemon that never says it is killed rather than waited for. `log`,
+    /// when its stderr goes to a file, is quoted if it does not start.
+    fn announced(mut child: Child, log: Option<&Path>) -> anyhow::Result<Daemon> {
         let stdout = child.stdout.take().expect("piped");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -250,12 +255,23 @@ impl Daemon {
             let _ = child.wait();
             bail!("the daemon did not report its address within 60 s");
         };
-        let api = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http"))
-            .with_context(|| format!("the daemon did not start: {line:?}"))?
-            .to_string();
-        Ok(Daemon { child, api })
+        let Some(api) = line.split_whitespace().find(|w| w.starts_with("http")) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            let logged = log
+                .map(|l| {
+                    format!(
+                        "; its log: {}",
+                        std::fs::read_to_string(l).unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default();
+            bail!("the daemon did not start: {line:?}{logged}");
+        };
+        Ok(Daemon {
+            api: api.to_string(),
+            child,
+        })
     }
 
     /// CPU seconds used so far (user + system), from /proc.

@@ -164,13 +164,16 @@ impl Server {
         let (client, conn) = match attempt {
             Err(_) => return Err(Unavailable::Unreachable("no answer within 5 s".into())),
             Ok(Err(e)) if e.as_db_error().is_none() => {
-                return Err(Unavailable::Unreachable(error_chain(&e)));
+                return Err(Unavailable::Unreachable(format!(
+                    "{:#}",
+                    anyhow::Error::new(e)
+                )));
             }
             Ok(Err(e)) => {
                 return Err(Unavailable::Failed(anyhow::anyhow!(
-                    "PostgreSQL at {} answered with an error: {}",
+                    "PostgreSQL at {} answered with an error: {:#}",
                     redacted(url),
-                    error_chain(&e)
+                    anyhow::Error::new(e)
                 )));
             }
             Ok(Ok(pair)) => pair,
@@ -320,18 +323,6 @@ impl ProcStat {
             cstime: num(14)?,
         })
     }
-}
-
-/// An error with its causes.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// The URL with its password hidden.

@@ -309,8 +309,7 @@ fn add_to_section(path: &Path, section: &str, lines: &str) -> anyhow::Result<()>
 /// Starts the daemon as [`Daemon::start`] does, with its purge's debug
 /// lines (JSON) written to `log`.
 fn start_logging_purges(config: &Path, log: &Path) -> anyhow::Result<Daemon> {
-    use std::io::{BufRead, BufReader};
-    let mut child = Command::new(crate::taskhook_binary()?)
+    let child = Command::new(crate::taskhook_binary()?)
         .args(["run", "--log-format", "json", "-c"])
         .arg(config)
         .env(
@@ -321,30 +320,7 @@ fn start_logging_purges(config: &Path, log: &Path) -> anyhow::Result<Daemon> {
         .stderr(std::fs::File::create(log)?)
         .spawn()
         .context("starting the daemon")?;
-    let stdout = child.stdout.take().expect("piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        bail!("the daemon did not report its address within 60 s");
-    };
-    let Some(api) = line.split_whitespace().find(|w| w.starts_with("http")) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        bail!(
-            "the daemon did not start: {line:?}; its log: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-    };
-    Ok(Daemon {
-        api: api.to_string(),
-        child,
-    })
+    Daemon::announced(child, Some(log))
 }
 
 /// The rows the daemon's purges removed, from its debug log.

@@ -216,13 +216,16 @@ async fn the_delay_is_respected() {
     assert_on_time(&late, sim.settles_at("late").await + 400);
 }
 
+/// A loopback URL nothing listens on (the port was bound, then let go).
+fn closed_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}/cb", l.local_addr().unwrap())
+}
+
 #[tokio::test]
 async fn unreachable_or_refusing_receivers_count_as_failed_and_polling_goes_on() {
     let mut rx = receiver().await;
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}/cb", l.local_addr().unwrap())
-    };
+    let closed = closed_url();
     let sim = start(SimArgs::default()).await;
     sim.create(json!({"tasks": [
         {"id": "nobody", "duration_ms": 100, "callback_url": closed},
@@ -280,10 +283,7 @@ async fn implicit_tasks_call_back_to_the_command_line_url() {
 #[tokio::test]
 async fn each_tasks_callback_outcome_is_recorded() {
     let mut rx = receiver().await;
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}/cb", l.local_addr().unwrap())
-    };
+    let closed = closed_url();
     let sim = start(SimArgs::default()).await;
     sim.create(json!({"tasks": [
         {"id": "lost", "duration_ms": 50, "callback_url": rx.url("/a"), "callback_loss": 1.0},
