@@ -3,8 +3,10 @@
 //! only ever a hint: the task it names is polled at once, ahead of every
 //! task merely due, and the poll decides; a hint for a task whose poll is
 //! on its way is kept for when that poll is recorded (`PollQueue::hurry`).
-//! Hints arriving close together are coalesced into one store write per
-//! service, so a burst of callbacks becomes a few batch polls.
+//! A hint is written to the store at once; hints arriving while a write is
+//! under way share the next one (group commit), so a burst of callbacks
+//! becomes a few store writes, and the hinted tasks share the next requests
+//! the rate limit lets leave.
 //! A flood (unknown IDs, forged bodies, one source calling too often)
 //! changes nothing but counters: IDs are capped per body, sources are rate
 //! capped, and the pending set is bounded.
@@ -26,8 +28,6 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::SharedClock;
 use crate::store::PollQueue;
 
-/// How long hints wait for others to share their store write.
-pub const COALESCE: Duration = Duration::from_millis(10);
 /// Task IDs read from one callback body at most.
 pub const MAX_IDS_PER_BODY: usize = 10;
 /// Task IDs waiting to be passed on at most; beyond, hints are dropped.
@@ -134,9 +134,10 @@ impl Hints {
         Received::Hinted
     }
 
-    /// Passes hints on until cancelled: waits for one, lets others join it
-    /// for [`COALESCE`], then makes the named watched tasks due now (one
-    /// write per service) and wakes the poller.
+    /// Passes hints on until cancelled: waits for one, then makes every
+    /// watched task named since the last write due now (one write per
+    /// service) and wakes the poller. No hint waits for company: those that
+    /// arrive during a write are taken by the next.
     pub async fn run(
         self: Arc<Self>,
         store: Arc<dyn PollQueue>,
@@ -151,7 +152,6 @@ impl Hints {
                 _ = self.ready.notified() => {}
                 _ = shutdown.cancelled() => return,
             }
-            tokio::time::sleep(COALESCE).await;
             let batch = std::mem::take(&mut *self.pending.lock().expect("hints lock"));
             let mut hurried = 0;
             for (service, ids) in batch.by_service {
@@ -199,6 +199,139 @@ mod tests {
         assert!(ids_in(&json!({"task_id": "a\nb"})).is_empty());
         assert!(ids_in(&json!(["t1"])).is_empty());
         assert!(ids_in(&json!({"data": [{"task_id": "deep"}]})).is_empty());
+    }
+
+    /// A queue that records each `hurry` (when, and which IDs), and holds
+    /// each call until the test lets it go.
+    struct Recorder {
+        started: tokio::time::Instant,
+        calls: Mutex<Vec<(Duration, Vec<String>)>>,
+        called: Notify,
+        release: tokio::sync::Semaphore,
+    }
+
+    #[async_trait::async_trait]
+    impl PollQueue for Recorder {
+        async fn hurry(
+            &self,
+            _now: crate::clock::Millis,
+            _service: String,
+            mut ids: Vec<String>,
+        ) -> crate::store::StoreResult<u64> {
+            ids.sort();
+            let n = ids.len() as u64;
+            self.calls
+                .lock()
+                .unwrap()
+                .push((self.started.elapsed(), ids));
+            self.called.notify_one();
+            self.release.acquire().await.unwrap().forget();
+            Ok(n)
+        }
+        async fn enqueue(
+            &self,
+            _: crate::clock::Millis,
+            _: crate::clock::Millis,
+            _: Vec<crate::store::NewTask>,
+        ) -> crate::store::StoreResult<crate::store::EnqueueOutcome> {
+            unreachable!()
+        }
+        async fn claim_poll_batch(
+            &self,
+            _: crate::clock::Millis,
+            _: crate::clock::Millis,
+            _: crate::store::ClaimLimits,
+            _: crate::clock::Millis,
+        ) -> crate::store::StoreResult<crate::store::PollClaim> {
+            unreachable!()
+        }
+        async fn record_polls(
+            &self,
+            _: crate::clock::Millis,
+            _: Vec<crate::store::PollUpdate>,
+            _: Option<crate::clock::Millis>,
+        ) -> crate::store::StoreResult<Vec<crate::store::ClaimedDelivery>> {
+            unreachable!()
+        }
+        async fn claim_expired(
+            &self,
+            _: crate::clock::Millis,
+            _: crate::clock::Millis,
+            _: usize,
+            _: crate::clock::Millis,
+        ) -> crate::store::StoreResult<Vec<crate::store::ClaimedTask>> {
+            unreachable!()
+        }
+        async fn defer_service(
+            &self,
+            _: String,
+            _: crate::clock::Millis,
+        ) -> crate::store::StoreResult<u64> {
+            unreachable!()
+        }
+        async fn demand(
+            &self,
+            _: crate::clock::Millis,
+        ) -> crate::store::StoreResult<Vec<(String, u64)>> {
+            unreachable!()
+        }
+        async fn learn_durations(
+            &self,
+            _: crate::clock::Millis,
+            _: String,
+            _: Vec<i64>,
+        ) -> crate::store::StoreResult<crate::store::DurationModel> {
+            unreachable!()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_hint_is_written_at_once_and_those_during_a_write_share_the_next() {
+        let store = Arc::new(Recorder {
+            started: tokio::time::Instant::now(),
+            calls: Mutex::default(),
+            called: Notify::new(),
+            release: tokio::sync::Semaphore::new(0),
+        });
+        let hints = Hints::new(1000);
+        let wake = Arc::new(Notify::new());
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(hints.clone().run(
+            store.clone(),
+            crate::clock::system(),
+            wake.clone(),
+            Arc::new(crate::metrics::Metrics::new()),
+            shutdown.clone(),
+        ));
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+        assert_eq!(h_receive(&hints, a, &["t1"]), Received::Hinted);
+        store.called.notified().await;
+        // While that write runs, three more arrive (one twice).
+        for id in ["t3", "t2", "t3"] {
+            h_receive(&hints, a, &[id]);
+        }
+        store.release.add_permits(1);
+        store.called.notified().await;
+        wake.notified().await;
+        store.release.add_permits(1);
+        let calls = store.calls.lock().unwrap().clone();
+        // The paused clock moves only when every task waits on a timer: a
+        // write that waited for company would show its wait here.
+        assert_eq!(
+            calls,
+            [
+                (Duration::ZERO, ids(&["t1"])),
+                (Duration::ZERO, ids(&["t2", "t3"]))
+            ]
+        );
+        shutdown.cancel();
+        run.await.unwrap();
+    }
+
+    fn h_receive(h: &Hints, source: IpAddr, ids: &[&str]) -> Received {
+        h.receive(source, "suno", ids.iter().map(|s| s.to_string()).collect())
     }
 
     #[test]
