@@ -163,9 +163,11 @@ pub struct Sources {
 /// How often the demand is counted, at least; a slow count waits longer.
 pub const REFRESH: Duration = Duration::from_secs(2);
 /// Counting the demand may take at most one part in this many of the time
-/// between counts: with a million watched tasks a count takes tens of
-/// milliseconds, and an idle daemon must stay near zero CPU (at that scale
-/// the interval is many minutes, so a count every minute or two keeps up).
+/// between counts. The count reads the running tasks and those due by the
+/// horizon through their own indexes, so it is cheap while few are; with a
+/// million running or overdue it takes tens of milliseconds, and an idle
+/// daemon must stay near zero CPU (at that scale the interval is many
+/// minutes, so a count every minute or two keeps up).
 pub const COST_SHARE: u32 = 1000;
 
 impl Pace {

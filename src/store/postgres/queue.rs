@@ -174,9 +174,15 @@ RETURNING t.id, t.service, t.claim, t.enqueued_at, t.polls, t.misses, t.fail_see
     t.metadata, t.webhooks, t.enqueued_at AS due";
 
 /// Watched tasks taking polls now, per service (see `PollQueue::demand`).
-const DEMAND: &str = "
-SELECT service, count(*) FROM tasks
-WHERE status = 0 AND (polls > 0 OR next_poll_at <= $1)
+/// The tasks the pacing counts, per service: those polled already (the
+/// running ones, in `tasks_polled`) and new ones due by the horizon
+/// (`tasks_due`), each part from its own partial index rather than a scan
+/// of every watched row.
+pub(super) const DEMAND: &str = "
+SELECT service, count(*) FROM (
+  SELECT service FROM tasks WHERE status = 0 AND polls = 0 AND next_poll_at <= $1
+  UNION ALL
+  SELECT service FROM tasks WHERE status = 0 AND polls > 0) d
 GROUP BY service ORDER BY service";
 
 const DEFER_SERVICE: &str = "

@@ -1019,7 +1019,8 @@ async fn explain(c: &tokio_postgres::Client, sql: &str, args: &[&(dyn ToSql + Sy
 
 /// The new reads can use the indexes meant for them: an ID prefix the
 /// primary key, watched tasks their age, dead letters their settle time,
-/// the attempt log its event and its time, a hint the primary key.
+/// the attempt log its event and its time, a hint the primary key, the
+/// demand count the due and the running tasks' partial indexes.
 #[tokio::test]
 async fn listings_and_the_attempt_log_can_use_their_indexes() {
     let Some((s, guard)) = fresh(1).await else {
@@ -1090,6 +1091,11 @@ async fn listings_and_the_attempt_log_can_use_their_indexes() {
     )
     .await;
     assert!(p.contains("tasks_pkey"), "{p}");
+    let p = explain(&c, super::queue::DEMAND, &[&5i64]).await;
+    assert!(
+        p.contains("tasks_due") && p.contains("tasks_polled") && !p.contains("tasks_age"),
+        "{p}"
+    );
 }
 
 /// Replays and hints wake the other instances: one wake-up per call,

@@ -279,7 +279,8 @@ fn plan(c: &Connection, sql: &str, args: Vec<rusqlite::types::Value>) -> String 
         .join(" | ")
 }
 
-/// The new reads use the indexes meant for them: watched tasks by age,
+/// The new reads use the indexes meant for them: watched tasks by age, the
+/// demand count the running tasks' and the due tasks' indexes only,
 /// an ID prefix by the primary key (whatever else is asked), dead letters
 /// by state and settle time, the attempt log by event and by time.
 #[test]
@@ -300,6 +301,13 @@ fn listings_and_the_attempt_log_use_their_indexes() {
     };
     let p = listing(watching.clone());
     assert!(p.contains("USING INDEX tasks_age (enqueued_at<?)"), "{p}");
+    let p = plan(&c, super::DEMAND, vec![5i64.into()]);
+    assert!(
+        p.contains("SEARCH tasks USING INDEX tasks_due (next_poll_at<?)")
+            && p.contains("SCAN tasks USING INDEX tasks_polled")
+            && !p.contains("tasks_age"),
+        "{p}"
+    );
     for f in [
         TaskFilter {
             id_prefix: Some("job".into()),
