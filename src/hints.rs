@@ -9,7 +9,9 @@
 //! the rate limit lets leave.
 //! A flood (unknown IDs, forged bodies, one source calling too often)
 //! changes nothing but counters: IDs are capped per body, sources are rate
-//! capped, and the pending set is bounded.
+//! capped, and the pending set is bounded; a watched task takes at most
+//! `MAX_HINTS_PER_TASK` hints, so one naming watched IDs over and over
+//! cannot keep them ahead of the rest.
 //!
 //! May call: `store` (to make tasks due), `ingest` (ID rules), `metrics`,
 //! `clock`.
@@ -32,6 +34,8 @@ use crate::store::PollQueue;
 pub const MAX_IDS_PER_BODY: usize = 10;
 /// Task IDs waiting to be passed on at most; beyond, hints are dropped.
 pub const MAX_PENDING: usize = 10_000;
+/// How long after a failed store write hints are tried again.
+pub const RETRY: Duration = Duration::from_secs(1);
 
 /// The task IDs a callback body names: `task_id` or `id` at the top, or in
 /// a `response` or `data` object (where some services put them). At most
@@ -134,6 +138,18 @@ impl Hints {
         Received::Hinted
     }
 
+    /// Takes back hints a write could not pass on, as far as the bound on
+    /// pending hints allows.
+    fn put_back(&self, service: String, ids: Vec<String>) {
+        let mut p = self.pending.lock().expect("hints lock");
+        let room = MAX_PENDING.saturating_sub(p.ids);
+        let set = p.by_service.entry(service).or_default();
+        let before = set.len();
+        set.extend(ids.into_iter().take(room));
+        let added = set.len() - before;
+        p.ids += added;
+    }
+
     /// Passes hints on until cancelled: waits for one, then makes every
     /// watched task named since the last write due now (one write per
     /// service) and wakes the poller. No hint waits for company: those that
@@ -154,20 +170,33 @@ impl Hints {
             }
             let batch = std::mem::take(&mut *self.pending.lock().expect("hints lock"));
             let mut hurried = 0;
+            let mut failed = false;
             for (service, ids) in batch.by_service {
+                let ids: Vec<String> = ids.into_iter().collect();
                 match store
-                    .hurry(clock.now_ms(), service.clone(), ids.into_iter().collect())
+                    .hurry(clock.now_ms(), service.clone(), ids.clone())
                     .await
                 {
                     Ok(n) => hurried += n,
                     Err(e) => {
-                        tracing::warn!(service = %service, error = %e, "cannot pass callback hints on; the tasks keep their schedule")
+                        // The upstream never calls twice: keep them for
+                        // the next write.
+                        tracing::warn!(service = %service, error = %e, "cannot pass callback hints on yet; trying again in 1s");
+                        self.put_back(service, ids);
+                        failed = true;
                     }
                 }
             }
             metrics.hinted.inc_by(hurried);
             if hurried > 0 {
                 poller_wake.notify_one();
+            }
+            if failed {
+                self.ready.notify_one();
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY) => {}
+                    _ = shutdown.cancelled() => return,
+                }
             }
             if last_cleanup.elapsed() > Duration::from_secs(60) {
                 // Forget sources that have been quiet, so the limiter's
@@ -208,6 +237,36 @@ mod tests {
         calls: Mutex<Vec<(Duration, Vec<String>)>>,
         called: Notify,
         release: tokio::sync::Semaphore,
+        /// Calls still to fail, as a store that is down would.
+        fail: std::sync::atomic::AtomicU32,
+    }
+
+    impl Recorder {
+        fn new(fail: u32) -> Arc<Self> {
+            Arc::new(Recorder {
+                started: tokio::time::Instant::now(),
+                calls: Mutex::default(),
+                called: Notify::new(),
+                release: tokio::sync::Semaphore::new(0),
+                fail: fail.into(),
+            })
+        }
+
+        /// Runs the hints' loop on this store until `shutdown`.
+        fn serve(
+            self: &Arc<Self>,
+            hints: &Arc<Hints>,
+            wake: &Arc<Notify>,
+            shutdown: &CancellationToken,
+        ) -> tokio::task::JoinHandle<()> {
+            tokio::spawn(hints.clone().run(
+                self.clone(),
+                crate::clock::system(),
+                wake.clone(),
+                Arc::new(crate::metrics::Metrics::new()),
+                shutdown.clone(),
+            ))
+        }
     }
 
     #[async_trait::async_trait]
@@ -226,6 +285,12 @@ mod tests {
                 .push((self.started.elapsed(), ids));
             self.called.notify_one();
             self.release.acquire().await.unwrap().forget();
+            let failing = self.fail.load(std::sync::atomic::Ordering::SeqCst);
+            if failing > 0 {
+                self.fail
+                    .store(failing - 1, std::sync::atomic::Ordering::SeqCst);
+                return Err(crate::store::StoreError::unavailable_msg("down"));
+            }
             Ok(n)
         }
         async fn enqueue(
@@ -287,22 +352,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_lone_hint_is_written_at_once_and_those_during_a_write_share_the_next() {
-        let store = Arc::new(Recorder {
-            started: tokio::time::Instant::now(),
-            calls: Mutex::default(),
-            called: Notify::new(),
-            release: tokio::sync::Semaphore::new(0),
-        });
+        let store = Recorder::new(0);
         let hints = Hints::new(1000);
         let wake = Arc::new(Notify::new());
         let shutdown = CancellationToken::new();
-        let run = tokio::spawn(hints.clone().run(
-            store.clone(),
-            crate::clock::system(),
-            wake.clone(),
-            Arc::new(crate::metrics::Metrics::new()),
-            shutdown.clone(),
-        ));
+        let run = store.serve(&hints, &wake, &shutdown);
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
 
@@ -326,6 +380,25 @@ mod tests {
                 (Duration::ZERO, ids(&["t2", "t3"]))
             ]
         );
+        shutdown.cancel();
+        run.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hints_a_failed_write_could_not_pass_on_are_tried_again() {
+        let store = Recorder::new(1);
+        let hints = Hints::new(1000);
+        let wake = Arc::new(Notify::new());
+        let shutdown = CancellationToken::new();
+        let run = store.serve(&hints, &wake, &shutdown);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        h_receive(&hints, a, &["t1"]);
+        store.called.notified().await;
+        store.release.add_permits(2);
+        wake.notified().await;
+        let calls = store.calls.lock().unwrap().clone();
+        let t1 = vec!["t1".to_string()];
+        assert_eq!(calls, [(Duration::ZERO, t1.clone()), (RETRY, t1)]);
         shutdown.cancel();
         run.await.unwrap();
     }

@@ -177,7 +177,10 @@ impl Poller {
             s = self.upstream.slot() => s,
             _ = shutdown.cancelled() => return Step::Stop,
         };
-        let requests = ready.min(self.upstream.slot_count());
+        // Only batches that have a slot now: one waiting for a request in
+        // flight to end would hold its tasks (and any hinted among them)
+        // out of the next claim.
+        let requests = ready.min(1 + self.upstream.free_slots());
         let cfg = self.config.borrow().clone();
         let now = self.clock.now_ms();
         let paused = self.upstream.paused_services();
@@ -303,9 +306,15 @@ impl Poller {
             let rest = tasks.split_off(batch.min(tasks.len()));
             let slot = match first.take() {
                 Some(s) => s,
-                None => tokio::select! {
-                    p = self.upstream.slot() => p,
-                    _ = shutdown.cancelled() => return Step::Stop,
+                // Free when the claim was made; only a shrinking share of
+                // the budget makes this wait, for requests in flight (which
+                // may sit out an upstream pause): alive, so it beats.
+                None => loop {
+                    tokio::select! {
+                        p = self.upstream.slot() => break p,
+                        _ = tokio::time::sleep(self.heartbeat.max_idle()) => self.heartbeat.beat(),
+                        _ = shutdown.cancelled() => return Step::Stop,
+                    }
                 },
             };
             let round = Round {

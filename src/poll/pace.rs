@@ -169,6 +169,19 @@ pub const REFRESH: Duration = Duration::from_secs(2);
 /// daemon must stay near zero CPU (at that scale the interval is many
 /// minutes, so a count every minute or two keeps up).
 pub const COST_SHARE: u32 = 1000;
+/// The longest wait between counts, however long the last one took (it
+/// may have waited for a busy store rather than worked).
+pub const MAX_REFRESH: Duration = Duration::from_secs(120);
+
+/// How long after a count the next is made: [`COST_SHARE`] times as long
+/// as it `took`, within [`REFRESH`] and [`MAX_REFRESH`]; after a failed
+/// count (`None`), [`REFRESH`].
+pub fn next_count_in(took: Option<Duration>) -> Duration {
+    match took {
+        Some(t) => (t * COST_SHARE).clamp(REFRESH, MAX_REFRESH),
+        None => REFRESH,
+    }
+}
 
 impl Pace {
     /// Starts from the durations learned so far (the store's).
@@ -216,14 +229,17 @@ impl Pace {
     }
 
     /// Counts the demand every [`REFRESH`] (or [`COST_SHARE`] times as long
-    /// as the count took) and sets the interval it allows, until cancelled.
+    /// as the count took, see [`next_count_in`]) and sets the interval it
+    /// allows, until cancelled.
     pub async fn run(self: Arc<Self>, from: Sources, shutdown: CancellationToken) {
         loop {
             let cfg = from.config.borrow().clone();
             let started = std::time::Instant::now();
             let now = from.clock.now_ms();
             let horizon = now + cfg.poll.interval.as_millis() as i64;
-            match from.store.demand(horizon).await {
+            let counted = from.store.demand(horizon).await;
+            let took = counted.is_ok().then(|| started.elapsed());
+            match counted {
                 Ok(demand) => {
                     let demand: Vec<ServiceDemand> = demand
                         .into_iter()
@@ -244,7 +260,7 @@ impl Pace {
                     tracing::warn!(error = %e, "cannot count the watched tasks; keeping the last poll interval")
                 }
             }
-            let wait = REFRESH.max(started.elapsed() * COST_SHARE);
+            let wait = next_count_in(took);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.cancelled() => return,
@@ -363,6 +379,17 @@ mod tests {
         ];
         assert_eq!(requests_per_second(secs(1.0), &d), 32.0);
         assert_eq!(effective_interval(secs(1.0), &d, 10.0), secs(4.0));
+    }
+
+    #[test]
+    fn a_slow_count_waits_longer_but_never_past_the_cap_and_a_failed_one_not_at_all() {
+        let ms = Duration::from_millis;
+        assert_eq!(next_count_in(Some(ms(0))), REFRESH);
+        assert_eq!(next_count_in(Some(ms(30))), Duration::from_secs(30));
+        // A count that waited 30 s for a pooled connection during a
+        // failover must not put the next one off for eight hours.
+        assert_eq!(next_count_in(Some(Duration::from_secs(30))), MAX_REFRESH);
+        assert_eq!(next_count_in(None), REFRESH);
     }
 
     #[test]

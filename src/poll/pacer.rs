@@ -107,14 +107,19 @@ impl Pacer {
         self.paused_until.saturating_duration_since(now)
     }
 
-    /// No request starts before `until` (a pause only ever grows).
+    /// No request starts before `until` (a pause only ever grows), and the
+    /// requests after it start one interval apart: an upstream that asked
+    /// for a pause gets no burst at its end.
     pub fn pause_until(&mut self, until: Instant) {
         self.paused_until = self.paused_until.max(until);
+        self.tat = self.tat.max(self.paused_until + self.tolerance());
     }
 
-    /// Ends any pause now (a new token was installed).
+    /// Ends any pause now (a new token was installed): requests start again
+    /// at once, one interval apart.
     pub fn resume(&mut self, now: Instant) {
         self.paused_until = now;
+        self.tat = self.tat.min(now + self.tolerance());
     }
 
     /// A request succeeded: a step faster, up to the share.
@@ -199,6 +204,20 @@ mod tests {
     }
 
     #[test]
+    fn after_a_pause_requests_start_one_interval_apart_without_a_burst() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(10.0, t0);
+        p.pause_until(t0 + ms(2_000));
+        let end = t0 + ms(2_000);
+        assert_eq!((p.ready_now(t0), p.ready_now(end)), (0, 1));
+        // Requests held by the pause, all asking at its end.
+        let starts: Vec<Duration> = (0..3).map(|_| p.reserve(end) - end).collect();
+        for (i, s) in starts.iter().enumerate() {
+            assert!(s.abs_diff(ms(100 * i as u64)) < ms(1), "{starts:?}");
+        }
+    }
+
+    #[test]
     fn a_slow_rate_keeps_even_spacing() {
         let t0 = Instant::now();
         let mut p = Pacer::new(1.5, t0);
@@ -218,6 +237,7 @@ mod tests {
         assert_eq!(p.pause_remaining(t0), ms(500), "a pause never shrinks");
         p.resume(t0);
         assert_eq!(p.pause_remaining(t0), Duration::ZERO);
+        assert_eq!(p.reserve(t0), t0, "a resume lets a request go at once");
         p.slower();
         assert_eq!(p.rate(), 5.0);
         p.faster();

@@ -457,13 +457,21 @@ impl UpstreamClient {
     }
 
     /// Waits for a start reserved with [`reserve`](Self::reserve), and out
-    /// any pause the upstream asked for since. Returns how long it waited.
+    /// any pause the upstream asked for since (however often it grows
+    /// meanwhile), then for a new place in line after it, so the requests
+    /// a pause held do not all leave the moment it ends. Returns how long
+    /// it waited.
     pub async fn wait_for(&self, at: Instant) -> Duration {
         let start = Instant::now();
-        tokio::time::sleep_until(at.into()).await;
-        let pause = self.pause_remaining();
-        if !pause.is_zero() {
+        let mut at = at;
+        loop {
+            tokio::time::sleep_until(at.into()).await;
+            let pause = self.pause_remaining();
+            if pause.is_zero() {
+                break;
+            }
             tokio::time::sleep(pause).await;
+            at = self.reserve();
         }
         let waited = start.elapsed();
         self.metrics.rate_limiter_wait.inc_by(waited.as_secs_f64());
@@ -500,9 +508,9 @@ impl UpstreamClient {
         self.slots.acquire().await
     }
 
-    /// Requests this instance may have in flight at once.
-    pub fn slot_count(&self) -> usize {
-        self.slots.size()
+    /// Request slots free now (besides any the caller holds).
+    pub fn free_slots(&self) -> usize {
+        self.slots.available()
     }
 
     /// This instance's share of the request budget when `instances` daemons

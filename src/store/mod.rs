@@ -41,6 +41,11 @@ use crate::clock::Millis;
 /// of every task merely due (polls run late only when the budget cannot
 /// keep up, and never by a day). A claim overwrites it with the lease.
 pub const HINT_LEAD_MS: crate::clock::Millis = 86_400_000;
+/// How many hints may hurry one task while it is watched: the upstream
+/// calls back once, and a second allows for a duplicate or a callback that
+/// came before the record said the task had settled. Beyond, a hint for it
+/// changes nothing, so a flood naming watched IDs cannot starve the rest.
+pub const MAX_HINTS_PER_TASK: i64 = 2;
 
 pub const PURGE_CHUNK: usize = 5_000;
 
@@ -110,8 +115,9 @@ pub trait PollQueue: Send + Sync {
     /// first); a leased one (its poll may be in flight, and may have left
     /// before the task settled) is marked, and its round's reschedule
     /// makes it due the same way. Unknown IDs and tasks of another service
-    /// change nothing. Returns how many tasks moved or were marked; a task
-    /// already hinted does not count again.
+    /// change nothing, and so does a hint for a task hurried
+    /// [`MAX_HINTS_PER_TASK`] times already. Returns how many tasks moved
+    /// or were marked; a task already hinted does not count again.
     ///
     /// A leased task is its worker's, even once its lease ran out (it is
     /// due then anyway). Meant for a few hundred IDs per call (one key

@@ -2137,7 +2137,8 @@ pub async fn activity_counts_the_window_and_each_webhooks_health(s: Arc<dyn Stor
 /// A hint makes watched tasks of its service due ahead of every other
 /// (`HINT_LEAD_MS` before now), already due ones too; a leased task is
 /// marked instead, and its worker's reschedule makes it due the same way.
-/// Done and other services' tasks, and unknown IDs, are left alone.
+/// Done and other services' tasks, and unknown IDs, are left alone; a
+/// task takes at most two hints while it is watched.
 pub async fn hurry_brings_named_watched_tasks_forward(s: Arc<dyn Store>) {
     use crate::store::HINT_LEAD_MS as LEAD;
     s.enqueue(0, 0, vec![task("held"), task("done")])
@@ -2225,6 +2226,31 @@ pub async fn hurry_brings_named_watched_tasks_forward(s: Arc<dyn Store>) {
         1
     );
     assert_eq!(due_at("k").await, Some(400 - LEAD));
+    // A task is hurried at most MAX_HINTS_PER_TASK (2) times while it is
+    // watched: "held" took its first hint while leased, then one more.
+    assert_eq!(crate::store::MAX_HINTS_PER_TASK, 2);
+    assert_eq!(
+        s.hurry(600, "producer".into(), vec!["held".into()])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(due_at("held").await, Some(600 - LEAD));
+    let c = s.claim_poll_batch(700, 700, 1.into(), 3000).await.unwrap();
+    assert_eq!(c.tasks[0].id, "k", "hinted at 400, before held");
+    let c = s.claim_poll_batch(700, 700, 1.into(), 3000).await.unwrap();
+    assert_eq!(c.tasks[0].id, "held");
+    s.record_polls(800, vec![resched(&c.tasks[0], 90_000)], None)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.hurry(900, "producer".into(), vec!["held".into()])
+            .await
+            .unwrap(),
+        0,
+        "no third hint: naming it again cannot keep it ahead"
+    );
+    assert_eq!(due_at("held").await, Some(90_000));
 }
 
 /// Durations learned per service add up over calls; negative and absurd

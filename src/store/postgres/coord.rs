@@ -61,7 +61,8 @@ SELECT term FROM kept UNION ALL SELECT term FROM taken";
 /// Gives back, due now, every lease held by an instance that is not live
 /// (its heartbeat lapsed, or it left): its tasks are polled and its
 /// deliveries sent by others at once, and its webhooks' concurrency slots
-/// are free again. Rows locked by a claim in progress are skipped (a live
+/// are free again (a task hinted during the lost poll due ahead of the
+/// rest, `$3`). Rows locked by a claim in progress are skipped (a live
 /// instance's). The fencing token moves on, so a late write by the
 /// instance, should it still run, is ignored. Wakes the others.
 const RESCUE: &str = "
@@ -76,7 +77,8 @@ d AS (
     RETURNING 1
 ),
 t AS (
-    UPDATE tasks SET leased = false, next_poll_at = $1, claim = nextval('task_claims')
+    UPDATE tasks SET leased = false, hinted = false, claim = nextval('task_claims'),
+        next_poll_at = CASE WHEN hinted THEN $3 ELSE $1 END
     WHERE id IN (
         SELECT id FROM tasks
         WHERE status = 0 AND leased AND leased_by IS NOT NULL
@@ -120,7 +122,14 @@ impl Coordination for PostgresStore {
             .map_err(db)?;
         let rescue = c.prepare_cached(RESCUE).await.map_err(db)?;
         let given = c
-            .query_one(&rescue, &[&now, &self.inner.schema])
+            .query_one(
+                &rescue,
+                &[
+                    &now,
+                    &self.inner.schema,
+                    &(now - crate::store::HINT_LEAD_MS),
+                ],
+            )
             .await
             .map_err(db)?;
         let (deliveries, tasks): (i64, i64) = (given.get(0), given.get(1));

@@ -32,7 +32,7 @@ up AS (
     SELECT id, service, 0, $1, $2, metadata, webhooks FROM input
     ON CONFLICT (id) DO UPDATE SET service = excluded.service, status = 0,
         enqueued_at = excluded.enqueued_at, next_poll_at = excluded.next_poll_at,
-        leased = false, hinted = false, claim = 0, polls = 0, misses = 0, fail_seen = 0,
+        leased = false, hinted = false, hints = 0, claim = 0, polls = 0, misses = 0, fail_seen = 0,
         upstream_state = NULL, outcome = NULL, event_id = NULL, finished_at = NULL,
         done_at = NULL, metadata = excluded.metadata, webhooks = excluded.webhooks
     WHERE t.status = 2
@@ -294,12 +294,13 @@ logged AS (
 SELECT task_id, event_id, state FROM u";
 
 /// Makes the watched, unleased tasks `$3` of service `$2` due at `$1` if
-/// they were due later, and wakes the pollers when any moved.
+/// they were due later (marks leased ones), each at most `$5` times in
+/// all, and wakes the pollers when any moved.
 const HURRY: &str = "
 WITH h AS (
     UPDATE tasks SET next_poll_at = CASE WHEN leased THEN next_poll_at ELSE $1 END,
-        hinted = leased
-    WHERE id = ANY($3::text[]) AND service = $2 AND status = 0
+        hinted = leased, hints = hints + 1
+    WHERE id = ANY($3::text[]) AND service = $2 AND status = 0 AND hints < $5
       AND CASE WHEN leased THEN NOT hinted ELSE next_poll_at > $1 END
     RETURNING leased
 ),
@@ -407,6 +408,7 @@ impl PollQueue for PostgresStore {
                     &service,
                     &ids,
                     &self.inner.schema,
+                    &(crate::store::MAX_HINTS_PER_TASK as i32),
                 ],
             )
             .await

@@ -138,7 +138,8 @@ fn instance(id: &str, now: Millis) -> InstanceInfo {
 /// A daemon that dies holding leases does not hold its tasks and its
 /// webhooks' concurrency slots until the leases run out: the next heartbeat
 /// of another instance after its own lapsed gives them back, due at once;
-/// the dead one's late writes are ignored. A live instance's leases stay.
+/// the dead one's late writes are ignored (a task hinted meanwhile is due
+/// ahead of the rest). A live instance's leases stay.
 #[tokio::test]
 async fn the_leases_of_a_dead_instance_are_given_back_at_once() {
     let Some((a, guard)) = fresh(2).await else {
@@ -156,6 +157,13 @@ async fn the_leases_of_a_dead_instance_are_given_back_at_once() {
         .unwrap()
         .tasks;
     assert_eq!(polled.len(), 1);
+    // Its task settles during the poll A never finishes: a callback says so.
+    assert_eq!(
+        a.hurry(500, "producer".into(), vec!["p".into()])
+            .await
+            .unwrap(),
+        1
+    );
     let sending = a
         .claim_deliveries(0, 10, 600_000, vec![], 2)
         .await
@@ -186,6 +194,11 @@ async fn the_leases_of_a_dead_instance_are_given_back_at_once() {
         .unwrap()
         .deliveries;
     assert_eq!(taken.len(), 2, "the slots A held are free");
+    assert_eq!(
+        b.get_task("p".into()).await.unwrap().unwrap().next_poll_at,
+        Some(9_000 - crate::store::HINT_LEAD_MS),
+        "the hint A's lost poll was given is kept: due ahead of the rest"
+    );
     let task = b
         .claim_poll_batch(9_000, 9_000, 10.into(), 600_000)
         .await

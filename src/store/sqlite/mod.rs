@@ -214,10 +214,12 @@ impl SqliteStore {
         Self::migrate(&writer).map_err(fatal)?;
         let reader = Self::connect(path, sync).map_err(|e| fatal(describe_open_error(&e)))?;
         // Single owner: whatever was leased belonged to a process now gone.
+        // A task hinted during its lost poll keeps its place ahead.
         writer
             .execute(
-                "UPDATE tasks SET leased = 0, next_poll_at = ?1 WHERE leased = 1",
-                [now],
+                "UPDATE tasks SET leased = 0, hinted = 0, \
+                   next_poll_at = CASE WHEN hinted THEN ?2 ELSE ?1 END WHERE leased = 1",
+                [now, now - crate::store::HINT_LEAD_MS],
             )
             .and_then(|_| {
                 writer.execute(
@@ -629,16 +631,20 @@ impl PollQueue for SqliteStore {
             // One primary-key lookup per ID (callers pass a few hundred).
             let mut hurry = tx.prepare_cached(
                 "UPDATE tasks SET next_poll_at = CASE WHEN leased THEN next_poll_at ELSE ?1 END, \
-                   hinted = leased \
-                 WHERE id = ?2 AND service = ?3 AND status = 0 \
+                   hinted = leased, hints = hints + 1 \
+                 WHERE id = ?2 AND service = ?3 AND status = 0 AND hints < ?4 \
                    AND CASE WHEN leased THEN hinted = 0 ELSE next_poll_at > ?1 END",
             )?;
             let mut seen = std::collections::HashSet::with_capacity(ids.len());
             let mut n = 0;
             for id in &ids {
                 if seen.insert(id) {
-                    n += hurry.execute(params![now - crate::store::HINT_LEAD_MS, id, service])?
-                        as u64;
+                    n += hurry.execute(params![
+                        now - crate::store::HINT_LEAD_MS,
+                        id,
+                        service,
+                        crate::store::MAX_HINTS_PER_TASK
+                    ])? as u64;
                 }
             }
             Ok(n)
@@ -718,7 +724,7 @@ impl PollQueue for SqliteStore {
                  VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6) \
                  ON CONFLICT (id) DO UPDATE SET service = excluded.service, status = 0, \
                    enqueued_at = excluded.enqueued_at, next_poll_at = excluded.next_poll_at, \
-                   leased = 0, hinted = 0, claim = 0, polls = 0, misses = 0, fail_seen = 0, \
+                   leased = 0, hinted = 0, hints = 0, claim = 0, polls = 0, misses = 0, fail_seen = 0, \
                    upstream_state = NULL, outcome = NULL, event_id = NULL, finished_at = NULL, \
                    done_at = NULL, metadata = excluded.metadata, webhooks = excluded.webhooks \
                  WHERE tasks.status = 2",

@@ -394,6 +394,32 @@ async fn hurry_leaves_an_expired_lease_to_the_next_claim() {
     );
 }
 
+/// A restart gives back what the gone process held, due at once; a task
+/// hinted during its lost poll ahead of the rest.
+#[tokio::test]
+async fn a_restart_keeps_the_hint_of_a_task_whose_poll_was_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let s = SqliteStore::open(&path, SyncMode::Full, 0).unwrap();
+    s.enqueue(0, 0, vec![task("a"), task("b")]).await.unwrap();
+    let claimed = s.claim_poll_batch(0, 0, 10.into(), 500).await.unwrap();
+    assert_eq!(claimed.tasks.len(), 2);
+    assert_eq!(
+        s.hurry(100, "producer".into(), vec!["a".into()])
+            .await
+            .unwrap(),
+        1
+    );
+    drop(s);
+    let s = SqliteStore::open(&path, SyncMode::Full, 1_000).unwrap();
+    let due = |id: &'static str| {
+        let s = s.clone();
+        async move { s.get_task(id.into()).await.unwrap().unwrap().next_poll_at }
+    };
+    assert_eq!(due("a").await, Some(1_000 - crate::store::HINT_LEAD_MS));
+    assert_eq!(due("b").await, Some(1_000));
+}
+
 #[test]
 fn in_use_says_whether_a_daemon_holds_the_store() {
     let dir = tempfile::tempdir().unwrap();
