@@ -5,6 +5,7 @@
 //!
 //! May call: nothing of taskhook's.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -14,6 +15,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub struct Limit {
     slots: Arc<Semaphore>,
     size: Arc<Mutex<usize>>,
+    /// Slots taken out while held: the next ones given back are dropped
+    /// by whoever acquires them, so a shrunk limit is never exceeded once
+    /// the holders of the removed slots are done.
+    owed: Arc<AtomicUsize>,
 }
 
 impl Limit {
@@ -21,6 +26,7 @@ impl Limit {
         Limit {
             slots: Arc::new(Semaphore::new(size)),
             size: Arc::new(Mutex::new(size)),
+            owed: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -30,35 +36,59 @@ impl Limit {
     }
 
     /// Sets the size: added slots are free at once; removed ones are taken
-    /// out as their holders give them back.
+    /// out of the free ones at once, the rest as their holders give them
+    /// back.
     pub fn resize(&self, size: usize) {
         let mut current = self.size.lock().expect("limit lock");
         if size > *current {
-            self.slots.add_permits(size - *current);
+            let mut add = size - *current;
+            // Growing first cancels what a shrink still owed.
+            let cancel = add.min(self.owed.load(Ordering::Acquire));
+            self.owed.fetch_sub(cancel, Ordering::AcqRel);
+            add -= cancel;
+            self.slots.add_permits(add);
         } else if size < *current {
-            let slots = self.slots.clone();
-            let excess = (*current - size) as u32;
-            tokio::spawn(async move {
-                if let Ok(p) = slots.acquire_many_owned(excess).await {
-                    p.forget();
+            let mut excess = *current - size;
+            while excess > 0 {
+                match self.slots.try_acquire() {
+                    Ok(p) => {
+                        p.forget();
+                        excess -= 1;
+                    }
+                    Err(_) => break,
                 }
-            });
+            }
+            self.owed.fetch_add(excess, Ordering::AcqRel);
         }
         *current = size;
     }
 
     /// Waits for a slot.
     pub async fn acquire(&self) -> OwnedSemaphorePermit {
-        self.slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed")
+        loop {
+            let p = self
+                .slots
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            // A slot a shrink took out while it was held: drop it.
+            let owed = self
+                .owed
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| o.checked_sub(1));
+            if owed.is_ok() {
+                p.forget();
+                continue;
+            }
+            return p;
+        }
     }
 
     /// Slots free now.
     pub fn available(&self) -> usize {
-        self.slots.available_permits()
+        self.slots
+            .available_permits()
+            .saturating_sub(self.owed.load(Ordering::Acquire))
     }
 }
 
@@ -75,14 +105,44 @@ mod tests {
         let a = l.acquire().await;
         let b = l.acquire().await;
         l.resize(1);
+        assert_eq!(l.available(), 0);
         drop((held, a, b));
-        // The taker of the excess runs on the runtime.
-        for _ in 0..100 {
-            if l.available() == 1 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
         assert_eq!((l.size(), l.available()), (1, 1));
+        let one = l.acquire().await;
+        assert_eq!(l.available(), 0, "the given-back slots paid what was owed");
+        drop(one);
+        assert_eq!(l.available(), 1);
+    }
+
+    /// A shrink takes free slots out at once (nobody may take them after
+    /// it), and one waiting for a slot never goes over the new size: the
+    /// slots held when it shrank are dropped as they come back.
+    #[tokio::test]
+    async fn a_shrunk_limit_is_never_exceeded() {
+        let l = Limit::new(3);
+        let a = l.acquire().await;
+        l.resize(1);
+        assert_eq!(l.available(), 0, "the two free slots are gone at once");
+        l.resize(3);
+        assert_eq!(l.available(), 2, "growing again gives them back");
+        let b = l.acquire().await;
+        let c = l.acquire().await;
+        l.resize(1);
+        let waiter = tokio::spawn({
+            let l = l.clone();
+            async move { l.acquire().await }
+        });
+        drop(a);
+        drop(b);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "two held slots were owed");
+        drop(c);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(l.available(), 0);
+        drop(got);
+        assert_eq!(l.available(), 1);
     }
 }
