@@ -88,6 +88,8 @@ pub struct Metrics {
     pub instances: Gauge,
     /// 1 while this daemon leads the periodic work.
     pub leader: Gauge,
+    /// 1 once this daemon has its share of the budget and polls.
+    pub sharing: Gauge,
     pub store_query: Family<OpLabel, Histogram>,
     pub claim_size: Family<KindLabel, Histogram>,
     /// The interval every watched task is polled at now.
@@ -130,6 +132,7 @@ impl Metrics {
             service_broken: Family::default(),
             instances: Gauge::default(),
             leader: Gauge::default(),
+            sharing: Gauge::default(),
             store_query: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 14))
             }),
@@ -230,6 +233,12 @@ impl Metrics {
             "leader",
             "1 while this daemon leads the periodic work (purge, expiry)",
             m.leader.clone(),
+        );
+        r.register(
+            "sharing",
+            "1 once this daemon has its share of the upstream budget and polls and delivers \
+             (a daemon joining others waits for them to make room)",
+            m.sharing.clone(),
         );
         r.register(
             "store_query_duration_seconds",

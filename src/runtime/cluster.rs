@@ -54,6 +54,7 @@ pub(super) async fn run(
                 metrics.instances.set(cluster.live().len() as i64);
                 if ready && !cluster.is_ready() {
                     cluster.set_ready();
+                    metrics.sharing.set(1);
                 }
             }
             Err(e) => {

@@ -1154,16 +1154,18 @@ async fn every_daemon_shows_the_same_shared_queue() {
         "each daemon shows the same queue: {shown:#?}"
     );
 
-    // /metrics: three instances on each, one leader among them.
+    // /metrics: three instances on each, each with its share, one leader
+    // among them.
     let leaders = eventually(
-        "each daemon's metrics: 3 instances, one leader",
+        "each daemon's metrics: 3 instances, each sharing, one leader",
         Duration::from_secs(15),
         || async {
             let mut leaders = Vec::new();
             for node in &nodes {
                 let instances = metric_value(&node.api, "taskhook_instances ").await?;
+                let sharing = metric_value(&node.api, "taskhook_sharing ").await?;
                 let leader = metric_value(&node.api, "taskhook_leader ").await?;
-                if instances != 3.0 {
+                if instances != 3.0 || sharing != 1.0 {
                     return None;
                 }
                 leaders.push(leader);

@@ -560,14 +560,16 @@ async fn scrape(h: &Harness, api: &str) -> anyhow::Result<String> {
 }
 
 /// Waits until every daemon counts `n` live instances (their heartbeats
-/// seen), so the upstream budget is shared before work arrives.
+/// seen) and polls with its share (`taskhook_sharing`), so the upstream
+/// budget is shared before work arrives and every daemon takes part.
 async fn wait_instances(h: &Harness, daemons: &[Daemon], n: usize) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
         let mut all = true;
         for d in daemons {
             let text = scrape(h, &d.api).await?;
-            all &= metric(&text, "taskhook_instances", None) as usize == n;
+            all &= metric(&text, "taskhook_instances", None) as usize == n
+                && metric(&text, "taskhook_sharing", None) == 1.0;
         }
         if all {
             return Ok(());
