@@ -103,6 +103,16 @@ struct Pending {
     ids: usize,
 }
 
+impl Pending {
+    /// Adds `ids` of `service`; an ID already waiting counts once.
+    fn add(&mut self, service: String, ids: impl IntoIterator<Item = String>) {
+        let set = self.by_service.entry(service).or_default();
+        let before = set.len();
+        set.extend(ids);
+        self.ids += set.len() - before;
+    }
+}
+
 impl Hints {
     /// `per_source`: callbacks per second one source address may make
     /// (bursts of twice that).
@@ -128,11 +138,7 @@ impl Hints {
         if p.ids + ids.len() > MAX_PENDING {
             return Received::Overflow;
         }
-        let set = p.by_service.entry(service.to_string()).or_default();
-        let before = set.len();
-        set.extend(ids);
-        let added = set.len() - before;
-        p.ids += added;
+        p.add(service.to_string(), ids);
         drop(p);
         self.ready.notify_one();
         Received::Hinted
@@ -143,11 +149,7 @@ impl Hints {
     fn put_back(&self, service: String, ids: Vec<String>) {
         let mut p = self.pending.lock().expect("hints lock");
         let room = MAX_PENDING.saturating_sub(p.ids);
-        let set = p.by_service.entry(service).or_default();
-        let before = set.len();
-        set.extend(ids.into_iter().take(room));
-        let added = set.len() - before;
-        p.ids += added;
+        p.add(service, ids.into_iter().take(room));
     }
 
     /// Passes hints on until cancelled: waits for one, then makes every
@@ -252,20 +254,47 @@ mod tests {
             })
         }
 
-        /// Runs the hints' loop on this store until `shutdown`.
-        fn serve(
-            self: &Arc<Self>,
-            hints: &Arc<Hints>,
-            wake: &Arc<Notify>,
-            shutdown: &CancellationToken,
-        ) -> tokio::task::JoinHandle<()> {
-            tokio::spawn(hints.clone().run(
+        /// Runs a hints loop on this store.
+        fn serve(self: &Arc<Self>) -> Served {
+            let hints = Hints::new(1000);
+            let wake = Arc::new(Notify::new());
+            let shutdown = CancellationToken::new();
+            let run = tokio::spawn(hints.clone().run(
                 self.clone(),
                 crate::clock::system(),
                 wake.clone(),
                 Arc::new(crate::metrics::Metrics::new()),
                 shutdown.clone(),
-            ))
+            ));
+            Served {
+                hints,
+                wake,
+                shutdown,
+                run,
+            }
+        }
+    }
+
+    /// A hints loop running on a [`Recorder`].
+    struct Served {
+        hints: Arc<Hints>,
+        /// What the loop wakes the poller with.
+        wake: Arc<Notify>,
+        shutdown: CancellationToken,
+        run: tokio::task::JoinHandle<()>,
+    }
+
+    impl Served {
+        /// One callback from loopback naming `ids`.
+        fn receive(&self, ids: &[&str]) -> Received {
+            let source: IpAddr = "127.0.0.1".parse().unwrap();
+            self.hints
+                .receive(source, "suno", ids.iter().map(|s| s.to_string()).collect())
+        }
+
+        async fn stop(self) {
+            self.shutdown.cancel();
+            self.run.await.unwrap();
         }
     }
 
@@ -353,22 +382,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lone_hint_is_written_at_once_and_those_during_a_write_share_the_next() {
         let store = Recorder::new(0);
-        let hints = Hints::new(1000);
-        let wake = Arc::new(Notify::new());
-        let shutdown = CancellationToken::new();
-        let run = store.serve(&hints, &wake, &shutdown);
-        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let served = store.serve();
         let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
 
-        assert_eq!(h_receive(&hints, a, &["t1"]), Received::Hinted);
+        assert_eq!(served.receive(&["t1"]), Received::Hinted);
         store.called.notified().await;
         // While that write runs, three more arrive (one twice).
         for id in ["t3", "t2", "t3"] {
-            h_receive(&hints, a, &[id]);
+            served.receive(&[id]);
         }
         store.release.add_permits(1);
         store.called.notified().await;
-        wake.notified().await;
+        served.wake.notified().await;
         store.release.add_permits(1);
         let calls = store.calls.lock().unwrap().clone();
         // The paused clock moves only when every task waits on a timer: a
@@ -380,31 +405,21 @@ mod tests {
                 (Duration::ZERO, ids(&["t2", "t3"]))
             ]
         );
-        shutdown.cancel();
-        run.await.unwrap();
+        served.stop().await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn hints_a_failed_write_could_not_pass_on_are_tried_again() {
         let store = Recorder::new(1);
-        let hints = Hints::new(1000);
-        let wake = Arc::new(Notify::new());
-        let shutdown = CancellationToken::new();
-        let run = store.serve(&hints, &wake, &shutdown);
-        let a: IpAddr = "127.0.0.1".parse().unwrap();
-        h_receive(&hints, a, &["t1"]);
+        let served = store.serve();
+        served.receive(&["t1"]);
         store.called.notified().await;
         store.release.add_permits(2);
-        wake.notified().await;
+        served.wake.notified().await;
         let calls = store.calls.lock().unwrap().clone();
         let t1 = vec!["t1".to_string()];
         assert_eq!(calls, [(Duration::ZERO, t1.clone()), (RETRY, t1)]);
-        shutdown.cancel();
-        run.await.unwrap();
-    }
-
-    fn h_receive(h: &Hints, source: IpAddr, ids: &[&str]) -> Received {
-        h.receive(source, "suno", ids.iter().map(|s| s.to_string()).collect())
+        served.stop().await;
     }
 
     #[test]

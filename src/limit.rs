@@ -41,12 +41,16 @@ impl Limit {
     pub fn resize(&self, size: usize) {
         let mut current = self.size.lock().expect("limit lock");
         if size > *current {
-            let mut add = size - *current;
-            // Growing first cancels what a shrink still owed.
-            let cancel = add.min(self.owed.load(Ordering::Acquire));
-            self.owed.fetch_sub(cancel, Ordering::AcqRel);
-            add -= cancel;
-            self.slots.add_permits(add);
+            let add = size - *current;
+            // Growing first cancels what a shrink still owed (in one step:
+            // an acquirer may be paying it down meanwhile).
+            let owed = self
+                .owed
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| {
+                    Some(o - o.min(add))
+                })
+                .expect("always updates");
+            self.slots.add_permits(add - owed.min(add));
         } else if size < *current {
             let mut excess = *current - size;
             while excess > 0 {

@@ -74,10 +74,11 @@ impl Round {
     }
 
     /// Stage 1: waits for its start, sends, and gives the request slot
-    /// back as soon as the answer is in. Sends nothing (`None`) when the wait for the rate
-    /// limiter outlasted the claim's lease: a back-off that began after the
-    /// claim (a 429's long `Retry-After`) may be longer than the lease, and
-    /// by then the loop may have claimed these tasks again.
+    /// back as soon as the answer is in. Sends nothing (`None`) when the
+    /// wait for the rate limiter outlasted the claim's lease: a back-off
+    /// that began after the claim (a 429's long `Retry-After`) may be
+    /// longer than the lease, and by then the loop may have claimed these
+    /// tasks again.
     async fn request(
         &self,
         service: &str,

@@ -108,7 +108,7 @@ pub(super) async fn run(
 #[derive(Debug)]
 pub struct Joining {
     /// Each older daemon's heartbeat as last seen, and how often it moved.
-    older: HashMap<String, (crate::clock::Millis, u32)>,
+    older: HashMap<String, (Millis, u32)>,
     /// Whether the room was there at the last heartbeat.
     room: bool,
 }
@@ -148,7 +148,7 @@ impl Joining {
 mod tests {
     use super::*;
 
-    fn at(id: &str, heartbeat_at: crate::clock::Millis) -> InstanceInfo {
+    fn at(id: &str, heartbeat_at: Millis) -> InstanceInfo {
         InstanceInfo {
             id: id.into(),
             host: "h".into(),

@@ -173,8 +173,7 @@ WHERE t.id = ANY(ARRAY(SELECT id FROM due))
 RETURNING t.id, t.service, t.claim, t.enqueued_at, t.polls, t.misses, t.fail_seen,
     t.metadata, t.webhooks, t.enqueued_at AS due";
 
-/// Watched tasks taking polls now, per service (see `PollQueue::demand`).
-/// The tasks the pacing counts, per service: those polled already (the
+/// Watched tasks taking polls now, per service (see `PollQueue::demand`): those polled already (the
 /// running ones, in `tasks_polled`) and new ones due by the horizon
 /// (`tasks_due`), each part from its own partial index rather than a scan
 /// of every watched row.

@@ -612,7 +612,7 @@ fn not_in(column: &str, skipped: &[String], first: usize) -> String {
 /// planner would guess without statistics: the count runs every few
 /// seconds, and a scan of every watched row would make an idle daemon
 /// with a million of them busy.
-pub(super) const DEMAND: &str = "\
+const DEMAND: &str = "\
     SELECT service, count(*) FROM ( \
       SELECT service FROM tasks INDEXED BY tasks_due \
        WHERE status = 0 AND polls = 0 AND next_poll_at <= ?1 \
